@@ -1,0 +1,5 @@
+"""`python -m m2agent`."""
+
+from m2agent.cli import main
+
+main()

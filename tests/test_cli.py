@@ -1,0 +1,61 @@
+"""The installed `m2agent` command: --help and --version work and stay fast (no torch)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from m2agent import __version__
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "m2agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def imported(stderr: str) -> set[str]:
+    """Top-level module names from `python -X importtime` output."""
+    names = set()
+    for line in stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+    return names
+
+
+def test_version() -> None:
+    out = run_cli("--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"m2agent {__version__}"
+    assert "torch" not in imported(out.stderr)
+
+
+def test_help() -> None:
+    out = run_cli("--help")
+    assert out.returncode == 0, out.stderr
+    assert "MiniMax-M2" in out.stdout
+    assert "--version" in out.stdout
+    assert not {"torch", "transformers"} & imported(out.stderr)
+
+
+def test_unknown_option_is_a_usage_error() -> None:
+    out = run_cli("--no-such-flag")
+    assert out.returncode == 2
+    assert "No such option" in out.stderr
+
+
+def test_console_script_is_installed() -> None:
+    beside_python = Path(sys.executable).parent / "m2agent"
+    exe = str(beside_python) if beside_python.exists() else shutil.which("m2agent")
+    if exe is None:
+        pytest.skip("m2agent console script is not on PATH (package not installed)")
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert __version__ in out.stdout

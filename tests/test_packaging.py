@@ -1,0 +1,56 @@
+"""A wheel built from the tree installs into a fresh venv and imports by the installed names."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_imports_mapped_packages(tmp_path: Path) -> None:
+    # Build from a copy: setuptools writes build/ and *.egg-info next to the sources.
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    for name in ("m2agent", "engine", "tools"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    dist = tmp_path / "dist"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "-w", str(dist), str(source)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = dist.glob("m2agent-*.whl")
+
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stdout + install.stderr
+
+    code = (
+        "import m2agent, m2agent.engine, m2agent.engine.protocol, m2agent.tools\n"
+        "from m2agent.engine.protocol import render_prompt\n"
+        "print(m2agent.engine.protocol.__file__)\n"
+        "print(render_prompt([{'role': 'user', 'content': 'hi'}]).endswith(']~b]ai\\n<think>\\n'))"
+    )
+    # Run outside the source tree so only the installed copy can be imported.
+    out = subprocess.run(
+        [str(python), "-I", "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    location, rendered = out.stdout.split()
+    assert "site-packages" in location
+    assert rendered == "True"
