@@ -1,0 +1,2 @@
+"""Compute kernels: a readable PyTorch reference for each (`reference`), and the choice of
+implementation by device (`dispatch`)."""

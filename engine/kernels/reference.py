@@ -1,0 +1,114 @@
+"""Plain-PyTorch versions of every kernel: the CPU path and the oracle GPU kernels are tested
+against. Shapes use the project alphabet: T tokens, H heads, D head dim, E experts, K top-k,
+I expert intermediate, C hidden (model width)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """`weight * x * rsqrt(mean(x^2) + eps)`, statistics in fp32, result in x's dtype."""
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype)
+
+
+def rope_cos_sin(
+    positions: torch.Tensor, rotary_dim: int, theta: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape [T, rotary_dim] (NeoX layout: the frequency table written twice)."""
+    exponents = torch.arange(0, rotary_dim, 2, device=positions.device, dtype=torch.float32)
+    inv_freq = 1.0 / (theta ** (exponents / rotary_dim))
+    freqs = positions.float()[:, None] * inv_freq[None, :]
+    angles = torch.cat((freqs, freqs), dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first `rotary_dim` dims of each head of x [T, H, D]; the rest pass through.
+    NeoX style: dim i pairs with dim i + rotary_dim/2."""
+    rotary_dim = cos.shape[-1]
+    rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
+    half = rotary_dim // 2
+    rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    return torch.cat((rot * cos + rotated * sin, rest), dim=-1)
+
+
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, scale: float
+) -> torch.Tensor:
+    """Attention of T new queries q [T, H, D] over S = start + T keys k, v [S, Hkv, D]
+    (the first `start` from the cache); query t sees keys 0 .. start + t. GQA by grouping."""
+    num_tokens, num_keys = q.shape[0], k.shape[0]
+    qh, kh, vh = q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None]
+    mask = None
+    if num_tokens > 1:
+        rows = torch.arange(num_tokens, device=q.device)[:, None] + start
+        mask = torch.arange(num_keys, device=q.device)[None, :] <= rows
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=True)
+    return out[0].transpose(0, 1)
+
+
+def route(
+    x: torch.Tensor, gate_weight: torch.Tensor, correction_bias: torch.Tensor, top_k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """M2's router: fp32 sigmoid scores; experts picked by score + bias; combine weights are the
+    unbiased scores of the picked experts, renormalised. Returns weights [T, K] fp32, ids [T, K]."""
+    scores = torch.sigmoid(F.linear(x.float(), gate_weight.float()))
+    _, expert_ids = torch.topk(scores + correction_bias.float(), top_k, dim=-1, sorted=False)
+    weights = scores.gather(1, expert_ids)
+    return weights / weights.sum(dim=-1, keepdim=True), expert_ids
+
+
+def moe_experts(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    expert_ids: torch.Tensor,
+    w1: torch.Tensor,
+    w3: torch.Tensor,
+    w2: torch.Tensor,
+) -> torch.Tensor:
+    """sum_k weights[t,k] * w2(silu(w1 x) * w3 x) over each token's experts.
+    x [T, C]; w1, w3 [E, I, C]; w2 [E, C, I]. One expert at a time: readable, not fast."""
+    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    for expert in torch.unique(expert_ids).tolist():
+        token_idx, slot = torch.where(expert_ids == expert)
+        h = x[token_idx]
+        y = F.linear(F.silu(F.linear(h, w1[expert])) * F.linear(h, w3[expert]), w2[expert])
+        out.index_add_(0, token_idx, y.float() * weights[token_idx, slot, None])
+    return out.to(x.dtype)
+
+
+def dequantize_fp8_block(
+    weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int], dtype: torch.dtype
+) -> torch.Tensor:
+    """Real weights from FP8 blocks: w[r, c] = fp8[r, c] * scale_inv[r // bn, c // bk].
+    Works on [..., R, Cin] with scale_inv [..., ceil(R/bn), ceil(Cin/bk)]."""
+    rows, cols = weight.shape[-2:]
+    scale = scale_inv.float().repeat_interleave(block[0], dim=-2)[..., :rows, :]
+    scale = scale.repeat_interleave(block[1], dim=-1)[..., :cols]
+    return (weight.float() * scale).to(dtype)
+
+
+def quantize_fp8_block(
+    weight: torch.Tensor, block: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse: per-block scale_inv = amax / 448 so each block spans FP8's range.
+    Returns (fp8 weight, fp32 scale_inv) for weight [..., R, Cin]."""
+    rows, cols = weight.shape[-2:]
+    bn, bk = block
+    pad_r, pad_c = -rows % bn, -cols % bk
+    padded = F.pad(weight.float(), (0, pad_c, 0, pad_r))
+    lead = padded.shape[:-2]
+    blocks = padded.reshape(*lead, (rows + pad_r) // bn, bn, (cols + pad_c) // bk, bk)
+    amax = blocks.abs().amax(dim=(-3, -1)).clamp(min=1e-12)
+    scale_inv = amax / FP8_MAX
+    scaled = blocks / scale_inv[..., :, None, :, None]
+    q = scaled.reshape(padded.shape)[..., :rows, :cols].to(FP8_DTYPE)
+    return q, scale_inv.float()

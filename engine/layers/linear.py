@@ -1,0 +1,48 @@
+"""Linear layer without bias, in bf16/fp32 or FP8 block-quantized form (weight + scale_inv)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from m2agent.engine.kernels.reference import FP8_DTYPE, dequantize_fp8_block
+from m2agent.engine.layers.loading import new_parameter
+from m2agent.engine.model_config import FP8Config
+
+
+class Linear(nn.Module):
+    """y = x W^T with W [out, in]. With `fp8`, W is float8_e4m3fn and `weight_scale_inv` holds
+    one fp32 scale per (block_rows x block_cols) block, exactly as the checkpoint stores them;
+    the GPU path can consume them directly, the reference path dequantizes on the fly."""
+
+    def __init__(
+        self, in_features: int, out_features: int, dtype: torch.dtype, fp8: FP8Config | None
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.fp8 = in_features, out_features, fp8
+        self.weight = new_parameter((out_features, in_features), FP8_DTYPE if fp8 else dtype)
+        self.compute_dtype = dtype
+        self.weight_scale_inv: nn.Parameter | None = None
+        if fp8 is not None:
+            scale_shape = (
+                math.ceil(out_features / fp8.block_rows),
+                math.ceil(in_features / fp8.block_cols),
+            )
+            self.weight_scale_inv = new_parameter(scale_shape, torch.float32)
+
+    def dense_weight(self) -> torch.Tensor:
+        """The weight in the compute dtype (dequantized when stored as FP8)."""
+        if self.fp8 is None or self.weight_scale_inv is None:
+            return self.weight
+        block = (self.fp8.block_rows, self.fp8.block_cols)
+        return dequantize_fp8_block(self.weight, self.weight_scale_inv, block, self.compute_dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dense_weight())
+
+    def extra_repr(self) -> str:
+        kind = f"fp8 block {self.fp8.block_rows}x{self.fp8.block_cols}" if self.fp8 else "dense"
+        return f"in={self.in_features}, out={self.out_features}, {kind}"

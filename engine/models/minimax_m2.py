@@ -1,0 +1,76 @@
+"""The MiniMax-M2 decoder: pre-norm blocks of attention and sparse MoE, then the LM head.
+
+Reads as single-device code; parallelism belongs in the layers. Parameter names follow the
+published checkpoint (`model.layers.N.self_attn.q_proj.weight`, ...), so loading is one table.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from m2agent.engine.layers.attention import Attention
+from m2agent.engine.layers.embedding import Embedding, LMHead
+from m2agent.engine.layers.moe import SparseMoE
+from m2agent.engine.layers.norm import RMSNorm
+from m2agent.engine.model_config import ModelConfig
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.self_attn = Attention(config, dtype)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.block_sparse_moe = SparseMoE(config, dtype)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        start: int,
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), positions, k_cache, v_cache, start)
+        return x + self.block_sparse_moe(self.post_attention_layernorm(x))
+
+
+class DecoderStack(nn.Module):
+    """`model.*` in the checkpoint: embeddings, layers, final norm."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, dtype)
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, dtype) for _ in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+
+
+class MiniMaxM2ForCausalLM(nn.Module):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.config = config
+        self.model = DecoderStack(config, dtype)
+        self.lm_head = LMHead(config.hidden_size, config.vocab_size, dtype)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(
+        self,
+        token_ids: torch.Tensor,
+        positions: torch.Tensor,
+        k_caches: torch.Tensor,
+        v_caches: torch.Tensor,
+        start: int,
+    ) -> torch.Tensor:
+        """Hidden states [T, C] after the final norm, for T tokens of one sequence at positions
+        start .. start+T-1. k_caches, v_caches: [L, S_max, Hkv, D]."""
+        x = self.model.embed_tokens(token_ids)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, positions, k_caches[i], v_caches[i], start)
+        return self.model.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)

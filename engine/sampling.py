@@ -1,0 +1,106 @@
+"""Sampling parameters: frozen, validated; unset fields come from the checkpoint's
+generation_config.json, else MiniMax's published defaults (temperature 1.0, top_p 0.95, top_k 40).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from m2agent.engine.errors import ConfigError
+
+MINIMAX_DEFAULTS = {"temperature": 1.0, "top_p": 0.95, "top_k": 40}
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """How to pick each next token and when to stop.
+
+    temperature 0 is greedy. top_k 0 (or -1) and top_p 1 and min_p 0 switch those filters off.
+    None means "the model's default" (see `resolve`).
+    """
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float = 0.0
+    seed: int | None = None
+    max_tokens: int = 256
+    stop: Sequence[str] = ()
+    stop_token_ids: Sequence[int] = ()
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not _is_sequence_of(self.stop, str):
+            problems.append("stop must be a list of strings")
+        if not _is_sequence_of(self.stop_token_ids, int):
+            problems.append("stop_token_ids must be a list of integers")
+        t = self.temperature
+        if t is not None and (not math.isfinite(t) or t < 0):
+            problems.append(f"temperature must be >= 0, got {t}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and (self.top_k < -1 or isinstance(self.top_k, bool)):
+            problems.append(f"top_k must be -1, 0 (off) or positive, got {self.top_k}")
+        if not 0 <= self.min_p <= 1:
+            problems.append(f"min_p must be in [0, 1], got {self.min_p}")
+        if self.max_tokens < 1:
+            problems.append(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if any(s == "" for s in self.stop):
+            problems.append("stop strings must not be empty")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0
+
+    def resolve(self, defaults: dict[str, Any]) -> SamplingParams:
+        """A copy with every None filled from `defaults` (see `load_generation_defaults`)."""
+        return replace(
+            self,
+            temperature=defaults["temperature"] if self.temperature is None else self.temperature,
+            top_p=defaults["top_p"] if self.top_p is None else self.top_p,
+            top_k=defaults["top_k"] if self.top_k is None else self.top_k,
+        )
+
+
+def _is_sequence_of(value: Any, kind: type) -> bool:
+    return isinstance(value, tuple | list) and all(
+        isinstance(v, kind) and not isinstance(v, bool) for v in value
+    )
+
+
+def load_generation_defaults(folder: str | Path) -> dict[str, Any]:
+    """temperature/top_p/top_k (and eos ids) from generation_config.json over MiniMax's values."""
+    defaults: dict[str, Any] = dict(MINIMAX_DEFAULTS)
+    file = Path(folder) / "generation_config.json"
+    if not file.is_file():
+        return defaults
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{file}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: expected a JSON object")
+    if data.get("do_sample") is False:
+        defaults["temperature"] = 0.0
+    for key in ("temperature", "top_p", "top_k"):
+        if isinstance(data.get(key), int | float) and not isinstance(data.get(key), bool):
+            defaults[key] = data[key]
+    eos = data.get("eos_token_id")
+    if isinstance(eos, int):
+        defaults["eos_token_ids"] = (eos,)
+    elif isinstance(eos, list) and all(isinstance(i, int) for i in eos):
+        defaults["eos_token_ids"] = tuple(eos)
+    try:
+        SamplingParams(temperature=defaults["temperature"], top_p=defaults["top_p"])
+    except ValueError as e:
+        raise ConfigError(f"{file}: {e}") from e
+    return defaults

@@ -1,0 +1,101 @@
+"""The checkpoint's tokenizer (tokenizer.json via `tokenizers`) and incremental detokenization.
+
+Special tokens come from the files, never from constants: M2's `]~!b[`, `]~b]`, `[e~[` are
+special (dropped when decoding with skip_special_tokens); `<think>` and the tool-call tags are
+added tokens that are *not* special, so they survive decoding.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer as HFTokenizer
+
+from m2agent.engine.errors import TokenizerError
+
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+
+
+class Tokenizer:
+    def __init__(self, backend: HFTokenizer, eos_token: str | None = None) -> None:
+        self._backend = backend
+        self.special_ids = frozenset(
+            i for i, tok in backend.get_added_tokens_decoder().items() if tok.special
+        )
+        self.eos_token_id = backend.token_to_id(eos_token) if eos_token else None
+
+    @classmethod
+    def from_dir(cls, folder: str | Path) -> Tokenizer:
+        folder = Path(folder)
+        file = folder / TOKENIZER_FILE
+        if not file.is_file():
+            raise TokenizerError(f"{file}: no such file; the checkpoint needs its tokenizer.json")
+        try:
+            backend = HFTokenizer.from_file(str(file))
+        except Exception as e:  # tokenizers raises bare Exception subclasses on bad files
+            raise TokenizerError(f"{file}: not a readable tokenizer ({e})") from e
+        config = _read_json(folder / TOKENIZER_CONFIG_FILE)
+        eos = config.get("eos_token")
+        if isinstance(eos, dict):
+            eos = eos.get("content")
+        return cls(backend, eos if isinstance(eos, str) else None)
+
+    @staticmethod
+    def exists(folder: str | Path) -> bool:
+        return (Path(folder) / TOKENIZER_FILE).is_file()
+
+    @property
+    def vocab_size(self) -> int:
+        return self._backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` exactly as written (markers in it map to their added tokens;
+        nothing is prepended: the prompt carries its own `]~!b[`)."""
+        return self._backend.encode(text, add_special_tokens=False).ids
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self._backend.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._backend.token_to_id(token)
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    if not file.is_file():
+        return {}
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TokenizerError(f"{file}: not valid JSON ({e})") from e
+    return data if isinstance(data, dict) else {}
+
+
+class IncrementalDetokenizer:
+    """Text deltas for a growing list of token ids. A multi-byte character split across tokens
+    is held back until complete (never emitted as U+FFFD halves)."""
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True) -> None:
+        self._tokenizer, self._skip = tokenizer, skip_special_tokens
+        self._ids: list[int] = []
+        self._prefix_offset = 0  # decode from here, for context (BPE merges, spaces)
+        self._read_offset = 0  # text of ids before this point has been emitted
+
+    def add(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        return self._delta(final=False)
+
+    def flush(self) -> str:
+        """Whatever is still held back (an incomplete character at the very end)."""
+        return self._delta(final=True)
+
+    def _delta(self, final: bool) -> str:
+        decode = self._tokenizer.decode
+        prefix = decode(self._ids[self._prefix_offset : self._read_offset], self._skip)
+        text = decode(self._ids[self._prefix_offset :], self._skip)
+        if len(text) <= len(prefix) or (text.endswith("\ufffd") and not final):
+            return ""
+        self._prefix_offset, self._read_offset = self._read_offset, len(self._ids)
+        return text[len(prefix) :]
