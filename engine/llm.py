@@ -117,9 +117,16 @@ class LLM:
         self, prompt: str | Sequence[int], params: SamplingParams | None = None
     ) -> Iterator[str]:
         """Yield the generated text of one prompt as it is produced (deltas)."""
+        for _, text in self.stream_tokens(prompt, params):
+            if text:
+                yield text
+
+    def stream_tokens(
+        self, prompt: str | Sequence[int], params: SamplingParams | None = None
+    ) -> Iterator[tuple[int, str]]:
+        """Yield (token id, text delta) for each generated token of one prompt."""
         for step in self._run(self._prompt_ids(prompt), params or SamplingParams()):
-            if step.text:
-                yield step.text
+            yield step.token_id, step.text
 
     # -- one sequence ---------------------------------------------------------------------------
 

@@ -44,13 +44,17 @@ def test_wheel_installs_and_imports_mapped_packages(tmp_path: Path) -> None:
         "import m2agent, m2agent.engine, m2agent.engine.protocol, m2agent.tools\n"
         "from m2agent.engine.protocol import render_prompt\n"
         "print(m2agent.engine.protocol.__file__)\n"
-        "print(render_prompt([{'role': 'user', 'content': 'hi'}]).endswith(']~b]ai\\n<think>\\n'))"
+        "prompt = render_prompt([{'role': 'user', 'content': 'hi'}])\n"
+        "print(prompt.endswith(']~b]ai\\n<think>\\n'))\n"
+        "from importlib.resources import files\n"
+        "print(files('m2agent.engine').joinpath('configs/minimax-m2.json').is_file())"
     )
     # Run outside the source tree so only the installed copy can be imported.
     out = subprocess.run(
         [str(python), "-I", "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60
     )
     assert out.returncode == 0, out.stderr
-    location, rendered = out.stdout.split()
+    location, rendered, has_config = out.stdout.split()
     assert "site-packages" in location
     assert rendered == "True"
+    assert has_config == "True"

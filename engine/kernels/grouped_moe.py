@@ -32,7 +32,10 @@ def moe_experts_grouped(
     order = torch.argsort(flat, stable=True)
     token_of_row = order // top_k
     rows = x[token_of_row]  # [T*K, C], grouped by expert
-    offsets = torch.cumsum(torch.bincount(flat, minlength=w1.shape[0]), 0).to(torch.int32)
+    # Rows per expert without a host sync (bincount would read the max back to size its output).
+    counts = torch.zeros(w1.shape[0], dtype=torch.int32, device=x.device)
+    counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+    offsets = torch.cumsum(counts, 0, dtype=torch.int32)
     gate = _grouped_mm(rows, w1.transpose(-2, -1), offs=offsets)
     up = _grouped_mm(rows, w3.transpose(-2, -1), offs=offsets)
     y = _grouped_mm(F.silu(gate) * up, w2.transpose(-2, -1), offs=offsets)

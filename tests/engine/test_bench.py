@@ -1,0 +1,104 @@
+"""`m2agent bench latency` plumbing on CPU (no timing assertions: numbers are reported, not
+tested): the baseline really runs on our weights, and the CLI prints and writes a report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from m2agent.engine import LLM
+from m2agent.engine.bench.latency import build_transformers_model, reduced_config
+from m2agent.engine.bench.roofline import decode_bytes_per_token
+from m2agent.engine.kv_cache import SequenceKVCache
+from m2agent.engine.model_config import load_model_config
+
+SHARED_CONFIG = Path(__file__).resolve().parents[3] / "shared" / "minimax-m2-config.json"
+
+
+def small_config(tmp_path: Path) -> Path:
+    raw = {
+        "architectures": ["MiniMaxM2ForCausalLM"],
+        "model_type": "minimax_m2",
+        "hidden_size": 64,
+        "intermediate_size": 32,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "rotary_dim": 8,
+        "rope_theta": 5000000,
+        "num_local_experts": 8,
+        "num_experts_per_tok": 2,
+        "vocab_size": 300,
+        "max_position_embeddings": 2048,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]},
+    }
+    file = tmp_path / "small.json"
+    file.write_text(json.dumps(raw))
+    return file
+
+
+def test_full_size_bytes_per_token_matches_the_published_roofline() -> None:
+    if not SHARED_CONFIG.is_file():
+        pytest.skip("shared/minimax-m2-config.json is not in this checkout")
+    config = load_model_config(SHARED_CONFIG)
+    # ENGINE.md: 6 layers at full width in bf16 read 3.13 GB per token (weights only).
+    six = decode_bytes_per_token(
+        config.__class__(**{**_fields(config), "num_hidden_layers": 6}), 2, 0
+    )
+    assert abs(six / 1e9 - 3.13) < 0.02
+
+
+def _fields(config: object) -> dict:
+    return {name: getattr(config, name) for name in config.__dataclass_fields__}  # type: ignore[attr-defined]
+
+
+def test_transformers_baseline_runs_on_our_weights(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    reduced_config(small_config(tmp_path), 2, folder)
+    llm = LLM(folder, dtype="float32", load_format="dummy", seed=3)
+    reference = build_transformers_model(llm, folder, "eager")
+    ids = [5, 17, 250, 3, 99, 42]
+    cache = SequenceKVCache.allocate(llm.config, len(ids), llm.dtype, llm.device)
+    with torch.inference_mode():
+        hidden = llm.model(torch.tensor(ids), torch.arange(len(ids)), cache.keys, cache.values, 0)
+        ours = llm.model.compute_logits(hidden)
+        theirs = reference(torch.tensor([ids])).logits[0].float()
+    # transformers keeps the router in the model dtype: identical here in fp32.
+    torch.testing.assert_close(ours, theirs, atol=2e-4, rtol=1e-4)
+
+
+def test_bench_latency_cli_on_cpu(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    out = tmp_path / "report.json"
+    args = [
+        "bench", "latency", "--dummy-config", str(small_config(tmp_path)), "--layers", "2",
+        "--prompt-tokens", "16", "--new-tokens", "4", "--device", "cpu", "--repeats", "1",
+        "--json", str(out),
+    ]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "m2agent", *args], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "m2agent engine" in result.stdout and "bandwidth bound" in result.stdout
+    report = json.loads(out.read_text())
+    assert [t["name"] for t in report["timings"]] == ["m2agent engine", "transformers (grouped_mm)"]
+    assert report["layers"] == 2 and report["bound_tok_s"] > 0
+
+
+def test_bench_latency_needs_exactly_one_source() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "m2agent", "bench", "latency"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--model PATH or --dummy-config" in result.stderr
