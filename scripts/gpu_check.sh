@@ -4,6 +4,7 @@
 #
 # On the device machine (no network) the pure-Python dependencies travel as wheels in .whl/
 # (see docs/architecture.md, "GPU runs"); elsewhere, install the project with [engine,dev].
+# `python3 -P` keeps the source folder m2agent/ (the cwd) from shadowing the installed package.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-/tmp/m2agent-gpu}
@@ -19,11 +20,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 python3 -c 'import sys, torch, transformers, triton; print(sys.version.split()[0], torch.__version__, transformers.__version__, triton.__version__)' | tee -a "$OUT/gpu.txt"
 
 status=0
-python3 -m pytest -m gpu tests/engine/gpu -q -p no:cacheprovider -o addopts="" \
+python3 -P -m pytest -m gpu tests/engine/gpu -q -p no:cacheprovider -o addopts="" \
   --import-mode=importlib 2>&1 | tee "$OUT/gpu-tests.log" || status=1
 
 for layers in ${BENCH_LAYERS:-6 4}; do
-  python3 -m m2agent bench latency --dummy-config minimax-m2 --layers "$layers" \
+  python3 -P -m m2agent bench latency --dummy-config minimax-m2 --layers "$layers" \
     --prompt-tokens 512 --new-tokens 128 --repeats 3 --json "$OUT/bench-latency-$layers.json" \
     2>&1 | tee "$OUT/bench-latency-$layers.log" || status=1
 done

@@ -28,24 +28,24 @@ class Attention(nn.Module):
         # One norm over the whole projection (6144 / 1024 wide in M2), not per head.
         self.q_norm = RMSNorm(c.q_size, c.rms_norm_eps, dtype)
         self.k_norm = RMSNorm(c.kv_size, c.rms_norm_eps, dtype)
-        self.rotary = PartialRotary(c.rotary_dim, c.rope_theta)
         self.scale = c.head_dim**-0.5
 
     def forward(
         self,
         x: torch.Tensor,
-        positions: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         start: int,
     ) -> torch.Tensor:
-        """x [T, C] for tokens at positions start .. start+T-1; caches [S_max, Hkv, D] hold the
-        keys and values of positions 0 .. start-1 and receive these T."""
+        """x [T, C] for tokens at positions start .. start+T-1, with their RoPE (cos, sin);
+        caches [S_max, Hkv, D] hold the keys and values of positions 0 .. start-1 and receive
+        these T."""
         num_tokens = x.shape[0]
         q = self.q_norm(self.q_proj(x)).view(num_tokens, self.num_heads, self.head_dim)
         k = self.k_norm(self.k_proj(x)).view(num_tokens, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
-        q, k = self.rotary(positions, q, k)
+        q, k = PartialRotary.rotate(q, k, *rope)
         end = start + num_tokens
         k_cache[start:end] = k
         v_cache[start:end] = v

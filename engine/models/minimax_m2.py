@@ -13,6 +13,7 @@ from m2agent.engine.layers.attention import Attention
 from m2agent.engine.layers.embedding import Embedding, LMHead
 from m2agent.engine.layers.moe import SparseMoE
 from m2agent.engine.layers.norm import RMSNorm
+from m2agent.engine.layers.rotary import PartialRotary
 from m2agent.engine.model_config import ModelConfig
 
 
@@ -27,12 +28,12 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        positions: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         start: int,
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, k_cache, v_cache, start)
+        x = x + self.self_attn(self.input_layernorm(x), rope, k_cache, v_cache, start)
         return x + self.block_sparse_moe(self.post_attention_layernorm(x))
 
 
@@ -52,6 +53,7 @@ class MiniMaxM2ForCausalLM(nn.Module):
     def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
         super().__init__()
         self.config = config
+        self.rotary = PartialRotary(config.rotary_dim, config.rope_theta)
         self.model = DecoderStack(config, dtype)
         self.lm_head = LMHead(config.hidden_size, config.vocab_size, dtype)
         if config.tie_word_embeddings:
@@ -68,8 +70,9 @@ class MiniMaxM2ForCausalLM(nn.Module):
         """Hidden states [T, C] after the final norm, for T tokens of one sequence at positions
         start .. start+T-1. k_caches, v_caches: [L, S_max, Hkv, D]."""
         x = self.model.embed_tokens(token_ids)
+        rope = self.rotary.cos_sin(positions, x.dtype)
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, positions, k_caches[i], v_caches[i], start)
+            x = layer(x, rope, k_caches[i], v_caches[i], start)
         return self.model.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -3,9 +3,11 @@ the grouped-GEMM MoE against the reference, FP8 checkpoints. Run on the GPU mach
 `pytest -m gpu`.
 
 bf16 tolerance: bf16 keeps 8 significant bits (relative step 2^-8 ~ 0.4%). Two correct
-implementations that round in different places (fused vs split matmuls, fp32 vs bf16 router)
-drift by a few such steps per layer, so logits are compared relative to their scale: max error
-under 5% of max |logit|, and the argmax must agree on at least 90% of teacher-forced positions.
+implementations that round in different places drift by a few such steps per layer, so each
+position's logits are compared relative to their own scale (max error under 5% of max |logit|).
+The oracle's router runs in fp32 as ours does; even so, when two experts' scores nearly tie,
+bf16 noise in the hidden state can flip which one is picked and change that token's output, so
+the bound must hold on 95% of positions (not all), and the argmax must agree on 90% of them.
 """
 
 from __future__ import annotations
@@ -36,9 +38,12 @@ def no_tf32() -> Any:
 
 
 def oracle(folder: Path, dtype: torch.dtype) -> Any:
-    return transformers.MiniMaxM2ForCausalLM.from_pretrained(
+    model = transformers.MiniMaxM2ForCausalLM.from_pretrained(
         str(folder), dtype=dtype, attn_implementation="eager", device_map="cuda"
     ).eval()
+    for layer in model.model.layers:  # M2's router runs in fp32 (its weight is stored fp32)
+        layer.mlp.gate.float()
+    return model
 
 
 def all_logits(llm: LLM, ids: list[int]) -> torch.Tensor:
@@ -75,8 +80,8 @@ def test_bf16_logits_close_to_transformers(
     ours = all_logits(llm, ids)
     with torch.inference_mode():
         theirs = model(torch.tensor([ids], device="cuda")).logits[0].float()
-    scale = theirs.abs().max()
-    assert (ours - theirs).abs().max() <= 0.05 * scale
+    relative = (ours - theirs).abs().amax(-1) / theirs.abs().amax(-1)
+    assert (relative <= 0.05).float().mean().item() >= 0.95, relative
     agreement = (ours.argmax(-1) == theirs.argmax(-1)).float().mean().item()
     assert agreement >= 0.9
 
