@@ -74,7 +74,7 @@ def bench_latency(
     device: Annotated[str, typer.Option(help="cuda or cpu.")] = "cuda",
     repeats: Annotated[
         int, typer.Option(min=1, help="Timed runs per engine (median reported).")
-    ] = 3,
+    ] = 5,
     baseline: Annotated[
         bool,
         typer.Option(

@@ -20,12 +20,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 python3 -c 'import sys, torch, transformers, triton; print(sys.version.split()[0], torch.__version__, transformers.__version__, triton.__version__)' | tee -a "$OUT/gpu.txt"
 
 status=0
-python3 -P -m pytest -m gpu tests/engine/gpu -q -p no:cacheprovider -o addopts="" \
+[ "${SKIP_TESTS:-0}" = 1 ] || python3 -P -m pytest -m gpu tests/engine/gpu -q -p no:cacheprovider -o addopts="" \
   --import-mode=importlib 2>&1 | tee "$OUT/gpu-tests.log" || status=1
 
 for layers in ${BENCH_LAYERS:-6 4}; do
   python3 -P -m m2agent bench latency --dummy-config minimax-m2 --layers "$layers" \
-    --prompt-tokens 512 --new-tokens 128 --repeats 3 --json "$OUT/bench-latency-$layers.json" \
+    --prompt-tokens 512 --new-tokens 128 --repeats ${BENCH_REPEATS:-7} --json "$OUT/bench-latency-$layers.json" \
     2>&1 | tee "$OUT/bench-latency-$layers.log" || status=1
 done
 exit $status

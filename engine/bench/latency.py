@@ -33,6 +33,7 @@ class Timing:
     ttft_ms: float  # prefill of the prompt + the first token
     decode_tok_s: float  # tokens after the first, per second
     runs: int
+    decode_tok_s_runs: list[float]  # every timed run, for the spread
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,8 @@ class LatencyReport:
             f"{'':28} {'TTFT ms':>10} {'decode tok/s':>14}",
         ]
         for t in self.timings:
-            lines.append(f"{t.name:28} {t.ttft_ms:10.1f} {t.decode_tok_s:14.1f}")
+            spread = f"{min(t.decode_tok_s_runs):.1f}-{max(t.decode_tok_s_runs):.1f}"
+            lines.append(f"{t.name:28} {t.ttft_ms:10.1f} {t.decode_tok_s:14.1f}   (runs {spread})")
         lines.append(
             f"{'bandwidth bound':28} {'':>10} {self.bound_tok_s:14.1f}   "
             f"({self.bytes_per_token / 1e9:.2f} GB/token at {self.copy_bandwidth_gb_s:.0f} GB/s)"
@@ -98,7 +100,8 @@ def time_engine(
     llm: LLM, prompt: list[int], new_tokens: int, repeats: int, report: Report
 ) -> Timing:
     params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
-    list(llm.stream_tokens(prompt[:16], SamplingParams(temperature=0, max_tokens=4)))  # warm-up
+    warm_up = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    list(llm.stream_tokens(prompt, warm_up))  # kernels chosen for this prompt length
     ttfts, rates = [], []
     for i in range(repeats):
         _sync(llm.device)
@@ -113,7 +116,9 @@ def time_engine(
         ttfts.append((first - started) * 1e3)
         rates.append((count - 1) / (last - first))
         report(f"  m2agent engine run {i + 1}/{repeats}: {ttfts[-1]:.1f} ms, {rates[-1]:.1f} tok/s")
-    return Timing("m2agent engine", statistics.median(ttfts), statistics.median(rates), repeats)
+    return Timing(
+        "m2agent engine", statistics.median(ttfts), statistics.median(rates), repeats, rates
+    )
 
 
 def transformers_weights(model: MiniMaxM2ForCausalLM) -> Iterator[tuple[str, torch.Tensor]]:
@@ -159,14 +164,14 @@ def time_transformers(
         _sync(device)
         return time.perf_counter() - started
 
-    run(2)  # warm-up
+    run(8)  # warm-up at this prompt length
     ttfts, rates = [], []
     for i in range(repeats):
         first, total = run(1), run(new_tokens)
         ttfts.append(first * 1e3)
         rates.append((new_tokens - 1) / max(total - first, 1e-9))
         report(f"  {name} run {i + 1}/{repeats}: {ttfts[-1]:.1f} ms, {rates[-1]:.1f} tok/s")
-    return Timing(name, statistics.median(ttfts), statistics.median(rates), repeats)
+    return Timing(name, statistics.median(ttfts), statistics.median(rates), repeats, rates)
 
 
 def run_latency_bench(
