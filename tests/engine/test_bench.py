@@ -3,6 +3,7 @@ tested): the baseline really runs on our weights, and the CLI prints and writes 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,12 +13,16 @@ import pytest
 import torch
 
 from m2agent.engine import LLM
-from m2agent.engine.bench.latency import build_transformers_model, reduced_config
+from m2agent.engine.bench.latency import (
+    BUILTIN_CONFIGS,
+    build_transformers_model,
+    reduced_config,
+)
 from m2agent.engine.bench.roofline import decode_bytes_per_token
 from m2agent.engine.kv_cache import SequenceKVCache
 from m2agent.engine.model_config import load_model_config
 
-SHARED_CONFIG = Path(__file__).resolve().parents[3] / "shared" / "minimax-m2-config.json"
+SHARED_CONFIG = BUILTIN_CONFIGS / "minimax-m2.json"
 
 
 def small_config(tmp_path: Path) -> Path:
@@ -46,18 +51,10 @@ def small_config(tmp_path: Path) -> Path:
 
 
 def test_full_size_bytes_per_token_matches_the_published_roofline() -> None:
-    if not SHARED_CONFIG.is_file():
-        pytest.skip("shared/minimax-m2-config.json is not in this checkout")
     config = load_model_config(SHARED_CONFIG)
     # ENGINE.md: 6 layers at full width in bf16 read 3.13 GB per token (weights only).
-    six = decode_bytes_per_token(
-        config.__class__(**{**_fields(config), "num_hidden_layers": 6}), 2, 0
-    )
+    six = decode_bytes_per_token(dataclasses.replace(config, num_hidden_layers=6), 2, 0)
     assert abs(six / 1e9 - 3.13) < 0.02
-
-
-def _fields(config: object) -> dict:
-    return {name: getattr(config, name) for name in config.__dataclass_fields__}  # type: ignore[attr-defined]
 
 
 def test_transformers_baseline_runs_on_our_weights(tmp_path: Path) -> None:
