@@ -1,36 +1,25 @@
-"""`LLM`: load a MiniMax-M2 checkpoint and generate, one sequence at a time.
+"""`LLM`: the offline entry point (tests, scripts, benchmarks) over `LLMEngine`.
 
-The offline entry point (tests, smoke runs, benchmarks). The serving engine (continuous batching,
-paged KV, prefix cache) is built on the same model and layers.
+`generate` runs all prompts together through continuous batching; `stream` yields one
+prompt's text as it is produced.
 """
 
 from __future__ import annotations
 
-import logging
-import secrets
-import time
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
-from m2agent.engine.errors import EngineError
-from m2agent.engine.kv_cache import SequenceKVCache
-from m2agent.engine.layers.sampler import sample
-from m2agent.engine.model_config import ModelConfig, load_model_config
-from m2agent.engine.models.checkpoint import iter_tensors
+from m2agent.engine.config import EngineConfig
+from m2agent.engine.engine import FinishReason, LLMEngine
+from m2agent.engine.model_config import ModelConfig
 from m2agent.engine.models.minimax_m2 import MiniMaxM2ForCausalLM
-from m2agent.engine.models.weights import init_dummy_weights, load_weights
-from m2agent.engine.sampling import SamplingParams, load_generation_defaults
-from m2agent.engine.stopping import StopStringMatcher
-from m2agent.engine.tokenizer import IncrementalDetokenizer, Tokenizer
-
-logger = logging.getLogger(__name__)
-
-FinishReason = Literal["stop", "length"]
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from m2agent.engine.sampling import SamplingParams
+from m2agent.engine.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +28,7 @@ class RequestOutput:
     token_ids: list[int]  # generated ids; a final EOS/stop token id is included
     text: str  # generated text, cut before any stop string
     finish_reason: FinishReason
-
-
-@dataclass(frozen=True, slots=True)
-class _Step:
-    token_id: int
-    text: str
-    finish_reason: FinishReason | None
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
 
 
 class LLM:
@@ -53,7 +36,8 @@ class LLM:
 
     model_path: a checkpoint folder (config.json, safetensors, tokenizer.json), or with
     load_format="dummy" a folder or config.json file alone (random weights of the real shapes).
-    dtype "auto" is bfloat16 on CUDA and float32 on CPU.
+    dtype "auto" is bfloat16 on CUDA and float32 on CPU. Other keyword arguments are
+    `EngineConfig` fields (block_size, max_num_seqs, enable_prefix_caching, ...).
     """
 
     def __init__(
@@ -62,56 +46,72 @@ class LLM:
         device: str = "cpu",
         dtype: str | torch.dtype = "auto",
         load_format: Literal["auto", "dummy"] = "auto",
-        *,
-        max_model_len: int | None = None,
-        seed: int = 0,
+        **engine_options: Any,
     ) -> None:
-        path = Path(model_path)
-        folder = path.parent if path.is_file() else path
-        self.device = _resolve_device(device)
-        self.dtype = _resolve_dtype(dtype, self.device)
-        self.config: ModelConfig = load_model_config(path)
-        self.max_model_len = min(
-            max_model_len or self.config.max_position_embeddings,
-            self.config.max_position_embeddings,
+        config = EngineConfig(
+            model=Path(model_path),
+            device=device,
+            dtype=dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch."),
+            load_format=load_format,
+            **engine_options,
         )
-        self.tokenizer = Tokenizer.from_dir(folder) if Tokenizer.exists(folder) else None
-        self.generation_defaults = load_generation_defaults(folder)
-        self.eos_token_ids = self._eos_token_ids()
+        self.engine = LLMEngine(config)
+        self._ids = itertools.count()
 
-        started = time.perf_counter()
-        with torch.device(self.device):
-            self.model = MiniMaxM2ForCausalLM(self.config, self.dtype)
-        if load_format == "dummy":
-            init_dummy_weights(self.model, seed=seed)
-        elif load_format == "auto":
-            if self.tokenizer is None:
-                raise EngineError(f"{folder}: no tokenizer.json; a checkpoint needs its tokenizer")
-            load_weights(self.model, iter_tensors(folder), where=str(folder))
-        else:
-            raise EngineError(f"load_format must be 'auto' or 'dummy', got {load_format!r}")
-        self.model.eval()
-        logger.info("loaded %s (%s) in %.1fs", folder, load_format, time.perf_counter() - started)
+    @property
+    def config(self) -> ModelConfig:
+        return self.engine.loaded.config
+
+    @property
+    def model(self) -> MiniMaxM2ForCausalLM:
+        return self.engine.loaded.model
+
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        return self.engine.loaded.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.loaded.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.engine.loaded.dtype
 
     def generate(
         self,
         prompts: str | Sequence[str] | Sequence[Sequence[int]],
         params: SamplingParams | None = None,
     ) -> list[RequestOutput]:
-        """Generate for each prompt (text or token ids), in order."""
+        """Generate for every prompt (text or token ids), batched; results in prompt order."""
         if isinstance(prompts, str):
             prompts = [prompts]
-        outputs = []
-        for prompt in prompts:
-            prompt_ids = self._prompt_ids(prompt)
-            token_ids, texts = [], []
-            finish: FinishReason = "length"
-            for step in self._run(prompt_ids, params or SamplingParams()):
-                token_ids.append(step.token_id)
-                texts.append(step.text)
-                finish = step.finish_reason or finish
-            outputs.append(RequestOutput(prompt_ids, token_ids, "".join(texts), finish))
-        return outputs
+        ids = [f"llm-{next(self._ids)}" for _ in prompts]
+        prompt_ids = {rid: self.engine.encode(p) for rid, p in zip(ids, prompts, strict=True)}
+        tokens: dict[str, list[int]] = {rid: [] for rid in ids}
+        texts: dict[str, list[str]] = {rid: [] for rid in ids}
+        finish: dict[str, FinishReason] = {}
+        cached: dict[str, int] = {}
+        try:
+            for rid in ids:
+                self.engine.add_request(rid, prompt_ids[rid], params)
+            while len(finish) < len(ids):
+                for delta in self.engine.step():
+                    tokens[delta.request_id] += delta.token_ids
+                    texts[delta.request_id].append(delta.text)
+                    cached[delta.request_id] = delta.num_cached_tokens
+                    if delta.finish_reason is not None:
+                        finish[delta.request_id] = delta.finish_reason
+        finally:
+            for rid in ids:
+                if rid not in finish:
+                    self.engine.abort(rid)
+        return [
+            RequestOutput(
+                prompt_ids[rid], tokens[rid], "".join(texts[rid]), finish[rid], cached[rid]
+            )
+            for rid in ids
+        ]
 
     def stream(
         self, prompt: str | Sequence[int], params: SamplingParams | None = None
@@ -125,103 +125,19 @@ class LLM:
         self, prompt: str | Sequence[int], params: SamplingParams | None = None
     ) -> Iterator[tuple[int, str]]:
         """Yield (token id, text delta) for each generated token of one prompt."""
-        for step in self._run(self._prompt_ids(prompt), params or SamplingParams()):
-            yield step.token_id, step.text
+        rid = f"llm-{next(self._ids)}"
+        self.engine.add_request(rid, prompt, params)
+        finished = False
+        try:
+            while not finished:
+                for delta in self.engine.step():
+                    if delta.request_id == rid:
+                        finished = delta.finished
+                        yield delta.token_ids[0], delta.text
+        finally:
+            if not finished:
+                self.engine.abort(rid)
 
-    # -- one sequence ---------------------------------------------------------------------------
-
-    @torch.inference_mode()
-    def _run(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[_Step]:
-        params = params.resolve(self.generation_defaults)
-        if len(prompt_ids) >= self.max_model_len:
-            raise EngineError(
-                f"the prompt has {len(prompt_ids)} tokens; the context holds {self.max_model_len}"
-            )
-        max_new = min(params.max_tokens, self.max_model_len - len(prompt_ids))
-        stop_ids = set(params.stop_token_ids)
-        if not params.ignore_eos:
-            stop_ids.update(self.eos_token_ids)
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(params.seed if params.seed is not None else secrets.randbits(63))
-        detokenizer = (
-            IncrementalDetokenizer(self.tokenizer, params.skip_special_tokens)
-            if self.tokenizer
-            else None
-        )
-        stops = StopStringMatcher(params.stop)
-        cache = SequenceKVCache.allocate(
-            self.config, len(prompt_ids) + max_new, self.dtype, self.device
-        )
-
-        def finish_text() -> str:
-            tail = detokenizer.flush() if detokenizer else ""
-            return stops.add(tail) + stops.flush()
-
-        logits = self._forward(prompt_ids, cache, start=0)
-        position = len(prompt_ids)
-        for produced in range(1, max_new + 1):
-            token = sample(logits, params, generator)
-            if token in stop_ids:
-                yield _Step(token, finish_text(), "stop")
-                return
-            text = stops.add(detokenizer.add(token) if detokenizer else "")
-            if stops.is_stopped:
-                yield _Step(token, text, "stop")
-                return
-            if produced == max_new:
-                text += finish_text()
-                yield _Step(token, text, "stop" if stops.is_stopped else "length")
-                return
-            yield _Step(token, text, None)
-            logits = self._forward([token], cache, start=position)
-            position += 1
-
-    def _forward(self, token_ids: list[int], cache: SequenceKVCache, start: int) -> torch.Tensor:
-        """Logits [V] (fp32) of the last of `token_ids`, which sit at positions start.."""
-        ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
-        positions = torch.arange(start, start + len(token_ids), device=self.device)
-        hidden = self.model(ids, positions, cache.keys, cache.values, start)
-        return self.model.compute_logits(hidden[-1:])[0]
-
-    def _prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
-        if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise EngineError("this model has no tokenizer: pass prompts as token ids")
-            ids = self.tokenizer.encode(prompt)
-        else:
-            ids = list(prompt)
-            if not all(isinstance(i, int) and 0 <= i < self.config.vocab_size for i in ids):
-                raise EngineError(f"token ids must be integers in [0, {self.config.vocab_size})")
-        if not ids:
-            raise EngineError("the prompt is empty")
-        return ids
-
-    def _eos_token_ids(self) -> tuple[int, ...]:
-        ids = self.generation_defaults.get("eos_token_ids") or self.config.eos_token_ids
-        if not ids and self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
-            ids = (self.tokenizer.eos_token_id,)
-        return tuple(ids)
-
-
-def _resolve_device(device: str) -> torch.device:
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise EngineError(f"unknown device {device!r}: use 'cpu' or 'cuda'") from e
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise EngineError("device 'cuda' was asked for but CUDA is not available here")
-    if resolved.type not in ("cpu", "cuda"):
-        raise EngineError(f"device {device!r} is not supported: use 'cpu' or 'cuda'")
-    return resolved
-
-
-def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        if dtype not in _DTYPES.values():
-            raise EngineError(f"dtype {dtype} is not supported: use float32 or bfloat16")
-        return dtype
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in _DTYPES:
-        raise EngineError(f"dtype {dtype!r} is not supported: use 'float32', 'bfloat16' or 'auto'")
-    return _DTYPES[dtype]
+    def prompt_logits(self, token_ids: Sequence[int]) -> torch.Tensor:
+        """fp32 logits [T, V] at every position of a prompt (teacher forcing)."""
+        return self.engine.prompt_logits(token_ids)

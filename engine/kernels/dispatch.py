@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from m2agent.engine.forward_batch import ForwardBatch
 from m2agent.engine.kernels import grouped_moe, reference
 
 
@@ -21,3 +22,21 @@ def moe_experts(
     if x.is_cuda and grouped_moe.is_available() and x.dtype == torch.bfloat16:
         return grouped_moe.moe_experts_grouped(x, weights, expert_ids, w1, w3, w2)
     return reference.moe_experts(x, weights, expert_ids, w1, w3, w2)
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    batch: ForwardBatch,
+    scale: float,
+) -> torch.Tensor:
+    return reference.paged_attention(
+        q,
+        k_cache,
+        v_cache,
+        batch.query_lens_list,
+        batch.seq_lens_list,
+        batch.block_tables_list,
+        scale,
+    )

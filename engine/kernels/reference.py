@@ -55,6 +55,30 @@ def causal_attention(
     return out[0].transpose(0, 1)
 
 
+def paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    query_lens: list[int],
+    seq_lens: list[int],
+    block_tables: list[list[int]],
+    scale: float,
+) -> torch.Tensor:
+    """Attention of each sequence's new queries over its paged keys and values.
+    q [T, H, D] (sequences one after another); caches [N_blocks, block_size, Hkv, D];
+    sequence i has query_lens[i] new tokens, the last ones of its seq_lens[i]."""
+    out = torch.empty_like(q)
+    start = 0
+    for num_new, num_keys, table in zip(query_lens, seq_lens, block_tables, strict=True):
+        blocks = torch.tensor(table, dtype=torch.long, device=q.device)
+        keys = k_cache[blocks].flatten(0, 1)[:num_keys]
+        values = v_cache[blocks].flatten(0, 1)[:num_keys]
+        end = start + num_new
+        out[start:end] = causal_attention(q[start:end], keys, values, num_keys - num_new, scale)
+        start = end
+    return out
+
+
 def route(
     x: torch.Tensor, gate_weight: torch.Tensor, correction_bias: torch.Tensor, top_k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

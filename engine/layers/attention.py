@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from m2agent.engine.kernels.reference import causal_attention
+from m2agent.engine.forward_batch import ForwardBatch
+from m2agent.engine.kernels import dispatch
 from m2agent.engine.layers.linear import Linear
 from m2agent.engine.layers.norm import RMSNorm
 from m2agent.engine.layers.rotary import PartialRotary
@@ -36,18 +37,17 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
-        start: int,
+        batch: ForwardBatch,
     ) -> torch.Tensor:
-        """x [T, C] for tokens at positions start .. start+T-1, with their RoPE (cos, sin);
-        caches [S_max, Hkv, D] hold the keys and values of positions 0 .. start-1 and receive
-        these T."""
+        """x [T, C] for the batch's tokens, with their RoPE (cos, sin). The paged caches
+        [N_blocks, block_size, Hkv, D] receive these tokens' keys and values at
+        `batch.slot_mapping`, then each sequence attends over all of its cached tokens."""
         num_tokens = x.shape[0]
         q = self.q_norm(self.q_proj(x)).view(num_tokens, self.num_heads, self.head_dim)
         k = self.k_norm(self.k_proj(x)).view(num_tokens, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
         q, k = PartialRotary.rotate(q, k, *rope)
-        end = start + num_tokens
-        k_cache[start:end] = k
-        v_cache[start:end] = v
-        out = causal_attention(q, k_cache[:end], v_cache[:end], start, self.scale)
+        k_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, batch.slot_mapping, k)
+        v_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, batch.slot_mapping, v)
+        out = dispatch.paged_attention(q, k_cache, v_cache, batch, self.scale)
         return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))

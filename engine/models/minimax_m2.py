@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from m2agent.engine.forward_batch import ForwardBatch
 from m2agent.engine.layers.attention import Attention
 from m2agent.engine.layers.embedding import Embedding, LMHead
 from m2agent.engine.layers.moe import SparseMoE
@@ -31,9 +32,9 @@ class DecoderLayer(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
-        start: int,
+        batch: ForwardBatch,
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, k_cache, v_cache, start)
+        x = x + self.self_attn(self.input_layernorm(x), rope, k_cache, v_cache, batch)
         return x + self.block_sparse_moe(self.post_attention_layernorm(x))
 
 
@@ -60,19 +61,14 @@ class MiniMaxM2ForCausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(
-        self,
-        token_ids: torch.Tensor,
-        positions: torch.Tensor,
-        k_caches: torch.Tensor,
-        v_caches: torch.Tensor,
-        start: int,
+        self, batch: ForwardBatch, k_caches: torch.Tensor, v_caches: torch.Tensor
     ) -> torch.Tensor:
-        """Hidden states [T, C] after the final norm, for T tokens of one sequence at positions
-        start .. start+T-1. k_caches, v_caches: [L, S_max, Hkv, D]."""
-        x = self.model.embed_tokens(token_ids)
-        rope = self.rotary.cos_sin(positions, x.dtype)
+        """Hidden states [T, C] after the final norm for the batch's tokens.
+        k_caches, v_caches: the paged cache of every layer, [L, N_blocks, block_size, Hkv, D]."""
+        x = self.model.embed_tokens(batch.token_ids)
+        rope = self.rotary.cos_sin(batch.positions, x.dtype)
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, rope, k_caches[i], v_caches[i], start)
+            x = layer(x, rope, k_caches[i], v_caches[i], batch)
         return self.model.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,6 @@ from m2agent.engine.bench.latency import (
     reduced_config,
 )
 from m2agent.engine.bench.roofline import decode_bytes_per_token
-from m2agent.engine.kv_cache import SequenceKVCache
 from m2agent.engine.model_config import load_model_config
 
 SHARED_CONFIG = BUILTIN_CONFIGS / "minimax-m2.json"
@@ -65,10 +64,8 @@ def test_transformers_baseline_runs_on_our_weights(tmp_path: Path) -> None:
     llm = LLM(folder, dtype="float32", load_format="dummy", seed=3)
     reference = build_transformers_model(llm, folder, "eager")
     ids = [5, 17, 250, 3, 99, 42]
-    cache = SequenceKVCache.allocate(llm.config, len(ids), llm.dtype, llm.device)
+    ours = llm.prompt_logits(ids)
     with torch.inference_mode():
-        hidden = llm.model(torch.tensor(ids), torch.arange(len(ids)), cache.keys, cache.values, 0)
-        ours = llm.model.compute_logits(hidden)
         theirs = reference(torch.tensor([ids])).logits[0].float()
     # transformers keeps the router in the model dtype: identical here in fp32.
     torch.testing.assert_close(ours, theirs, atol=2e-4, rtol=1e-4)

@@ -10,10 +10,15 @@ import torch
 from m2agent.engine import LLM, SamplingParams
 from m2agent.engine.errors import EngineError
 from m2agent.engine.kernels import grouped_moe, reference
+from m2agent.engine.llm import RequestOutput
 from m2agent.engine.stopping import StopStringMatcher
 
 PROMPT = "]~!b[]~b]user\nWrite a function[e~[\n]~b]ai\n<think>\n"
 GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+
+
+def same(a: RequestOutput, b: RequestOutput) -> bool:
+    return (a.token_ids, a.text, a.finish_reason) == (b.token_ids, b.text, b.finish_reason)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +29,8 @@ def llm(tiny_m2_checkpoint: Path) -> LLM:
 def test_generate_text_and_ids_agree(llm: LLM) -> None:
     (by_text,) = llm.generate([PROMPT], GREEDY)
     (by_ids,) = llm.generate([by_text.prompt_token_ids], GREEDY)
-    assert by_text == by_ids
+    assert same(by_text, by_ids)
+    assert by_ids.num_cached_tokens == 16  # the second run reused the first's prompt blocks
     assert len(by_text.token_ids) == 24
     assert by_text.finish_reason == "length"
 
@@ -61,7 +67,7 @@ def test_seeded_sampling_reproducible_and_prompts_independent(llm: LLM) -> None:
     params = SamplingParams(temperature=1.0, top_p=0.9, top_k=50, seed=3, max_tokens=16)
     a = llm.generate([PROMPT, "hello"], params)
     b = llm.generate([PROMPT], params)
-    assert a[0] == b[0]
+    assert same(a[0], b[0])
     assert len(a) == 2
 
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from m2agent.engine import LLM, SamplingParams
-from m2agent.engine.kv_cache import SequenceKVCache
 
 transformers = pytest.importorskip("transformers")
 
@@ -32,10 +31,7 @@ def reference_model(folder: Path) -> Any:
 
 
 def all_logits(llm: LLM, ids: list[int]) -> torch.Tensor:
-    cache = SequenceKVCache.allocate(llm.config, len(ids), llm.dtype, llm.device)
-    with torch.inference_mode():
-        hidden = llm.model(torch.tensor(ids), torch.arange(len(ids)), cache.keys, cache.values, 0)
-        return llm.model.compute_logits(hidden)
+    return llm.prompt_logits(ids)
 
 
 @pytest.mark.parametrize("checkpoint_id", IDS)

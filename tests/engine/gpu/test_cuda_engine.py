@@ -20,7 +20,6 @@ import torch
 
 from m2agent.engine import LLM, SamplingParams
 from m2agent.engine.kernels import grouped_moe, reference
-from m2agent.engine.kv_cache import SequenceKVCache
 
 pytestmark = [
     pytest.mark.gpu,
@@ -47,13 +46,7 @@ def oracle(folder: Path, dtype: torch.dtype) -> Any:
 
 
 def all_logits(llm: LLM, ids: list[int]) -> torch.Tensor:
-    cache = SequenceKVCache.allocate(llm.config, len(ids), llm.dtype, llm.device)
-    with torch.inference_mode():
-        tokens = torch.tensor(ids, device="cuda")
-        hidden = llm.model(
-            tokens, torch.arange(len(ids), device="cuda"), cache.keys, cache.values, 0
-        )
-        return llm.model.compute_logits(hidden)
+    return llm.prompt_logits(ids)
 
 
 def test_fp32_greedy_matches_transformers_on_cuda(transformers_checkpoints: dict) -> None:

@@ -1,0 +1,45 @@
+"""`EngineConfig`: how to run the engine (not the model's architecture: see model_config.py).
+Frozen and validated; knows nothing of the agent's settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    model: Path
+    device: str = "cpu"
+    dtype: str = "auto"  # "auto": bfloat16 on CUDA, float32 on CPU
+    load_format: Literal["auto", "dummy"] = "auto"
+    max_model_len: int | None = None  # default: the model's max_position_embeddings
+    block_size: int = 16
+    max_num_seqs: int = 32
+    max_num_batched_tokens: int = 2048
+    enable_prefix_caching: bool = True
+    gpu_memory_utilization: float = 0.90  # share of the GPU the engine may fill (KV included)
+    cpu_kv_cache_bytes: int = 512 << 20  # KV pool size on CPU
+    num_kv_blocks: int | None = None  # exact pool size, overriding the memory-based sizing
+    cuda_graphs: bool = True  # replay decode steps from captured graphs on CUDA
+    seed: int = 0  # for dummy weights
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.block_size < 1:
+            problems.append("block_size must be positive")
+        if self.max_num_seqs < 1:
+            problems.append("max_num_seqs must be positive")
+        if self.max_num_batched_tokens < 1:
+            problems.append("max_num_batched_tokens must be positive")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            problems.append("gpu_memory_utilization must be in (0, 1]")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            problems.append("num_kv_blocks must be positive")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            problems.append("max_model_len must be at least 2")
+        if self.load_format not in ("auto", "dummy"):
+            problems.append(f"load_format must be 'auto' or 'dummy', got {self.load_format!r}")
+        if problems:
+            raise ValueError("; ".join(problems))

@@ -1,0 +1,1 @@
+"""Running the model: batches in, sampled tokens out (one device)."""
