@@ -51,6 +51,18 @@ def root(
     """A terminal coding agent for MiniMax-M2."""
 
 
+@app.command(
+    "serve",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def serve(ctx: typer.Context) -> None:
+    """Serve MiniMax-M2 with an OpenAI-compatible API (see `m2agent serve --help`)."""
+    from m2agent.engine.server.__main__ import main as serve_main
+
+    raise typer.Exit(serve_main(list(ctx.args)))
+
+
 @bench_app.command("latency")
 def bench_latency(
     model: Annotated[

@@ -47,10 +47,14 @@ class _State(enum.Enum):
 
 
 def parse_output(
-    text: str, tools: Sequence[Mapping[str, Any]] | None = None, *, in_reasoning: bool = True
+    text: str,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    in_reasoning: bool = True,
+    parse_tool_calls: bool = True,
 ) -> ParsedOutput:
     """Parse the model's continuation after the generation prompt (see `OutputParser`)."""
-    parser = OutputParser(tools, in_reasoning=in_reasoning)
+    parser = OutputParser(tools, in_reasoning=in_reasoning, parse_tool_calls=parse_tool_calls)
     parser.feed(text)
     return parser.finish()
 
@@ -62,16 +66,25 @@ class OutputParser:
     `in_reasoning=False` is for content from servers that already split the reasoning out (a
     leading `<think>` still opens reasoning there). `tools` types the arguments by their JSON
     schemas and flags calls to tools that were not offered; `None` accepts any name, untyped.
+    `parse_tool_calls=False` leaves tool-call blocks in the content as text (a server asked
+    for no tool parsing).
     """
 
     def __init__(
-        self, tools: Sequence[Mapping[str, Any]] | None = None, *, in_reasoning: bool = True
+        self,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        in_reasoning: bool = True,
+        parse_tool_calls: bool = True,
     ) -> None:
         self._functions: dict[str, Mapping[str, Any]] | None = None
         if tools is not None:
             functions = [tool_function(tool, f"tools[{i}]") for i, tool in enumerate(tools)]
             self._functions = {f["name"]: f for f in functions}
         self._starts_in_reasoning = in_reasoning
+        self._content_markers = (
+            (m.TOOL_CALL_OPEN, m.END_OF_TURN) if parse_tool_calls else (m.END_OF_TURN,)
+        )
         self._state = _State.START
         self._buf = ""
         self._scan_from = 0  # VALUE: where to resume looking for the value's end
@@ -175,7 +188,7 @@ class OutputParser:
         if self._lead_newlines and not self._buf and not final:
             return False
         self._lead_newlines = 0
-        markers = (m.TOOL_CALL_OPEN, m.END_OF_TURN)
+        markers = self._content_markers
         found = _find_first(self._buf, markers)
         if found is not None:
             index, marker = found

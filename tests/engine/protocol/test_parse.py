@@ -356,3 +356,13 @@ def test_long_streamed_value_is_linear_enough() -> None:
     for i in range(0, len(text), 3):
         parser.feed(text[i : i + 3])
     assert parser.finish().tool_calls[0].arguments == {"c": value}
+
+
+def test_tool_call_parsing_can_be_switched_off() -> None:
+    text = 'R</think>\n\nA\n<minimax:tool_call>\n<invoke name="f">\n</invoke>\n</minimax:tool_call>'
+    result = parse_output(text, TOOLS, parse_tool_calls=False)
+    assert result.tool_calls == []
+    assert (
+        result.content
+        == 'A\n<minimax:tool_call>\n<invoke name="f">\n</invoke>\n</minimax:tool_call>'
+    )

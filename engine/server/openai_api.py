@@ -1,0 +1,192 @@
+"""Pydantic models of the OpenAI wire format the server accepts, and its error body.
+
+Unknown fields are rejected (a silently ignored parameter is a bug report waiting to happen);
+fields that are accepted but change nothing are listed as such.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class APIError(Exception):
+    """An OpenAI-style error: HTTP status, message, type and the offending parameter."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = (
+            status,
+            message,
+            type,
+            param,
+            code,
+        )
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+    continuous_usage_stats: bool = False
+
+
+class _Sampling(BaseModel):
+    """Fields shared by chat and completions requests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    max_tokens: int | None = None
+    temperature: float | None = Field(default=None, ge=0, le=100)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float = Field(default=0.0, ge=0, le=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = 1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logprobs: bool | int | None = None
+    logit_bias: dict[str, float] | None = None
+    # Accepted and ignored: they do not change generation.
+    user: str | None = None
+    metadata: dict[str, Any] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _positive(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def reject_unsupported(self) -> None:
+        checks: list[tuple[bool, str, str]] = [
+            (self.n != 1, "n", "only n=1 is supported"),
+            (self.presence_penalty != 0, "presence_penalty", "presence_penalty is not supported"),
+            (
+                self.frequency_penalty != 0,
+                "frequency_penalty",
+                "frequency_penalty is not supported",
+            ),
+            (
+                self.repetition_penalty != 1,
+                "repetition_penalty",
+                "repetition_penalty is not supported",
+            ),
+            (bool(self.logprobs), "logprobs", "logprobs are not supported"),
+            (bool(self.logit_bias), "logit_bias", "logit_bias is not supported"),
+            (any(s == "" for s in self.stop_list()), "stop", "stop strings must not be empty"),
+        ]
+        for failed, param, message in checks:
+            if failed:
+                raise APIError(400, message, param=param, code="unsupported_parameter")
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    max_completion_tokens: int | None = None
+    response_format: dict[str, Any] | None = None
+    reasoning_effort: str | None = None  # accepted; M2 always reasons
+    top_logprobs: int | None = None
+    add_generation_prompt: bool = True
+
+    def reject_unsupported(self) -> None:
+        super().reject_unsupported()
+        if self.tool_choice not in (None, "auto", "none"):
+            raise APIError(
+                400,
+                "tool_choice must be 'auto' or 'none' (the model decides when to call tools)",
+                param="tool_choice",
+                code="unsupported_parameter",
+            )
+        if self.response_format and self.response_format.get("type") not in (None, "text"):
+            raise APIError(
+                400,
+                "only response_format {'type': 'text'} is supported",
+                param="response_format",
+                code="unsupported_parameter",
+            )
+        if self.top_logprobs:
+            raise APIError(400, "logprobs are not supported", param="top_logprobs")
+        if self.max_completion_tokens is not None and self.max_completion_tokens < 1:
+            raise APIError(
+                400, "max_completion_tokens must be at least 1", param="max_completion_tokens"
+            )
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[int] | list[str] | list[list[int]]
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    def reject_unsupported(self) -> None:
+        super().reject_unsupported()
+        if self.echo:
+            raise APIError(400, "echo is not supported", param="echo", code="unsupported_parameter")
+        if self.suffix:
+            raise APIError(
+                400, "suffix is not supported", param="suffix", code="unsupported_parameter"
+            )
+        if self.best_of not in (None, 1):
+            raise APIError(
+                400, "best_of is not supported", param="best_of", code="unsupported_parameter"
+            )
+
+    def single_prompt(self) -> str | list[int]:
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return prompt
+        if prompt and all(isinstance(p, int) for p in prompt):
+            return prompt  # type: ignore[return-value]
+        if len(prompt) == 1 and isinstance(prompt[0], str | list):
+            return prompt[0]
+        raise APIError(400, "exactly one prompt per request is supported", param="prompt")
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    add_generation_prompt: bool = True
+    add_special_tokens: bool = False
+
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]

@@ -1,0 +1,98 @@
+"""A real `m2agent serve` process on a tiny checkpoint, on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from m2agent.engine.models.tiny import write_tiny_checkpoint
+
+
+@dataclass(frozen=True)
+class Server:
+    base_url: str  # ends in /v1
+    root: str
+    model: str
+    api_key: str | None
+    log: Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(checkpoint: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    args = [
+        sys.executable, "-m", "m2agent", "serve", "--model", str(checkpoint), "--device", "cpu",
+        "--port", str(port), "--served-model-name", "tiny-m2", "--log-file", str(log), *extra,
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy()
+    )
+    root = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stdout.read().decode() if process.stdout else ""
+            raise RuntimeError(
+                f"server exited: {output}\n{log.read_text() if log.exists() else ''}"
+            )
+        try:
+            if httpx.get(f"{root}/health", timeout=1).status_code == 200:
+                return process, root
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("server did not become healthy in 120 s")
+
+
+@pytest.fixture(scope="session")
+def server_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("serve") / "tiny")
+
+
+def _serve(
+    checkpoint: Path, tmp: Path, *extra: str, api_key: str | None = None
+) -> Iterator[Server]:
+    log = tmp / "server.log"
+    args = [*extra] + (["--api-key", api_key] if api_key else [])
+    process, root = start_server(checkpoint, log, *args)
+    try:
+        yield Server(f"{root}/v1", root, "tiny-m2", api_key, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="session")
+def server(server_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from _serve(server_checkpoint, tmp_path_factory.mktemp("log"), "--max-model-len", "1024")
+
+
+@pytest.fixture(scope="session")
+def split_server(
+    server_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    yield from _serve(
+        server_checkpoint,
+        tmp_path_factory.mktemp("log"),
+        "--reasoning-mode",
+        "split",
+        api_key="sekrit",
+    )
