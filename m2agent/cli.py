@@ -7,7 +7,7 @@ engine is imported inside the commands that need it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -63,69 +63,140 @@ def serve(ctx: typer.Context) -> None:
     raise typer.Exit(serve_main(list(ctx.args)))
 
 
-@bench_app.command("latency")
-def bench_latency(
-    model: Annotated[
-        Path | None, typer.Option("--model", help="A MiniMax-M2 checkpoint folder (real weights).")
-    ] = None,
-    dummy_config: Annotated[
-        str | None,
-        typer.Option(
-            "--dummy-config",
-            help=(
-                "A MiniMax-M2 config.json, or 'minimax-m2' for the published one: random bf16 "
-                "weights of the real shapes, no download."
-            ),
+ModelOption = Annotated[
+    Path | None, typer.Option("--model", help="A MiniMax-M2 checkpoint folder (real weights).")
+]
+DummyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dummy-config",
+        help=(
+            "A MiniMax-M2 config.json, or 'minimax-m2' for the published one: random bf16 "
+            "weights of the real shapes, no download."
         ),
-    ] = None,
-    layers: Annotated[
-        int, typer.Option(min=1, help="Decoder layers to keep (with --dummy-config).")
-    ] = 4,
-    prompt_tokens: Annotated[int, typer.Option(min=1, help="Prompt length in tokens.")] = 512,
-    new_tokens: Annotated[int, typer.Option(min=2, help="Tokens to generate per run.")] = 128,
-    device: Annotated[str, typer.Option(help="cuda or cpu.")] = "cuda",
-    repeats: Annotated[
-        int, typer.Option(min=1, help="Timed runs per engine (median reported).")
-    ] = 5,
-    baseline: Annotated[
-        bool,
-        typer.Option(
-            "--baseline/--no-baseline", help="Also time transformers on the same weights."
-        ),
-    ] = True,
-    experts_impl: Annotated[
-        str, typer.Option(help="transformers' experts implementation for the baseline.")
-    ] = "grouped_mm",
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the report as JSON.")
-    ] = None,
+    ),
+]
+LayersOption = Annotated[
+    int, typer.Option(min=1, help="Decoder layers to keep (with --dummy-config).")
+]
+DeviceOption = Annotated[str, typer.Option(help="cuda or cpu.")]
+BaselineOption = Annotated[
+    bool,
+    typer.Option("--baseline/--no-baseline", help="Also time transformers on the same weights."),
+]
+ExpertsOption = Annotated[
+    str, typer.Option(help="transformers' experts implementation for the baseline.")
+]
+JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON.")]
+
+
+def _run_bench(
+    model: Path | None, dummy_config: str | None, run: Any, json_out: Path | None
 ) -> None:
-    """Batch-1 decode tok/s and time to first token, against transformers and the bandwidth
-    bound of the same config."""
+    """Shared plumbing of the bench commands: the model source, errors, output."""
     if (model is None) == (dummy_config is None):
         raise typer.BadParameter("pass exactly one of --model PATH or --dummy-config CONFIG.json")
-    from m2agent.engine.bench.latency import resolve_config, run_latency_bench
+    from m2agent.engine.bench.common import resolve_config
     from m2agent.engine.errors import EngineError
 
     try:
-        report = run_latency_bench(
-            model_path=model,
-            dummy_config=resolve_config(dummy_config) if dummy_config else None,
-            layers=layers,
-            prompt_tokens=prompt_tokens,
-            new_tokens=new_tokens,
-            device=device,
-            repeats=repeats,
-            baseline=baseline,
-            experts_impl=experts_impl,
-            report=lambda line: typer.echo(line, err=True),
-        )
+        config = resolve_config(dummy_config) if dummy_config else None
+        report = run(config, lambda line: typer.echo(line, err=True))
     except EngineError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
     typer.echo(report.table())
     if json_out is not None:
         json_out.write_text(report.to_json() + "\n", encoding="utf-8")
+
+
+@bench_app.command("latency")
+def bench_latency(
+    model: ModelOption = None,
+    dummy_config: DummyOption = None,
+    layers: LayersOption = 4,
+    prompt_tokens: Annotated[int, typer.Option(min=1, help="Prompt length in tokens.")] = 512,
+    new_tokens: Annotated[int, typer.Option(min=2, help="Tokens to generate per run.")] = 128,
+    device: DeviceOption = "cuda",
+    repeats: Annotated[
+        int, typer.Option(min=1, help="Timed runs per engine (median reported).")
+    ] = 5,
+    baseline: BaselineOption = True,
+    experts_impl: ExpertsOption = "grouped_mm",
+    json_out: JsonOption = None,
+) -> None:
+    """Batch-1 decode tok/s and time to first token, against transformers and the bandwidth
+    bound of the same config."""
+    from m2agent.engine.bench.latency import run_latency_bench
+
+    def run(config: Path | None, report: Any) -> Any:
+        return run_latency_bench(
+            model_path=model, dummy_config=config, layers=layers, prompt_tokens=prompt_tokens,
+            new_tokens=new_tokens, device=device, repeats=repeats, baseline=baseline,
+            experts_impl=experts_impl, report=report,
+        )  # fmt: skip
+
+    _run_bench(model, dummy_config, run, json_out)
+
+
+@bench_app.command("throughput")
+def bench_throughput(
+    model: ModelOption = None,
+    dummy_config: DummyOption = None,
+    layers: LayersOption = 4,
+    streams: Annotated[str, typer.Option(help="Comma-separated stream counts.")] = "1,4,16",
+    prompt_tokens: Annotated[int, typer.Option(min=1, help="Prompt length per stream.")] = 512,
+    new_tokens: Annotated[int, typer.Option(min=2, help="Tokens per stream.")] = 128,
+    device: DeviceOption = "cuda",
+    baseline: BaselineOption = True,
+    experts_impl: ExpertsOption = "grouped_mm",
+    json_out: JsonOption = None,
+) -> None:
+    """Output tok/s with N concurrent streams, against transformers batching the same prompts."""
+    from m2agent.engine.bench.throughput import run_throughput_bench
+
+    try:
+        counts = [int(n) for n in streams.split(",")]
+    except ValueError:
+        raise typer.BadParameter(
+            f"--streams must be integers like 1,4,16, got {streams!r}"
+        ) from None
+    if not counts or min(counts) < 1:
+        raise typer.BadParameter("--streams needs positive integers")
+
+    def run(config: Path | None, report: Any) -> Any:
+        return run_throughput_bench(
+            model_path=model, dummy_config=config, layers=layers, streams=counts,
+            prompt_tokens=prompt_tokens, new_tokens=new_tokens, device=device, baseline=baseline,
+            experts_impl=experts_impl, report=report,
+        )  # fmt: skip
+
+    _run_bench(model, dummy_config, run, json_out)
+
+
+@bench_app.command("agent")
+def bench_agent(
+    model: ModelOption = None,
+    dummy_config: DummyOption = None,
+    layers: LayersOption = 4,
+    prefix_tokens: Annotated[
+        int, typer.Option(min=1, help="The cached conversation so far, in tokens.")
+    ] = 16384,
+    new_tokens: Annotated[int, typer.Option(min=1, help="New prompt tokens of the turn.")] = 512,
+    device: DeviceOption = "cuda",
+    repeats: Annotated[int, typer.Option(min=1, help="Cold/cached pairs (median).")] = 3,
+    json_out: JsonOption = None,
+) -> None:
+    """Time to first token of an agent turn with its prefix cached, against a cold cache."""
+    from m2agent.engine.bench.agent import run_agent_bench
+
+    def run(config: Path | None, report: Any) -> Any:
+        return run_agent_bench(
+            model_path=model, dummy_config=config, layers=layers, prefix_tokens=prefix_tokens,
+            new_tokens=new_tokens, device=device, repeats=repeats, report=report,
+        )  # fmt: skip
+
+    _run_bench(model, dummy_config, run, json_out)
 
 
 def main() -> None:

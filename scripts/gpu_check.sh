@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Build, check and time the engine on a GPU machine in one go: the GPU tests, then
-# `m2agent bench latency` at full width and reduced depth. Logs and JSON go to $OUT.
+# Build, check and time the engine on a GPU machine in one go: the GPU tests, then the
+# benchmarks at full width and reduced depth. Logs and JSON reports go to $OUT.
 #
 # On the device machine (no network) the pure-Python dependencies travel as wheels in .whl/
 # (see docs/architecture.md, "GPU runs"); elsewhere, install the project with [engine,dev].
 # `python3 -P` keeps the source folder m2agent/ (the cwd) from shadowing the installed package.
+#
+# Knobs: SKIP_TESTS=1, BENCHES="latency throughput agent", BENCH_LAYERS=6, BENCH_REPEATS=7.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-/tmp/m2agent-gpu}
@@ -20,12 +22,23 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 python3 -c 'import sys, torch, transformers, triton; print(sys.version.split()[0], torch.__version__, transformers.__version__, triton.__version__)' | tee -a "$OUT/gpu.txt"
 
 status=0
-[ "${SKIP_TESTS:-0}" = 1 ] || python3 -P -m pytest -m gpu tests/engine/gpu -q -p no:cacheprovider -o addopts="" \
-  --import-mode=importlib 2>&1 | tee "$OUT/gpu-tests.log" || status=1
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
+  python3 -P -m pytest -m gpu tests/engine/gpu -q -p no:cacheprovider -o addopts="" \
+    --import-mode=importlib 2>&1 | tee "$OUT/gpu-tests.log" || status=1
+fi
 
-for layers in ${BENCH_LAYERS:-6 4}; do
-  python3 -P -m m2agent bench latency --dummy-config minimax-m2 --layers "$layers" \
-    --prompt-tokens 512 --new-tokens 128 --repeats ${BENCH_REPEATS:-7} --json "$OUT/bench-latency-$layers.json" \
-    2>&1 | tee "$OUT/bench-latency-$layers.log" || status=1
+layers=${BENCH_LAYERS:-6}
+bench() {  # name, then its arguments
+  local name=$1
+  shift
+  python3 -P -m m2agent bench "$name" --dummy-config minimax-m2 --layers "$layers" \
+    --json "$OUT/bench-$name.json" "$@" 2>&1 | tee "$OUT/bench-$name.log" || status=1
+}
+for name in ${BENCHES:-latency throughput agent}; do
+  case $name in
+    latency) bench latency --prompt-tokens 512 --new-tokens 128 --repeats "${BENCH_REPEATS:-7}" ;;
+    throughput) bench throughput --streams 1,4,16 --prompt-tokens 512 --new-tokens 128 ;;
+    agent) bench agent --prefix-tokens 16384 --new-tokens 512 --repeats 3 ;;
+  esac
 done
 exit $status

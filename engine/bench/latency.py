@@ -11,20 +11,22 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from m2agent.engine.bench.common import (
+    Report,
+    build_transformers_model,
+    open_model,
+    random_prompt,
+    sync,
+)
 from m2agent.engine.bench.roofline import decode_bytes_per_token, measure_copy_bandwidth
-from m2agent.engine.errors import ConfigError
 from m2agent.engine.llm import LLM
-from m2agent.engine.models.minimax_m2 import MiniMaxM2ForCausalLM
 from m2agent.engine.sampling import SamplingParams
-
-Report = Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,36 +68,6 @@ class LatencyReport:
         return "\n".join(lines)
 
 
-BUILTIN_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-
-
-def resolve_config(value: str) -> Path:
-    """A config.json path, or the name of a config shipped with m2agent ("minimax-m2")."""
-    path = Path(value)
-    if path.is_file():
-        return path
-    builtin = BUILTIN_CONFIGS / f"{value}.json"
-    if builtin.is_file():
-        return builtin
-    names = ", ".join(sorted(p.stem for p in BUILTIN_CONFIGS.glob("*.json")))
-    raise ConfigError(f"{value}: no such config file, and not a built-in config ({names})")
-
-
-def reduced_config(config_file: Path, layers: int, folder: Path) -> Path:
-    """Write config.json: the given config at `layers` layers, bf16 (no quantization)."""
-    try:
-        raw = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{config_file}: cannot read a JSON config ({e})") from e
-    raw["num_hidden_layers"] = layers
-    if isinstance(raw.get("attn_type_list"), list):
-        raw["attn_type_list"] = raw["attn_type_list"][:layers]
-    raw.pop("quantization_config", None)
-    raw["use_mtp"] = False
-    (folder / "config.json").write_text(json.dumps(raw), encoding="utf-8")
-    return folder
-
-
 def time_engine(
     llm: LLM, prompt: list[int], new_tokens: int, repeats: int, report: Report
 ) -> Timing:
@@ -104,7 +76,7 @@ def time_engine(
     list(llm.stream_tokens(prompt, warm_up))  # kernels chosen for this prompt length
     ttfts, rates = [], []
     for i in range(repeats):
-        _sync(llm.device)
+        sync(llm.device)
         started = time.perf_counter()
         first = last = started
         count = 0
@@ -121,35 +93,6 @@ def time_engine(
     )
 
 
-def transformers_weights(model: MiniMaxM2ForCausalLM) -> Iterator[tuple[str, torch.Tensor]]:
-    """Our parameters under transformers' internal names (fused gate_up experts)."""
-    for name, param in model.named_parameters():
-        if ".experts." in name:
-            continue
-        name = name.replace(".block_sparse_moe.", ".mlp.")
-        yield name, param.data
-    for i, layer in enumerate(model.model.layers):
-        experts = layer.block_sparse_moe.experts
-        prefix = f"model.layers.{i}.mlp.experts"
-        yield f"{prefix}.gate_up_proj", torch.cat([experts.dense("w1"), experts.dense("w3")], 1)
-        yield f"{prefix}.down_proj", experts.dense("w2")
-
-
-def build_transformers_model(llm: LLM, config_folder: Path, experts_impl: str) -> Any:
-    import transformers
-
-    config = transformers.AutoConfig.from_pretrained(str(config_folder))
-    with torch.device(llm.device):
-        model = transformers.AutoModelForCausalLM.from_config(
-            config, dtype=llm.dtype, experts_implementation=experts_impl
-        )
-    state = model.state_dict()
-    with torch.no_grad():
-        for name, tensor in transformers_weights(llm.model):
-            state[name].copy_(tensor)
-    return model.eval()
-
-
 def time_transformers(
     model: Any, prompt: list[int], new_tokens: int, repeats: int, name: str, report: Report
 ) -> Timing:
@@ -157,11 +100,11 @@ def time_transformers(
     ids = torch.tensor([prompt], device=device)
 
     def run(n: int) -> float:
-        _sync(device)
+        sync(device)
         started = time.perf_counter()
         with torch.inference_mode():
             model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
-        _sync(device)
+        sync(device)
         return time.perf_counter() - started
 
     run(8)  # warm-up at this prompt length
@@ -188,21 +131,10 @@ def run_latency_bench(
     report: Report = print,
 ) -> LatencyReport:
     with tempfile.TemporaryDirectory(prefix="m2agent-bench-") as tmp:
-        if dummy_config is not None:
-            folder = reduced_config(dummy_config, layers, Path(tmp))
-            report(f"building a {layers}-layer model with dummy bf16 weights on {device} ...")
-            llm = LLM(folder, device=device, dtype="bfloat16", load_format="dummy")
-        elif model_path is not None:
-            report(f"loading {model_path} on {device} ...")
-            llm = LLM(model_path, device=device, dtype="bfloat16")
-            # transformers gets the same architecture, unquantized: it receives our weights.
-            layers = llm.config.num_hidden_layers
-            folder = reduced_config(model_path / "config.json", layers, Path(tmp))
-        else:
-            raise ConfigError("pass --model PATH or --dummy-config CONFIG.json")
-        generator = torch.Generator().manual_seed(0)
-        prompt = torch.randint(0, llm.config.vocab_size, (prompt_tokens,), generator=generator)
-        prompt_ids = prompt.tolist()
+        llm, folder = open_model(
+            model_path, dummy_config, layers, device, Path(tmp), report, max_num_seqs=1
+        )
+        prompt_ids = random_prompt(llm.config.vocab_size, prompt_tokens, seed=0)
         report("timing the m2agent engine ...")
         timings = [time_engine(llm, prompt_ids, new_tokens, repeats, report)]
         if baseline:
@@ -228,8 +160,3 @@ def run_latency_bench(
             bound_tok_s=bandwidth / per_token,
             timings=timings,
         )
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -1,9 +1,13 @@
 """Chooses each kernel's implementation by device: fast paths on CUDA, the reference on CPU.
 
-The only module that decides; layers call through here.
+The only module that decides, and the only one that imports the Triton kernels (lazily, so
+CPU-only installs never import triton); layers call through here.
 """
 
 from __future__ import annotations
+
+import functools
+from types import ModuleType
 
 import torch
 
@@ -24,6 +28,15 @@ def moe_experts(
     return reference.moe_experts(x, weights, expert_ids, w1, w3, w2)
 
 
+@functools.cache
+def _triton_attention() -> ModuleType | None:
+    try:
+        from m2agent.engine.kernels import paged_attention_triton
+    except ImportError:
+        return None
+    return paged_attention_triton
+
+
 def paged_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -31,6 +44,14 @@ def paged_attention(
     batch: ForwardBatch,
     scale: float,
 ) -> torch.Tensor:
+    """Decode batches on CUDA use the Triton kernel (graph-capturable: tensors only);
+    everything else the reference, one sequence at a time."""
+    if q.is_cuda and batch.is_decode:
+        kernel = _triton_attention()
+        if kernel is not None and kernel.supports(q.shape[-1]):
+            return kernel.paged_decode_attention(
+                q, k_cache, v_cache, batch.block_tables, batch.seq_lens, scale
+            )
     return reference.paged_attention(
         q,
         k_cache,

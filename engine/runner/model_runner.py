@@ -11,6 +11,7 @@ from m2agent.engine.layers.sampler import sample
 from m2agent.engine.model_config import ModelConfig
 from m2agent.engine.models.minimax_m2 import MiniMaxM2ForCausalLM
 from m2agent.engine.runner.batch_builder import build_forward_batch
+from m2agent.engine.runner.cuda_graphs import DecodeGraphs
 from m2agent.engine.sampling import SamplingParams
 from m2agent.engine.scheduler import ScheduledSeq
 
@@ -36,6 +37,7 @@ class ModelRunner:
         self.config: ModelConfig = model.config
         self.k_caches = torch.empty(0)
         self.v_caches = torch.empty(0)
+        self.graphs: DecodeGraphs | None = None
 
     @property
     def kv_bytes_per_block(self) -> int:
@@ -44,10 +46,13 @@ class ModelRunner:
         return per_token * self.block_size * torch.finfo(self.dtype).bits // 8
 
     def allocate_kv(self, num_blocks: int) -> None:
+        """A pool of `num_blocks` blocks, plus one scratch block (the last) that padded rows of
+        captured decode graphs write into."""
         c = self.config
+        self.graphs = None
         shape = (
             c.num_hidden_layers,
-            num_blocks,
+            num_blocks + 1,
             self.block_size,
             c.num_key_value_heads,
             c.head_dim,
@@ -55,10 +60,26 @@ class ModelRunner:
         self.k_caches = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.v_caches = torch.zeros(shape, dtype=self.dtype, device=self.device)
 
+    def capture_decode_graphs(self, max_batch: int, max_model_len: int) -> None:
+        """Capture decode graphs (CUDA only; on CPU steps run eagerly)."""
+        if self.device.type != "cuda":
+            return
+        self.graphs = DecodeGraphs(
+            self.model,
+            self.k_caches,
+            self.v_caches,
+            max_batch=max_batch,
+            max_blocks_per_seq=-(-max_model_len // self.block_size),
+            scratch_block=self.k_caches.shape[1] - 1,
+        )
+
     @torch.inference_mode()
     def logits(self, entries: list[ScheduledSeq], *, all_logits: bool = False) -> torch.Tensor:
         """fp32 logits [S, V]: one row per sampling sequence (or per token with all_logits)."""
         batch = build_forward_batch(entries, self.block_size, self.device, all_logits=all_logits)
+        graphs = self.graphs
+        if graphs and batch.is_decode and not all_logits and batch.num_seqs <= graphs.max_batch:
+            return graphs.run(batch)
         hidden = self.model(batch, self.k_caches, self.v_caches)
         return self.model.compute_logits(hidden[batch.logits_indices])
 

@@ -13,11 +13,7 @@ import pytest
 import torch
 
 from m2agent.engine import LLM
-from m2agent.engine.bench.latency import (
-    BUILTIN_CONFIGS,
-    build_transformers_model,
-    reduced_config,
-)
+from m2agent.engine.bench.common import BUILTIN_CONFIGS, build_transformers_model, reduced_config
 from m2agent.engine.bench.roofline import decode_bytes_per_token
 from m2agent.engine.model_config import load_model_config
 

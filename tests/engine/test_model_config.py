@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from m2agent.engine.bench.latency import BUILTIN_CONFIGS
+from m2agent.engine.bench.common import BUILTIN_CONFIGS
 from m2agent.engine.errors import ConfigError
 from m2agent.engine.model_config import load_model_config, model_config_from_dict
 

@@ -1,0 +1,109 @@
+"""What the benchmarks share: the model under test (dummy full-width reduced-depth, or a real
+checkpoint), random prompts, transformers' model on the same weights, device sync."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from m2agent.engine.errors import ConfigError
+from m2agent.engine.llm import LLM
+from m2agent.engine.models.minimax_m2 import MiniMaxM2ForCausalLM
+
+Report = Callable[[str], None]
+
+BUILTIN_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def resolve_config(value: str) -> Path:
+    """A config.json path, or the name of a config shipped with m2agent ("minimax-m2")."""
+    path = Path(value)
+    if path.is_file():
+        return path
+    builtin = BUILTIN_CONFIGS / f"{value}.json"
+    if builtin.is_file():
+        return builtin
+    names = ", ".join(sorted(p.stem for p in BUILTIN_CONFIGS.glob("*.json")))
+    raise ConfigError(f"{value}: no such config file, and not a built-in config ({names})")
+
+
+def reduced_config(config_file: Path, layers: int, folder: Path) -> Path:
+    """Write config.json: the given config at `layers` layers, bf16 (no quantization)."""
+    try:
+        raw = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{config_file}: cannot read a JSON config ({e})") from e
+    raw["num_hidden_layers"] = layers
+    if isinstance(raw.get("attn_type_list"), list):
+        raw["attn_type_list"] = raw["attn_type_list"][:layers]
+    raw.pop("quantization_config", None)
+    raw["use_mtp"] = False
+    (folder / "config.json").write_text(json.dumps(raw), encoding="utf-8")
+    return folder
+
+
+def open_model(
+    model_path: Path | None,
+    dummy_config: Path | None,
+    layers: int,
+    device: str,
+    tmp: Path,
+    report: Report,
+    **engine_options: Any,
+) -> tuple[LLM, Path]:
+    """The engine under test, and a folder with its unquantized config.json (for transformers,
+    which receives our weights)."""
+    if dummy_config is not None:
+        folder = reduced_config(dummy_config, layers, tmp)
+        report(f"building a {layers}-layer model with dummy bf16 weights on {device} ...")
+        return LLM(
+            folder, device=device, dtype="bfloat16", load_format="dummy", **engine_options
+        ), folder
+    if model_path is not None:
+        report(f"loading {model_path} on {device} ...")
+        llm = LLM(model_path, device=device, dtype="bfloat16", **engine_options)
+        return llm, reduced_config(model_path / "config.json", llm.config.num_hidden_layers, tmp)
+    raise ConfigError("pass --model PATH or --dummy-config CONFIG.json")
+
+
+def random_prompt(vocab_size: int, length: int, seed: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (length,), generator=generator).tolist()
+
+
+def transformers_weights(model: MiniMaxM2ForCausalLM) -> Iterator[tuple[str, torch.Tensor]]:
+    """Our parameters under transformers' internal names (fused gate_up experts)."""
+    for name, param in model.named_parameters():
+        if ".experts." in name:
+            continue
+        name = name.replace(".block_sparse_moe.", ".mlp.")
+        yield name, param.data
+    for i, layer in enumerate(model.model.layers):
+        experts = layer.block_sparse_moe.experts
+        prefix = f"model.layers.{i}.mlp.experts"
+        yield f"{prefix}.gate_up_proj", torch.cat([experts.dense("w1"), experts.dense("w3")], 1)
+        yield f"{prefix}.down_proj", experts.dense("w2")
+
+
+def build_transformers_model(llm: LLM, config_folder: Path, experts_impl: str) -> Any:
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(str(config_folder))
+    with torch.device(llm.device):
+        model = transformers.AutoModelForCausalLM.from_config(
+            config, dtype=llm.dtype, experts_implementation=experts_impl
+        )
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, tensor in transformers_weights(llm.model):
+            state[name].copy_(tensor)
+    return model.eval()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

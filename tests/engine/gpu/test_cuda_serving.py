@@ -1,0 +1,102 @@
+"""The serving engine's GPU paths: the Triton paged decode kernel against the reference, CUDA
+graph replay against eager steps, prefix-cache hits against misses."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from m2agent.engine import LLM, SamplingParams
+from m2agent.engine.kernels import reference
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+PROMPTS = [
+    "]~!b[]~b]user\nWrite a function that adds two numbers[e~[\n]~b]ai\n<think>\n",
+    "]~!b[]~b]user\nFix the failing test[e~[\n]~b]ai\n<think>\n",
+    "def add(a, b):\n    return",
+]
+GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+
+
+@pytest.fixture(autouse=True)
+def no_tf32() -> object:
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "head_dim", "page"),
+    [(48, 8, 128, 16), (4, 2, 16, 16), (8, 8, 64, 32), (6, 1, 128, 16)],
+)
+def test_triton_decode_attention_matches_reference(
+    dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int, page: int
+) -> None:
+    from m2agent.engine.kernels.paged_attention_triton import paged_decode_attention
+
+    rng = random.Random(heads * head_dim + page)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    num_blocks = 400
+    k_cache = torch.randn(num_blocks, page, kv_heads, head_dim, generator=gen, device="cuda").to(
+        dtype
+    )
+    v_cache = torch.randn(num_blocks, page, kv_heads, head_dim, generator=gen, device="cuda").to(
+        dtype
+    )
+    for batch in (1, 5, 17):
+        free = list(range(num_blocks))
+        rng.shuffle(free)
+        lengths = [
+            rng.choice([1, page - 1, page, page + 1, rng.randint(2, 700)]) for _ in range(batch)
+        ]
+        tables = [[free.pop() for _ in range(-(-n // page))] for n in lengths]
+        width = max(len(t) for t in tables)
+        block_tables = torch.tensor(
+            [t + [0] * (width - len(t)) for t in tables], dtype=torch.int32, device="cuda"
+        )
+        q = torch.randn(batch, heads, head_dim, generator=gen, device="cuda").to(dtype)
+        seq_lens = torch.tensor(lengths, dtype=torch.int32, device="cuda")
+        got = paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, head_dim**-0.5)
+        expected = reference.paged_attention(
+            q.float(),
+            k_cache.float(),
+            v_cache.float(),
+            [1] * batch,
+            lengths,
+            tables,
+            head_dim**-0.5,
+        )
+        tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(got.float(), expected, atol=tolerance, rtol=tolerance)
+
+
+def test_graph_replay_equals_eager(tiny_m2_checkpoint: Path) -> None:
+    graphs = LLM(tiny_m2_checkpoint, device="cuda", dtype="float32", max_num_seqs=8)
+    eager = LLM(tiny_m2_checkpoint, device="cuda", dtype="float32", cuda_graphs=False)
+    assert graphs.engine.runner.graphs is not None
+    assert eager.engine.runner.graphs is None
+    a = [o.token_ids for o in graphs.generate(PROMPTS, GREEDY)]  # batch of 3: padded to 4
+    b = [o.token_ids for o in eager.generate(PROMPTS, GREEDY)]
+    assert a == b
+    single = [graphs.generate([p], GREEDY)[0].token_ids for p in PROMPTS]
+    assert single == b
+
+
+def test_prefix_hit_equals_miss_on_cuda(tiny_m2_checkpoint: Path) -> None:
+    cached = LLM(tiny_m2_checkpoint, device="cuda", dtype="float32", block_size=4)
+    plain = LLM(tiny_m2_checkpoint, device="cuda", dtype="float32", enable_prefix_caching=False)
+    (first,) = cached.generate([PROMPTS[0]], GREEDY)
+    follow = first.prompt_token_ids + first.token_ids + cached.engine.encode("[e~[\n]~b]tool\nok")
+    (hit,) = cached.generate([follow], GREEDY)
+    (miss,) = plain.generate([follow], GREEDY)
+    assert hit.num_cached_tokens > 0
+    assert hit.token_ids == miss.token_ids
