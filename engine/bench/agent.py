@@ -78,6 +78,8 @@ def run_agent_bench(
             report,
             max_num_seqs=1,
             max_model_len=prefix_tokens + new_tokens + 64,
+            block_size=16,
+            num_kv_blocks=2 * (-(-(prefix_tokens + 2 * new_tokens) // 16)) + 8,
         )
         vocab = llm.config.vocab_size
         prefix = random_prompt(vocab, prefix_tokens, seed=1)

@@ -85,22 +85,29 @@ def transformers_weights(model: MiniMaxM2ForCausalLM) -> Iterator[tuple[str, tor
     for i, layer in enumerate(model.model.layers):
         experts = layer.block_sparse_moe.experts
         prefix = f"model.layers.{i}.mlp.experts"
-        yield f"{prefix}.gate_up_proj", torch.cat([experts.dense("w1"), experts.dense("w3")], 1)
+        yield f"{prefix}.gate_up_proj", experts.dense("w13")  # same layout: shared, not copied
         yield f"{prefix}.down_proj", experts.dense("w2")
 
 
 def build_transformers_model(llm: LLM, config_folder: Path, experts_impl: str) -> Any:
+    """transformers' MiniMaxM2ForCausalLM whose parameters *are* our model's tensors (built on
+    the meta device, then given our tensors), so the baseline costs no second copy of the
+    weights. Its router then runs in fp32 like ours."""
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(str(config_folder))
-    with torch.device(llm.device):
+    with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(
             config, dtype=llm.dtype, experts_implementation=experts_impl
         )
-    state = model.state_dict()
-    with torch.no_grad():
-        for name, tensor in transformers_weights(llm.model):
-            state[name].copy_(tensor)
+    model.load_state_dict(dict(transformers_weights(llm.model)), strict=True, assign=True)
+    with torch.device(llm.device):  # buffers computed at construction, not in the state dict
+        model.model.rotary_emb = type(model.model.rotary_emb)(config=model.config)
+    still_meta = [
+        name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta
+    ]
+    if still_meta:
+        raise RuntimeError(f"transformers baseline: tensors left unset: {still_meta[:5]}")
     return model.eval()
 
 

@@ -131,9 +131,11 @@ def run_latency_bench(
     report: Report = print,
 ) -> LatencyReport:
     with tempfile.TemporaryDirectory(prefix="m2agent-bench-") as tmp:
+        blocks = -(-(prompt_tokens + new_tokens) // 16) + 4
         llm, folder = open_model(
-            model_path, dummy_config, layers, device, Path(tmp), report, max_num_seqs=1
-        )
+            model_path, dummy_config, layers, device, Path(tmp), report,
+            max_num_seqs=1, num_kv_blocks=blocks, block_size=16,
+        )  # fmt: skip
         prompt_ids = random_prompt(llm.config.vocab_size, prompt_tokens, seed=0)
         report("timing the m2agent engine ...")
         timings = [time_engine(llm, prompt_ids, new_tokens, repeats, report)]

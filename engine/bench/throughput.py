@@ -27,7 +27,8 @@ from m2agent.engine.sampling import SamplingParams
 class ThroughputRow:
     streams: int
     engine_tok_s: float  # all streams' output tokens per second, end to end
-    engine_per_stream_tok_s: float
+    engine_decode_tok_s: float  # the same, once every stream is past its prefill
+    engine_last_ttft_ms: float  # time until the last stream has its first token
     baseline_tok_s: float | None
 
 
@@ -46,24 +47,52 @@ class ThroughputReport:
         lines = [
             f"device: {self.device}; {self.layers} layers, prompt {self.prompt_tokens}, "
             f"{self.new_tokens} new tokens per stream",
-            f"{'streams':>8} {'engine tok/s':>14} {'per stream':>12} {'transformers tok/s':>20}",
+            f"{'streams':>8} {'engine tok/s':>13} {'decode tok/s':>13} {'last TTFT ms':>13} "
+            f"{'transformers tok/s':>19}",
         ]
         for r in self.rows:
             base = f"{r.baseline_tok_s:.1f}" if r.baseline_tok_s is not None else "-"
-            per_stream = r.engine_per_stream_tok_s
-            lines.append(f"{r.streams:>8} {r.engine_tok_s:14.1f} {per_stream:12.1f} {base:>20}")
+            lines.append(
+                f"{r.streams:>8} {r.engine_tok_s:13.1f} {r.engine_decode_tok_s:13.1f} "
+                f"{r.engine_last_ttft_ms:13.1f} {base:>19}"
+            )
         return "\n".join(lines)
 
 
-def engine_round(llm: LLM, prompts: list[list[int]], new_tokens: int) -> float:
-    """Seconds for all prompts to produce `new_tokens` each, run concurrently."""
+@dataclass(frozen=True, slots=True)
+class _Round:
+    total_s: float
+    last_first_token_s: float  # when the last stream got its first token
+    decode_tokens: int  # tokens produced after that
+    decode_s: float
+
+
+def engine_round(llm: LLM, prompts: list[list[int]], new_tokens: int) -> _Round:
+    """All prompts generating `new_tokens` each, concurrently, through the engine's steps."""
     params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
+    engine = llm.engine
     sync(llm.device)
     started = time.perf_counter()
-    outputs = llm.generate(prompts, params)
+    for i, prompt in enumerate(prompts):
+        engine.add_request(f"bench-{i}", prompt, params)
+    seen: set[str] = set()
+    produced = 0
+    first_all = 0.0
+    produced_at_first_all = 0
+    while engine.has_unfinished_requests():
+        for delta in engine.step():
+            seen.add(delta.request_id)
+            produced += len(delta.token_ids)
+        if not first_all and len(seen) == len(prompts):
+            first_all = time.perf_counter()
+            produced_at_first_all = produced
     sync(llm.device)
-    assert all(len(o.token_ids) == new_tokens for o in outputs)
-    return time.perf_counter() - started
+    ended = time.perf_counter()
+    if produced != new_tokens * len(prompts):
+        raise RuntimeError(f"expected {new_tokens * len(prompts)} tokens, got {produced}")
+    return _Round(
+        ended - started, first_all - started, produced - produced_at_first_all, ended - first_all
+    )
 
 
 def baseline_round(model: Any, prompts: list[list[int]], new_tokens: int) -> float:
@@ -98,17 +127,19 @@ def run_throughput_bench(
     report: Report = print,
 ) -> ThroughputReport:
     with tempfile.TemporaryDirectory(prefix="m2agent-bench-") as tmp:
+        blocks = max(streams) * -(-(prompt_tokens + new_tokens) // 16) + 8
         llm, folder = open_model(
-            model_path, dummy_config, layers, device, Path(tmp), report, max_num_seqs=max(streams)
-        )
+            model_path, dummy_config, layers, device, Path(tmp), report,
+            max_num_seqs=max(streams), num_kv_blocks=blocks, block_size=16,
+        )  # fmt: skip
         vocab = llm.config.vocab_size
         all_prompts = [random_prompt(vocab, prompt_tokens, seed=i) for i in range(max(streams))]
         engine_round(llm, all_prompts[:2], 8)  # warm-up
-        engine_times = {}
+        rounds = {}
         for n in streams:
             llm.engine.blocks.reset_prefix_cache()  # distinct prompts anyway; keep runs cold
-            engine_times[n] = engine_round(llm, all_prompts[:n], new_tokens)
-            report(f"  m2agent engine, {n} streams: {n * new_tokens / engine_times[n]:.1f} tok/s")
+            rounds[n] = engine_round(llm, all_prompts[:n], new_tokens)
+            report(f"  m2agent engine, {n} streams: {n * new_tokens / rounds[n].total_s:.1f} tok/s")
         baseline_times: dict[int, float] = {}
         if baseline:
             report(f"building transformers' MiniMaxM2ForCausalLM ({experts_impl} experts) ...")
@@ -123,8 +154,9 @@ def run_throughput_bench(
         rows = [
             ThroughputRow(
                 streams=n,
-                engine_tok_s=n * new_tokens / engine_times[n],
-                engine_per_stream_tok_s=new_tokens / engine_times[n],
+                engine_tok_s=n * new_tokens / rounds[n].total_s,
+                engine_decode_tok_s=rounds[n].decode_tokens / max(rounds[n].decode_s, 1e-9),
+                engine_last_ttft_ms=rounds[n].last_first_token_s * 1e3,
                 baseline_tok_s=n * new_tokens / baseline_times[n] if n in baseline_times else None,
             )
             for n in streams

@@ -19,13 +19,22 @@ def moe_experts(
     x: torch.Tensor,
     weights: torch.Tensor,
     expert_ids: torch.Tensor,
-    w1: torch.Tensor,
-    w3: torch.Tensor,
+    w13: torch.Tensor,
     w2: torch.Tensor,
 ) -> torch.Tensor:
-    if x.is_cuda and grouped_moe.is_available() and x.dtype == torch.bfloat16:
-        return grouped_moe.moe_experts_grouped(x, weights, expert_ids, w1, w3, w2)
-    return reference.moe_experts(x, weights, expert_ids, w1, w3, w2)
+    """On CUDA a path with no host sync (graph-capturable): grouped GEMMs in bf16, else every
+    expert on every token (small fp32 test models). On CPU the reference."""
+    if x.is_cuda:
+        if grouped_moe.is_available() and x.dtype == torch.bfloat16:
+            return grouped_moe.moe_experts_grouped(x, weights, expert_ids, w13, w2)
+        return reference.moe_experts_dense(x, weights, expert_ids, w13, w2)
+    return reference.moe_experts(x, weights, expert_ids, w13, w2)
+
+
+def decode_graphs_supported(head_dim: int) -> bool:
+    """Whether a decode step can be captured: its attention must run in the Triton kernel."""
+    kernel = _triton_attention()
+    return kernel is not None and kernel.supports(head_dim)
 
 
 @functools.cache

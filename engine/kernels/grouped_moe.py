@@ -20,11 +20,10 @@ def moe_experts_grouped(
     x: torch.Tensor,
     weights: torch.Tensor,
     expert_ids: torch.Tensor,
-    w1: torch.Tensor,
-    w3: torch.Tensor,
+    w13: torch.Tensor,
     w2: torch.Tensor,
 ) -> torch.Tensor:
-    """x [T, C]; weights, expert_ids [T, K]; w1, w3 [E, I, C]; w2 [E, C, I] -> [T, C]."""
+    """x [T, C]; weights, expert_ids [T, K]; w13 [E, 2I, C]; w2 [E, C, I] -> [T, C]."""
     if _grouped_mm is None:
         raise RuntimeError("this torch build has no grouped_mm")
     num_tokens, top_k = expert_ids.shape
@@ -33,11 +32,10 @@ def moe_experts_grouped(
     token_of_row = order // top_k
     rows = x[token_of_row]  # [T*K, C], grouped by expert
     # Rows per expert without a host sync (bincount would read the max back to size its output).
-    counts = torch.zeros(w1.shape[0], dtype=torch.int32, device=x.device)
+    counts = torch.zeros(w13.shape[0], dtype=torch.int32, device=x.device)
     counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
     offsets = torch.cumsum(counts, 0, dtype=torch.int32)
-    gate = _grouped_mm(rows, w1.transpose(-2, -1), offs=offsets)
-    up = _grouped_mm(rows, w3.transpose(-2, -1), offs=offsets)
+    gate, up = _grouped_mm(rows, w13.transpose(-2, -1), offs=offsets).chunk(2, dim=-1)
     y = _grouped_mm(F.silu(gate) * up, w2.transpose(-2, -1), offs=offsets)
     y = y.float() * weights.reshape(-1)[order, None]
     out = torch.zeros((num_tokens, x.shape[1]), dtype=torch.float32, device=x.device)

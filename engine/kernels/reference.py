@@ -94,19 +94,43 @@ def moe_experts(
     x: torch.Tensor,
     weights: torch.Tensor,
     expert_ids: torch.Tensor,
-    w1: torch.Tensor,
-    w3: torch.Tensor,
+    w13: torch.Tensor,
     w2: torch.Tensor,
 ) -> torch.Tensor:
     """sum_k weights[t,k] * w2(silu(w1 x) * w3 x) over each token's experts.
-    x [T, C]; w1, w3 [E, I, C]; w2 [E, C, I]. One expert at a time: readable, not fast."""
+    x [T, C]; w13 [E, 2I, C] (w1 rows, then w3 rows); w2 [E, C, I]. One expert at a time:
+    readable, not fast (and it reads the chosen experts back to the host)."""
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     for expert in torch.unique(expert_ids).tolist():
         token_idx, slot = torch.where(expert_ids == expert)
-        h = x[token_idx]
-        y = F.linear(F.silu(F.linear(h, w1[expert])) * F.linear(h, w3[expert]), w2[expert])
-        out.index_add_(0, token_idx, y.float() * weights[token_idx, slot, None])
+        out.index_add_(
+            0,
+            token_idx,
+            _swiglu_expert(x[token_idx], w13[expert], w2[expert]) * weights[token_idx, slot, None],
+        )
     return out.to(x.dtype)
+
+
+def moe_experts_dense(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    expert_ids: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+) -> torch.Tensor:
+    """The same sum with every expert applied to every token, weighted by zero when not
+    chosen: no data-dependent shapes, so CUDA graphs can capture it. E times the work: for
+    small models only (the grouped path serves real ones)."""
+    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    for expert in range(w13.shape[0]):
+        gate = (weights * (expert_ids == expert)).sum(dim=-1, keepdim=True)
+        out += _swiglu_expert(x, w13[expert], w2[expert]) * gate
+    return out.to(x.dtype)
+
+
+def _swiglu_expert(h: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    gate, up = F.linear(h, w13).chunk(2, dim=-1)
+    return F.linear(F.silu(gate) * up, w2).float()
 
 
 def dequantize_fp8_block(

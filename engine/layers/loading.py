@@ -9,7 +9,8 @@ from torch import nn
 
 from m2agent.engine.errors import CheckpointError
 
-WeightLoader = Callable[[nn.Parameter, torch.Tensor, "int | None"], None]
+Shard = int | tuple[int, int] | None
+WeightLoader = Callable[[nn.Parameter, torch.Tensor, Shard], None]
 
 
 def copy_checked(target: torch.Tensor, tensor: torch.Tensor) -> None:
@@ -30,17 +31,22 @@ def copy_checked(target: torch.Tensor, tensor: torch.Tensor) -> None:
         target.copy_(tensor)
 
 
-def default_loader(param: nn.Parameter, tensor: torch.Tensor, shard: int | None) -> None:
+def default_loader(param: nn.Parameter, tensor: torch.Tensor, shard: Shard) -> None:
     if shard is not None:
         raise CheckpointError(f"unexpected shard {shard} for an unsharded parameter")
     copy_checked(param.data, tensor)
 
 
-def expert_loader(param: nn.Parameter, tensor: torch.Tensor, shard: int | None) -> None:
-    """Stacked expert weights [E, ...]: shard is the expert index."""
-    if shard is None or not 0 <= shard < param.shape[0]:
-        raise CheckpointError(f"expert index {shard} out of range 0..{param.shape[0] - 1}")
-    copy_checked(param.data[shard], tensor)
+def expert_loader(param: nn.Parameter, tensor: torch.Tensor, shard: Shard) -> None:
+    """Stacked expert weights [E, rows, cols]. Shard `e` fills expert e; `(e, part)` fills
+    part `part` of `parts` equal row slices of a fused matrix (w1 then w3 in w13)."""
+    expert, part, parts = (
+        (shard, 0, 1) if isinstance(shard, int) else (*shard, 2) if shard else (-1, 0, 1)
+    )
+    if not 0 <= expert < param.shape[0]:
+        raise CheckpointError(f"expert index {expert} out of range 0..{param.shape[0] - 1}")
+    rows = param.shape[1] // parts
+    copy_checked(param.data[expert, part * rows : (part + 1) * rows], tensor)
 
 
 def new_parameter(

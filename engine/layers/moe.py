@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from m2agent.engine.errors import ConfigError
 from m2agent.engine.kernels import dispatch
 from m2agent.engine.kernels.reference import FP8_DTYPE, dequantize_fp8_block, route
 from m2agent.engine.layers.loading import expert_loader, new_parameter
@@ -22,17 +23,22 @@ class RouterGate(nn.Module):
 
 
 class Experts(nn.Module):
-    """All experts' weights stacked: w1, w3 [E, I, C] and w2 [E, C, I]; checkpoint tensor
-    `experts.{e}.w1.weight` loads into `w1_weight[e]` (and likewise for scales)."""
+    """All experts' weights stacked, gate and up projections fused as in the GEMM that uses
+    them: w13 [E, 2I, C] (rows 0..I-1 are w1, the gate; I..2I-1 are w3, the up projection) and
+    w2 [E, C, I]. Checkpoint tensor `experts.{e}.w1.weight` loads into `w13_weight[e, :I]`,
+    `w3` into `w13_weight[e, I:]`, `w2` into `w2_weight[e]` (scales likewise, per block)."""
 
     def __init__(
         self, num_experts: int, hidden: int, inter: int, dtype: torch.dtype, fp8: FP8Config | None
     ) -> None:
         super().__init__()
-        self.fp8, self.compute_dtype = fp8, dtype
-        shapes = {"w1": (inter, hidden), "w3": (inter, hidden), "w2": (hidden, inter)}
-        for name, (rows, cols) in shapes.items():
-            weight_dtype = FP8_DTYPE if fp8 else dtype
+        self.fp8, self.compute_dtype, self.intermediate = fp8, dtype, inter
+        if fp8 is not None and inter % fp8.block_rows:
+            raise ConfigError(
+                f"intermediate_size {inter} is not a multiple of the FP8 block ({fp8.block_rows})"
+            )
+        weight_dtype = FP8_DTYPE if fp8 else dtype
+        for name, (rows, cols) in {"w13": (2 * inter, hidden), "w2": (hidden, inter)}.items():
             weight = new_parameter((num_experts, rows, cols), weight_dtype, expert_loader)
             self.register_parameter(f"{name}_weight", weight)
             if fp8 is not None:
@@ -41,6 +47,7 @@ class Experts(nn.Module):
                 self.register_parameter(f"{name}_weight_scale_inv", scale)
 
     def dense(self, name: str) -> torch.Tensor:
+        """`w13` or `w2` in the compute dtype (dequantized when stored as FP8)."""
         weight = getattr(self, f"{name}_weight")
         if self.fp8 is None:
             return weight
@@ -51,8 +58,7 @@ class Experts(nn.Module):
     def forward(
         self, x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor
     ) -> torch.Tensor:
-        w1, w3, w2 = self.dense("w1"), self.dense("w3"), self.dense("w2")
-        return dispatch.moe_experts(x, weights, expert_ids, w1, w3, w2)
+        return dispatch.moe_experts(x, weights, expert_ids, self.dense("w13"), self.dense("w2"))
 
 
 class SparseMoE(nn.Module):

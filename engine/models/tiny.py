@@ -152,10 +152,15 @@ def hub_tensors(model: MiniMaxM2ForCausalLM) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for name, param in model.named_parameters():
         if ".experts." in name:
-            prefix, leaf = name.rsplit(".", 1)  # leaf: w1_weight or w1_weight_scale_inv
+            prefix, leaf = name.rsplit(".", 1)  # leaf: w13_weight, w2_weight_scale_inv, ...
             matrix, suffix = leaf.split("_", 1)
             for e in range(param.shape[0]):
-                out[f"{prefix}.{e}.{matrix}.{suffix}"] = param.data[e].contiguous()
+                if matrix == "w13":  # unfuse: gate rows first, then up
+                    gate, up = param.data[e].chunk(2, dim=0)
+                    out[f"{prefix}.{e}.w1.{suffix}"] = gate.contiguous()
+                    out[f"{prefix}.{e}.w3.{suffix}"] = up.contiguous()
+                else:
+                    out[f"{prefix}.{e}.{matrix}.{suffix}"] = param.data[e].contiguous()
         else:
             out[name] = param.data.contiguous()
     return out

@@ -17,6 +17,7 @@ from torch import nn
 from m2agent.engine.errors import CheckpointError
 from m2agent.engine.kernels.reference import quantize_fp8_block
 from m2agent.engine.layers.linear import Linear
+from m2agent.engine.layers.loading import Shard
 from m2agent.engine.layers.moe import Experts
 from m2agent.engine.model_config import FP8Config, ModelConfig
 
@@ -26,7 +27,7 @@ _EXPERT = re.compile(
 )
 
 
-def checkpoint_target(name: str, config: ModelConfig) -> tuple[str, int | None] | None:
+def checkpoint_target(name: str, config: ModelConfig) -> tuple[str, Shard] | None:
     """(parameter name, shard) for a checkpoint tensor, or None for a tensor to skip."""
     layer = _LAYER.match(name)
     if layer and int(layer.group(1)) >= config.num_hidden_layers and config.num_mtp_modules:
@@ -36,14 +37,18 @@ def checkpoint_target(name: str, config: ModelConfig) -> tuple[str, int | None] 
     expert = _EXPERT.fullmatch(name)
     if expert:
         prefix, index, matrix, suffix = expert.groups()
-        return f"{prefix}.{matrix}_{suffix}", int(index)
+        if matrix == "w2":
+            return f"{prefix}.w2_{suffix}", int(index)
+        return f"{prefix}.w13_{suffix}", (int(index), 0 if matrix == "w1" else 1)
     return name, None
 
 
-def expected_shards(model: nn.Module) -> set[tuple[str, int | None]]:
-    shards: set[tuple[str, int | None]] = set()
+def expected_shards(model: nn.Module) -> set[tuple[str, Shard]]:
+    shards: set[tuple[str, Shard]] = set()
     for name, param in model.named_parameters():
-        if ".experts." in name:
+        if ".experts.w13" in name:
+            shards.update((name, (e, part)) for e in range(param.shape[0]) for part in (0, 1))
+        elif ".experts." in name:
             shards.update((name, e) for e in range(param.shape[0]))
         else:
             shards.add((name, None))
@@ -57,7 +62,7 @@ def load_weights(
     unexpected or mis-shaped. `where` names the checkpoint in messages."""
     config: ModelConfig = model.config
     params = dict(model.named_parameters(remove_duplicate=False))
-    loaded: set[tuple[str, int | None]] = set()
+    loaded: set[tuple[str, Shard]] = set()
     unexpected: list[str] = []
     for name, tensor, source in tensors:
         target = checkpoint_target(name, config)
@@ -79,14 +84,23 @@ def load_weights(
             + _preview(unexpected)
             + " (is config.json for this checkpoint?)"
         )
-    missing = sorted(
-        f"{name}[expert {shard}]" if shard is not None else name
-        for name, shard in expected_shards(model) - loaded
-    )
+    missing = sorted(_describe(name, shard) for name, shard in expected_shards(model) - loaded)
     if missing:
         raise CheckpointError(
             f"{where}: {len(missing)} tensors missing from the checkpoint: " + _preview(missing)
         )
+
+
+def _describe(name: str, shard: Shard) -> str:
+    """A missing shard under its checkpoint name: model.layers.0...experts.3.w1.weight."""
+    if shard is None:
+        return name
+    prefix, leaf = name.rsplit(".", 1)  # leaf: w13_weight, w2_weight_scale_inv, ...
+    matrix, suffix = leaf.split("_", 1)
+    expert, part = (shard, 0) if isinstance(shard, int) else shard
+    if matrix == "w13":
+        matrix = "w1" if part == 0 else "w3"
+    return f"{prefix}.{expert}.{matrix}.{suffix}"
 
 
 def _preview(names: list[str], limit: int = 8) -> str:
@@ -112,7 +126,7 @@ def init_dummy_weights(model: nn.Module, seed: int = 0, std: float = 0.02) -> No
             _fill_fp8(module.weight, module.weight_scale_inv, module.fp8, generator, std)
             done.update({id(module.weight), id(module.weight_scale_inv)})
         elif isinstance(module, Experts) and module.fp8 is not None:
-            for matrix in ("w1", "w3", "w2"):
+            for matrix in ("w13", "w2"):
                 weight = getattr(module, f"{matrix}_weight")
                 scale = getattr(module, f"{matrix}_weight_scale_inv")
                 for e in range(weight.shape[0]):  # one expert at a time bounds the temporary

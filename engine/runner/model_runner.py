@@ -3,10 +3,12 @@ the sampling of each sequence's next token."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
+from m2agent.engine.kernels import dispatch
 from m2agent.engine.layers.sampler import sample
 from m2agent.engine.model_config import ModelConfig
 from m2agent.engine.models.minimax_m2 import MiniMaxM2ForCausalLM
@@ -14,6 +16,8 @@ from m2agent.engine.runner.batch_builder import build_forward_batch
 from m2agent.engine.runner.cuda_graphs import DecodeGraphs
 from m2agent.engine.sampling import SamplingParams
 from m2agent.engine.scheduler import ScheduledSeq
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,11 @@ class ModelRunner:
     def capture_decode_graphs(self, max_batch: int, max_model_len: int) -> None:
         """Capture decode graphs (CUDA only; on CPU steps run eagerly)."""
         if self.device.type != "cuda":
+            return
+        if not dispatch.decode_graphs_supported(self.config.head_dim):
+            logger.warning(
+                "decode steps run eagerly: no graph-capturable attention for this head size"
+            )
             return
         self.graphs = DecodeGraphs(
             self.model,

@@ -57,7 +57,9 @@ def test_missing_tensor(checkpoint: Path) -> None:
     expert = name.split(".experts.")[1].split(".")[0]
     del tensors[name]
     save_file(tensors, str(shard))
-    with pytest.raises(CheckpointError, match=rf"1 tensors missing .*w2_weight\[expert {expert}\]"):
+    with pytest.raises(
+        CheckpointError, match=rf"1 tensors missing .*experts\.{expert}\.w2\.weight"
+    ):
         LLM(checkpoint)
 
 

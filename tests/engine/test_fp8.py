@@ -66,7 +66,7 @@ def test_fp8_checkpoint_matches_its_dequantized_reference(
 ) -> None:
     fp8 = LLM(tiny_fp8_checkpoint, dtype="float32")
     assert fp8.model.model.layers[0].self_attn.q_proj.weight.dtype == FP8_DTYPE
-    assert fp8.model.model.layers[0].block_sparse_moe.experts.w1_weight.dtype == FP8_DTYPE
+    assert fp8.model.model.layers[0].block_sparse_moe.experts.w13_weight.dtype == FP8_DTYPE
     assert fp8.model.model.layers[0].block_sparse_moe.gate.weight.dtype == torch.float32
     reference_folder = dequantized_copy(tiny_fp8_checkpoint, tmp_path / "dense")
     reference = LLM(reference_folder, dtype="float32")

@@ -98,15 +98,19 @@ def test_stop_string_matcher_holds_back_partial_matches() -> None:
 
 
 @pytest.mark.skipif(not grouped_moe.is_available(), reason="torch has no grouped_mm")
-def test_grouped_moe_matches_reference() -> None:
+def test_grouped_and_dense_moe_match_reference() -> None:
     generator = torch.Generator().manual_seed(0)
     experts, hidden, inter, tokens, top_k = 7, 32, 16, 11, 3
     x = torch.randn(tokens, hidden, generator=generator)
     gate = torch.randn(experts, hidden, generator=generator)
     bias = torch.randn(experts, generator=generator)
-    w1, w3 = (torch.randn(experts, inter, hidden, generator=generator) for _ in range(2))
+    w13 = torch.randn(experts, 2 * inter, hidden, generator=generator)
     w2 = torch.randn(experts, hidden, inter, generator=generator)
     weights, ids = reference.route(x, gate, bias, top_k)
-    expected = reference.moe_experts(x, weights, ids, w1, w3, w2)
-    got = grouped_moe.moe_experts_grouped(x, weights, ids, w1, w3, w2)
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    expected = reference.moe_experts(x, weights, ids, w13, w2)
+    torch.testing.assert_close(
+        grouped_moe.moe_experts_grouped(x, weights, ids, w13, w2), expected, atol=1e-4, rtol=1e-4
+    )
+    torch.testing.assert_close(
+        reference.moe_experts_dense(x, weights, ids, w13, w2), expected, atol=1e-4, rtol=1e-4
+    )
