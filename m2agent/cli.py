@@ -123,6 +123,9 @@ def bench_latency(
     ] = 5,
     baseline: BaselineOption = True,
     experts_impl: ExpertsOption = "grouped_mm",
+    profile: Annotated[
+        bool, typer.Option(help="Also print the CUDA kernels of a few decode steps.")
+    ] = False,
     json_out: JsonOption = None,
 ) -> None:
     """Batch-1 decode tok/s and time to first token, against transformers and the bandwidth
@@ -133,7 +136,7 @@ def bench_latency(
         return run_latency_bench(
             model_path=model, dummy_config=config, layers=layers, prompt_tokens=prompt_tokens,
             new_tokens=new_tokens, device=device, repeats=repeats, baseline=baseline,
-            experts_impl=experts_impl, report=report,
+            experts_impl=experts_impl, profile=profile, report=report,
         )  # fmt: skip
 
     _run_bench(model, dummy_config, run, json_out)

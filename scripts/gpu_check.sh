@@ -36,7 +36,7 @@ bench() {  # name, then its arguments
 }
 for name in ${BENCHES:-latency throughput agent}; do
   case $name in
-    latency) bench latency --prompt-tokens 512 --new-tokens 128 --repeats "${BENCH_REPEATS:-7}" ;;
+    latency) bench latency --prompt-tokens 512 --new-tokens 128 --repeats "${BENCH_REPEATS:-7}" ${BENCH_PROFILE:+--profile} ;;
     throughput) bench throughput --streams 1,4,16 --prompt-tokens 512 --new-tokens 128 ;;
     agent) bench agent --prefix-tokens 16384 --new-tokens 512 --repeats 3 ;;
   esac

@@ -48,6 +48,7 @@ class LatencyReport:
     copy_bandwidth_gb_s: float
     bound_tok_s: float
     timings: list[Timing]
+    decode_graph_gpu_ms: float | None = None  # one captured decode step, GPU time alone
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -65,6 +66,11 @@ class LatencyReport:
             f"{'bandwidth bound':28} {'':>10} {self.bound_tok_s:14.1f}   "
             f"({self.bytes_per_token / 1e9:.2f} GB/token at {self.copy_bandwidth_gb_s:.0f} GB/s)"
         )
+        if self.decode_graph_gpu_ms is not None:
+            lines.append(
+                f"{'decode graph, GPU only':28} {'':>10} {1e3 / self.decode_graph_gpu_ms:14.1f}   "
+                f"({self.decode_graph_gpu_ms:.3f} ms per step: the rest is host time)"
+            )
         return "\n".join(lines)
 
 
@@ -91,6 +97,36 @@ def time_engine(
     return Timing(
         "m2agent engine", statistics.median(ttfts), statistics.median(rates), repeats, rates
     )
+
+
+def graph_step_ms(llm: LLM, replays: int = 50) -> float | None:
+    """GPU time of one captured batch-1 decode step (replaying the last step's inputs)."""
+    graphs = llm.engine.runner.graphs
+    if graphs is None or 1 not in graphs.graphs:
+        return None
+    graph = graphs.graphs[1]
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / replays
+
+
+def profile_decode(llm: LLM, prompt: list[int], report: Report, steps: int = 16) -> None:
+    """The CUDA kernels of a few eager decode steps, by GPU time (for finding the slow part)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    graphs, llm.engine.runner.graphs = llm.engine.runner.graphs, None  # eager: kernels visible
+    try:
+        params = SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            list(llm.stream_tokens(prompt[:64], params))
+        report(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15))
+    finally:
+        llm.engine.runner.graphs = graphs
 
 
 def time_transformers(
@@ -128,6 +164,7 @@ def run_latency_bench(
     repeats: int,
     baseline: bool,
     experts_impl: str = "grouped_mm",
+    profile: bool = False,
     report: Report = print,
 ) -> LatencyReport:
     with tempfile.TemporaryDirectory(prefix="m2agent-bench-") as tmp:
@@ -139,6 +176,9 @@ def run_latency_bench(
         prompt_ids = random_prompt(llm.config.vocab_size, prompt_tokens, seed=0)
         report("timing the m2agent engine ...")
         timings = [time_engine(llm, prompt_ids, new_tokens, repeats, report)]
+        graph_ms = graph_step_ms(llm) if llm.device.type == "cuda" else None
+        if profile:
+            profile_decode(llm, prompt_ids, report)
         if baseline:
             report(f"building transformers' MiniMaxM2ForCausalLM ({experts_impl} experts) ...")
             reference = build_transformers_model(llm, Path(folder), experts_impl)
@@ -161,4 +201,5 @@ def run_latency_bench(
             copy_bandwidth_gb_s=bandwidth / 1e9,
             bound_tok_s=bandwidth / per_token,
             timings=timings,
+            decode_graph_gpu_ms=graph_ms,
         )

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.bias import causal_lower_right
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
+_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -47,11 +50,13 @@ def causal_attention(
     (the first `start` from the cache); query t sees keys 0 .. start + t. GQA by grouping."""
     num_tokens, num_keys = q.shape[0], k.shape[0]
     qh, kh, vh = q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None]
-    mask = None
-    if num_tokens > 1:
-        rows = torch.arange(num_tokens, device=q.device)[:, None] + start
-        mask = torch.arange(num_keys, device=q.device)[None, :] <= rows
-    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=True)
+    # Bottom-right-aligned causal mask, never materialised: fused kernels handle it, and no
+    # backend has to build a per-shape plan for a dense mask.
+    mask = causal_lower_right(num_tokens, num_keys) if num_tokens > 1 else None
+    with sdpa_kernel(_SDPA_BACKENDS):
+        out = F.scaled_dot_product_attention(
+            qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=True
+        )
     return out[0].transpose(0, 1)
 
 

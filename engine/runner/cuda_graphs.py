@@ -48,6 +48,12 @@ class DecodeGraphs:
         )
         self.seq_lens = torch.ones(max_batch, dtype=torch.int32, device=device)
         self.logits_indices = torch.arange(max_batch, dtype=torch.long, device=device)
+        # Host staging (pinned, so each step's inputs go over in two async copies).
+        self._staged = torch.empty((4, max_batch), dtype=torch.long, pin_memory=True)
+        self._staged_tables = torch.empty(
+            (max_batch, max_blocks_per_seq), dtype=torch.int32, pin_memory=True
+        )
+        self._inputs = torch.empty((4, max_batch), dtype=torch.long, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self._capture_all()
@@ -92,19 +98,34 @@ class DecodeGraphs:
         torch.cuda.synchronize()
         logger.info("captured decode graphs for batch sizes %s", self.sizes)
 
-    def run(self, batch: ForwardBatch) -> torch.Tensor:
-        """Logits [B, V] for a decode batch (B <= max_batch), by replaying a graph."""
-        n = batch.num_seqs
+    def run(
+        self,
+        token_ids: list[int],
+        positions: list[int],
+        slots: list[int],
+        block_tables: list[list[int]],
+    ) -> torch.Tensor:
+        """Logits [B, V] for a decode batch of B <= max_batch sequences (one token each, at
+        `positions`, its KV going to `slots`), by replaying the graph of the next size up."""
+        n = len(token_ids)
         size = next(s for s in self.sizes if s >= n)
-        self.token_ids[:n].copy_(batch.token_ids)
-        self.positions[:n].copy_(batch.positions)
-        self.slot_mapping[:n].copy_(batch.slot_mapping)
-        width = batch.block_tables.shape[1]
-        self.block_tables[:n, :width].copy_(batch.block_tables)
-        self.seq_lens[:n].copy_(batch.seq_lens)
-        if size > n:  # padding rows: scratch block, one token
-            self.slot_mapping[n:size].fill_(self.scratch_slot)
-            self.block_tables[n:size, 0].fill_(self.scratch_block)
-            self.seq_lens[n:size].fill_(1)
+        pad = size - n
+        staged = self._staged[:, :size]
+        staged[0] = torch.tensor(token_ids + [0] * pad)
+        staged[1] = torch.tensor(positions + [0] * pad)
+        staged[2] = torch.tensor(slots + [self.scratch_slot] * pad)
+        staged[3] = torch.tensor([p + 1 for p in positions] + [1] * pad)
+        width = max(len(t) for t in block_tables)
+        rows = [t + [self.scratch_block] * (width - len(t)) for t in block_tables]
+        rows += [[self.scratch_block] * width] * pad
+        self._staged_tables[:size, :width] = torch.tensor(rows, dtype=torch.int32)
+        self._inputs[:, :size].copy_(staged, non_blocking=True)
+        self.block_tables[:size, :width].copy_(
+            self._staged_tables[:size, :width], non_blocking=True
+        )
+        self.token_ids[:size].copy_(self._inputs[0, :size])
+        self.positions[:size].copy_(self._inputs[1, :size])
+        self.slot_mapping[:size].copy_(self._inputs[2, :size])
+        self.seq_lens[:size].copy_(self._inputs[3, :size])
         self.graphs[size].replay()
         return self.outputs[size][:n]

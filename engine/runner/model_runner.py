@@ -85,12 +85,23 @@ class ModelRunner:
     @torch.inference_mode()
     def logits(self, entries: list[ScheduledSeq], *, all_logits: bool = False) -> torch.Tensor:
         """fp32 logits [S, V]: one row per sampling sequence (or per token with all_logits)."""
-        batch = build_forward_batch(entries, self.block_size, self.device, all_logits=all_logits)
         graphs = self.graphs
-        if graphs and batch.is_decode and not all_logits and batch.num_seqs <= graphs.max_batch:
-            return graphs.run(batch)
+        if graphs and not all_logits and len(entries) <= graphs.max_batch and _is_decode(entries):
+            return self._replay(graphs, entries)
+        batch = build_forward_batch(entries, self.block_size, self.device, all_logits=all_logits)
         hidden = self.model(batch, self.k_caches, self.v_caches)
         return self.model.compute_logits(hidden[batch.logits_indices])
+
+    def _replay(self, graphs: DecodeGraphs, entries: list[ScheduledSeq]) -> torch.Tensor:
+        bs = self.block_size
+        positions = [e.seq.num_computed_tokens for e in entries]
+        tables = [e.seq.block_table[: p // bs + 1] for e, p in zip(entries, positions, strict=True)]
+        return graphs.run(
+            [e.seq.token_ids[p] for e, p in zip(entries, positions, strict=True)],
+            positions,
+            [t[p // bs] * bs + p % bs for t, p in zip(tables, positions, strict=True)],
+            tables,
+        )
 
     def execute(self, entries: list[ScheduledSeq], samplers: list[SamplingState]) -> list[int]:
         """Run one step; return the token sampled for each entry that samples, in order."""
@@ -98,3 +109,7 @@ class ModelRunner:
         if all(s.params.is_greedy for s in samplers):
             return logits.argmax(dim=-1).tolist()
         return [sample(row, s.params, s.generator) for row, s in zip(logits, samplers, strict=True)]
+
+
+def _is_decode(entries: list[ScheduledSeq]) -> bool:
+    return all(e.num_tokens == 1 and e.samples for e in entries)
