@@ -22,9 +22,13 @@ def moe_experts(
     w13: torch.Tensor,
     w2: torch.Tensor,
 ) -> torch.Tensor:
-    """On CUDA a path with no host sync (graph-capturable): grouped GEMMs in bf16, else every
-    expert on every token (small fp32 test models). On CPU the reference."""
+    """On CUDA a path with no host sync (graph-capturable): for a few tokens the Triton GEMV
+    kernels, else grouped GEMMs in bf16, else every expert on every token (small fp32 test
+    models). On CPU the reference."""
     if x.is_cuda:
+        small = _triton_moe()
+        if small is not None and x.dtype == torch.bfloat16 and x.shape[0] <= small.MAX_TOKENS:
+            return small.moe_experts_small_batch(x, weights, expert_ids, w13, w2)
         if grouped_moe.is_available() and x.dtype == torch.bfloat16:
             return grouped_moe.moe_experts_grouped(x, weights, expert_ids, w13, w2)
         return reference.moe_experts_dense(x, weights, expert_ids, w13, w2)
@@ -35,6 +39,15 @@ def decode_graphs_supported(head_dim: int) -> bool:
     """Whether a decode step can be captured: its attention must run in the Triton kernel."""
     kernel = _triton_attention()
     return kernel is not None and kernel.supports(head_dim)
+
+
+@functools.cache
+def _triton_moe() -> ModuleType | None:
+    try:
+        from m2agent.engine.kernels import moe_triton
+    except ImportError:
+        return None
+    return moe_triton
 
 
 @functools.cache

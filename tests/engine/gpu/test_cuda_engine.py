@@ -103,3 +103,27 @@ def test_fp8_checkpoint_on_cuda_matches_cpu(tiny_fp8_checkpoint: Path) -> None:
     (gpu,) = LLM(tiny_fp8_checkpoint, device="cuda", dtype="float32").generate([prompt], params)
     (cpu,) = LLM(tiny_fp8_checkpoint, device="cpu", dtype="float32").generate([prompt], params)
     assert gpu.token_ids == cpu.token_ids
+
+
+@pytest.mark.parametrize("tokens", [1, 2, 5, 16])
+@pytest.mark.parametrize(
+    ("hidden", "inter", "experts", "top_k"), [(3072, 1536, 256, 8), (200, 96, 7, 3)]
+)
+def test_small_batch_triton_moe_matches_reference(
+    tokens: int, hidden: int, inter: int, experts: int, top_k: int
+) -> None:
+    from m2agent.engine.kernels.moe_triton import moe_experts_small_batch
+
+    generator = torch.Generator(device="cuda").manual_seed(tokens + hidden)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, device="cuda")
+
+    x = randn(tokens, hidden).bfloat16()
+    gate, bias = randn(experts, hidden), randn(experts)
+    w13 = (randn(experts, 2 * inter, hidden) * 0.05).bfloat16()
+    w2 = (randn(experts, hidden, inter) * 0.05).bfloat16()
+    weights, ids = reference.route(x, gate, bias, top_k)
+    expected = reference.moe_experts(x.float(), weights, ids, w13.float(), w2.float())
+    got = moe_experts_small_batch(x, weights, ids, w13, w2).float()
+    torch.testing.assert_close(got, expected, atol=2e-2, rtol=2e-2)
