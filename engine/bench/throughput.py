@@ -134,7 +134,7 @@ def run_throughput_bench(
         )  # fmt: skip
         vocab = llm.config.vocab_size
         all_prompts = [random_prompt(vocab, prompt_tokens, seed=i) for i in range(max(streams))]
-        engine_round(llm, all_prompts[:2], 8)  # warm-up
+        engine_round(llm, all_prompts[:2], new_tokens)  # warm-up at full length
         rounds = {}
         for n in streams:
             llm.engine.blocks.reset_prefix_cache()  # distinct prompts anyway; keep runs cold
@@ -144,7 +144,7 @@ def run_throughput_bench(
         if baseline:
             report(f"building transformers' MiniMaxM2ForCausalLM ({experts_impl} experts) ...")
             model = build_transformers_model(llm, folder, experts_impl)
-            baseline_round(model, all_prompts[:1], 4)  # warm-up
+            baseline_round(model, all_prompts[:2], new_tokens)  # warm-up at full length
             for n in streams:
                 baseline_times[n] = baseline_round(model, all_prompts[:n], new_tokens)
                 report(
