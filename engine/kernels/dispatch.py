@@ -51,6 +51,15 @@ def _triton_moe() -> ModuleType | None:
 
 
 @functools.cache
+def _triton_prefill() -> ModuleType | None:
+    try:
+        from m2agent.engine.kernels import prefill_attention_triton
+    except ImportError:
+        return None
+    return prefill_attention_triton
+
+
+@functools.cache
 def _triton_attention() -> ModuleType | None:
     try:
         from m2agent.engine.kernels import paged_attention_triton
@@ -66,14 +75,22 @@ def paged_attention(
     batch: ForwardBatch,
     scale: float,
 ) -> torch.Tensor:
-    """Decode batches on CUDA use the Triton kernel (graph-capturable: tensors only);
-    everything else the reference, one sequence at a time."""
-    if q.is_cuda and batch.is_decode:
+    """On CUDA, Triton: the decode kernel for decode batches (graph-capturable: tensors
+    only), the prefill kernel for anything else. On CPU (or an unsupported head size) the
+    reference, one sequence at a time."""
+    if q.is_cuda:
         kernel = _triton_attention()
         if kernel is not None and kernel.supports(q.shape[-1]):
-            return kernel.paged_decode_attention(
-                q, k_cache, v_cache, batch.block_tables, batch.seq_lens, scale
-            )
+            if batch.is_decode:
+                return kernel.paged_decode_attention(
+                    q, k_cache, v_cache, batch.block_tables, batch.seq_lens, scale
+                )
+            prefill = _triton_prefill()
+            if prefill is not None:
+                return prefill.paged_prefill_attention(
+                    q, k_cache, v_cache, batch.block_tables, batch.seq_lens,
+                    batch.query_start, batch.max_query_len, scale,
+                )  # fmt: skip
     return reference.paged_attention(
         q,
         k_cache,

@@ -3,6 +3,8 @@ of the finished index lists to the model's device."""
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from m2agent.engine.forward_batch import ForwardBatch
@@ -53,6 +55,7 @@ def build_forward_batch(
         slot_mapping=tensor(slots, torch.long),
         block_tables=tensor(padded, torch.int32),
         seq_lens=tensor(seq_lens, torch.int32),
+        query_start=tensor([0, *itertools.accumulate(query_lens)], torch.int32),
         logits_indices=tensor(logits_indices, torch.long),
         query_lens_list=query_lens,
         seq_lens_list=seq_lens,

@@ -48,6 +48,7 @@ class DecodeGraphs:
         )
         self.seq_lens = torch.ones(max_batch, dtype=torch.int32, device=device)
         self.logits_indices = torch.arange(max_batch, dtype=torch.long, device=device)
+        self.query_start = torch.arange(max_batch + 1, dtype=torch.int32, device=device)
         # Host staging (pinned, so each step's inputs go over in two async copies).
         self._staged = torch.empty((4, max_batch), dtype=torch.long, pin_memory=True)
         self._staged_tables = torch.empty(
@@ -69,6 +70,7 @@ class DecodeGraphs:
             slot_mapping=self.slot_mapping[:size],
             block_tables=self.block_tables[:size],
             seq_lens=self.seq_lens[:size],
+            query_start=self.query_start[: size + 1],
             logits_indices=self.logits_indices[:size],
             query_lens_list=[1] * size,
             seq_lens_list=[1] * size,

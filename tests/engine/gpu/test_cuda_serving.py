@@ -100,3 +100,48 @@ def test_prefix_hit_equals_miss_on_cuda(tiny_m2_checkpoint: Path) -> None:
     (miss,) = plain.generate([follow], GREEDY)
     assert hit.num_cached_tokens > 0
     assert hit.token_ids == miss.token_ids
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "head_dim", "page"), [(48, 8, 128, 16), (4, 2, 16, 16)]
+)
+def test_triton_prefill_attention_matches_reference(
+    dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int, page: int
+) -> None:
+    from m2agent.engine.kernels.prefill_attention_triton import paged_prefill_attention
+
+    rng = random.Random(heads + page)
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    num_blocks = 600
+    k_cache = torch.randn(num_blocks, page, kv_heads, head_dim, generator=gen, device="cuda").to(
+        dtype
+    )
+    v_cache = torch.randn(num_blocks, page, kv_heads, head_dim, generator=gen, device="cuda").to(
+        dtype
+    )
+    free = list(range(num_blocks))
+    rng.shuffle(free)
+    # Fresh prompts, chunks after a cached prefix, decodes: all in one batch.
+    shapes = [(300, 300), (1, 57), (100, 900), (17, 17), (1, 1), (65, 130)]
+    query_lens = [q for q, _ in shapes]
+    seq_lens = [s for _, s in shapes]
+    tables = [[free.pop() for _ in range(-(-s // page))] for s in seq_lens]
+    width = max(len(t) for t in tables)
+    block_tables = torch.tensor(
+        [t + [0] * (width - len(t)) for t in tables], dtype=torch.int32, device="cuda"
+    )
+    starts = [0]
+    for n in query_lens:
+        starts.append(starts[-1] + n)
+    q = torch.randn(starts[-1], heads, head_dim, generator=gen, device="cuda").to(dtype)
+    got = paged_prefill_attention(
+        q, k_cache, v_cache, block_tables,
+        torch.tensor(seq_lens, dtype=torch.int32, device="cuda"),
+        torch.tensor(starts, dtype=torch.int32, device="cuda"), max(query_lens), head_dim**-0.5,
+    )  # fmt: skip
+    expected = reference.paged_attention(
+        q.float(), k_cache.float(), v_cache.float(), query_lens, seq_lens, tables, head_dim**-0.5
+    )
+    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), expected, atol=tolerance, rtol=tolerance)
