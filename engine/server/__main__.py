@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from pathlib import Path
 
@@ -106,19 +107,20 @@ def main(argv: list[str] | None = None) -> int:
     async_engine = AsyncEngine(engine)
     async_engine.start()
     app = create_app(async_engine, ServerSettings(names, args.api_key, args.reasoning_mode))
+    try:  # bind first, so --port 0 can report the port it got
+        sock = socket.create_server((args.host, args.port))
+    except OSError as e:
+        print(f"m2agent serve: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
+        async_engine.stop()
+        return 1
+    port = sock.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=args.host,
-            port=args.port,
-            log_config=None,
-            log_level=args.log_level,
-            access_log=False,
-        )
+        uvicorn.Config(app, log_config=None, log_level=args.log_level, access_log=False)
     )
-    log.info("serving %s on %s:%d (%s)", name, args.host, args.port, device)
+    log.info("serving %s on %s:%d (%s)", name, args.host, port, device)
+    print(f"m2agent serve: {name} at http://{args.host}:{port}/v1", file=sys.stderr, flush=True)
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
         async_engine.stop()
     return 0

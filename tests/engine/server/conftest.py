@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import socket
+import re
 import subprocess
 import sys
 import time
@@ -26,37 +26,38 @@ class Server:
     log: Path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(checkpoint: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+    """Start `m2agent serve --port 0` and read the address it reports."""
     args = [
         sys.executable, "-m", "m2agent", "serve", "--model", str(checkpoint), "--device", "cpu",
-        "--port", str(port), "--served-model-name", "tiny-m2", "--log-file", str(log), *extra,
+        "--port", "0", "--served-model-name", "tiny-m2", "--log-file", str(log), *extra,
     ]  # fmt: skip
     process = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy()
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy()
     )
-    root = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:  # ends at EOF if the server dies
+        seen.append(line)
+        match = re.search(r"at (http://127\.0\.0\.1:\d+)/v1", line)
+        if match:
+            root = match.group(1)
+            break
+    else:
+        process.wait(timeout=10)
+        raise RuntimeError(
+            "server exited: " + "".join(seen) + (log.read_text() if log.exists() else "")
+        )
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            output = process.stdout.read().decode() if process.stdout else ""
-            raise RuntimeError(
-                f"server exited: {output}\n{log.read_text() if log.exists() else ''}"
-            )
         try:
             if httpx.get(f"{root}/health", timeout=1).status_code == 200:
                 return process, root
         except httpx.TransportError:
             pass
-        time.sleep(0.2)
+        time.sleep(0.1)
     process.kill()
-    raise RuntimeError("server did not become healthy in 120 s")
+    raise RuntimeError("server did not become healthy in 60 s")
 
 
 @pytest.fixture(scope="session")
