@@ -1,0 +1,1 @@
+"""Running commands confined to the workspace: policy, the bubblewrap backend, the probe."""

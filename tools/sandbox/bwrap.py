@@ -1,0 +1,95 @@
+"""The bubblewrap backend: policy -> bwrap argv (pure), and the probe that checks bwrap works
+here, turning known failures into advice the user can act on."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from m2agent.tools.sandbox.policy import SandboxPolicy
+
+SYSTEM_BWRAP = ("/usr/bin/bwrap", "/usr/local/bin/bwrap", "/bin/bwrap")
+
+
+def bwrap_argv(bwrap: str, policy: SandboxPolicy, command: list[str], cwd: Path) -> list[str]:
+    """Read-only root, private /tmp, writable workspace with read-only protected folders, all
+    namespaces unshared (no network unless allowed), dies with its parent, new session."""
+    argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    argv += ["--bind", str(policy.workspace), str(policy.workspace)]
+    for path in policy.read_only_paths:
+        if path.exists():
+            argv += ["--ro-bind", str(path), str(path)]
+    argv += ["--unshare-all"]
+    if policy.allow_network:
+        argv += ["--share-net"]
+    argv += ["--die-with-parent", "--new-session", "--chdir", str(cwd), "--", *command]
+    return argv
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    backend: str | None  # "bwrap", or None when no sandbox works
+    binary: str | None
+    diagnosis: str  # what was found, in words
+    advice: str  # what to do about it ("" when all is well)
+
+    @property
+    def works(self) -> bool:
+        return self.backend is not None
+
+
+_ADVICE = (
+    (
+        ("setting up uid map: Permission denied", "loopback: Failed RTM_NEWADDR"),
+        "Ubuntu 24.04's AppArmor blocks unprivileged user namespaces. Narrowest fix: install "
+        "the distro's bwrap-userns-restrict profile (apparmor-profiles package); or give "
+        "/usr/bin/bwrap an unconfined profile; or `sudo sysctl "
+        "kernel.apparmor_restrict_unprivileged_userns=0`.",
+    ),
+    (
+        ("No permissions to create new namespace", "Operation not permitted"),
+        "Namespaces are blocked, typically inside Docker's default seccomp profile: run the "
+        "container with a profile that allows unshare/clone (or --privileged), or run m2agent "
+        "outside it, or pass --sandbox off inside an already isolated container.",
+    ),
+    (
+        ("nesting depth", "max_user_namespaces", "max_"),
+        "The kernel's namespace limit is reached: raise /proc/sys/user/max_user_namespaces "
+        "(sysctl user.max_user_namespaces=15000).",
+    ),
+)
+
+
+def find_bwrap() -> str | None:
+    """The system bwrap only (never one found in a workspace on PATH)."""
+    for candidate in SYSTEM_BWRAP:
+        if Path(candidate).is_file():
+            return candidate
+    return None
+
+
+@functools.cache
+def probe() -> Probe:
+    """Try bubblewrap once per process."""
+    binary = find_bwrap()
+    if binary is None:
+        hint = "apt-get install bubblewrap (Debian/Ubuntu), dnf install bubblewrap (Fedora)"
+        found = shutil.which("bwrap")
+        extra = f" (a bwrap at {found} is not a system path and is not trusted)" if found else ""
+        return Probe(None, None, f"bubblewrap is not installed{extra}", f"Install it: {hint}.")
+    argv = [binary, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-all",
+            "--die-with-parent", "--new-session", "--", "/bin/true"]  # fmt: skip
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return Probe(None, binary, f"bubblewrap did not run: {e}", "Check the bwrap binary.")
+    if done.returncode == 0:
+        return Probe("bwrap", binary, f"bubblewrap works ({binary})", "")
+    error = done.stderr.strip() or f"exit code {done.returncode}"
+    for needles, advice in _ADVICE:
+        if any(n in error for n in needles):
+            return Probe(None, binary, f"bubblewrap fails: {error}", advice)
+    return Probe(None, binary, f"bubblewrap fails: {error}", "See `m2agent doctor`.")
