@@ -5,8 +5,11 @@ and the tail. If no sandbox works and the user did not opt out, commands are ref
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -24,7 +27,7 @@ MAX_TIMEOUT_S = 600
 MAX_OUTPUT_CHARS = 30_000
 KILL_GRACE_S = 2.0
 
-SandboxMode = Literal["auto", "bwrap", "off"]
+SandboxMode = Literal["auto", "bwrap", "landlock", "off"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,30 +49,49 @@ class CommandRunner:
         self.policy, self.mode = policy, mode
 
     def backend(self) -> str:
-        if self.mode == "off":
-            return "off"
-        found = bwrap.probe()
-        if not found.works:
+        """The backend commands run under ("bwrap", "landlock" or "off"); fails closed."""
+        if self.mode in ("off", "landlock"):
+            return self.mode
+        found = bwrap.probe() if self.mode == "auto" else bwrap.probe_bwrap()
+        if not found.works or found.backend is None:
             raise SandboxUnavailable(
                 f"commands are disabled: no sandbox works here. {found.diagnosis}. {found.advice} "
                 "(Or run with --sandbox off, only inside an already isolated environment.)"
             )
-        return "bwrap"
+        return found.backend
 
     def run(
         self, command: str, timeout_s: float = DEFAULT_TIMEOUT_S, cwd: Path | None = None
     ) -> CommandResult:
         cwd = cwd or self.policy.workspace
         argv = ["/bin/bash", "-c", command]
-        if self.backend() == "bwrap":
-            binary = bwrap.probe().binary
+        env = command_environment(self.policy)
+        backend = self.backend()
+        private_tmp = None
+        if backend == "bwrap":
+            binary = bwrap.find_bwrap()
             assert binary is not None
             argv = bwrap.bwrap_argv(binary, self.policy, argv, cwd)
+        elif backend == "landlock":
+            private_tmp = tempfile.mkdtemp(prefix="m2agent-cmd-")
+            env["TMPDIR"] = private_tmp
+            launcher = [sys.executable, "-m", "m2agent.tools.sandbox.launcher"]
+            launcher += ["--workspace", str(self.policy.workspace), "--tmp", private_tmp]
+            argv = [*launcher, *(["--network"] if self.policy.allow_network else []), "--", *argv]
+        try:
+            return self._run(argv, cwd, env, timeout_s)
+        finally:
+            if private_tmp is not None:
+                shutil.rmtree(private_tmp, ignore_errors=True)
+
+    def _run(
+        self, argv: list[str], cwd: Path, env: dict[str, str], timeout_s: float
+    ) -> CommandResult:
         started = time.monotonic()
         process = subprocess.Popen(
             argv,
             cwd=cwd,
-            env=command_environment(self.policy),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

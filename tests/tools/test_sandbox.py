@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from m2agent.tools.sandbox import bwrap
+from m2agent.tools.sandbox import bwrap, landlock
 from m2agent.tools.sandbox.policy import SandboxPolicy, scrub_environment
 from m2agent.tools.shell import BashTool, CommandRunner, SandboxUnavailable
 
@@ -25,9 +25,19 @@ pytestmark = pytest.mark.sandbox
 
 
 def require_bwrap() -> None:
-    probe = bwrap.probe()
+    probe = bwrap.probe_bwrap()
     if not probe.works:
-        pytest.skip(f"no sandbox here: {probe.diagnosis}. {probe.advice}")
+        pytest.skip(f"bubblewrap does not work here: {probe.diagnosis}. {probe.advice}")
+
+
+def require(backend: str) -> None:
+    if backend == "bwrap":
+        require_bwrap()
+    elif landlock.abi_version() < 1:
+        pytest.skip("Landlock is not available in this kernel")
+
+
+BACKENDS = ["bwrap", "landlock"]
 
 
 @pytest.fixture
@@ -39,17 +49,28 @@ def workspace(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture(params=BACKENDS)
+def runner(request: pytest.FixtureRequest, workspace: Path) -> CommandRunner:
+    require(request.param)
+    return CommandRunner(SandboxPolicy.for_workspace(workspace), request.param)
+
+
 @pytest.fixture
-def runner(workspace: Path) -> CommandRunner:
+def bwrap_runner(workspace: Path) -> CommandRunner:
     require_bwrap()
     return CommandRunner(SandboxPolicy.for_workspace(workspace), "bwrap")
 
 
 def test_commands_run_and_write_the_workspace(runner: CommandRunner, workspace: Path) -> None:
-    result = runner.run("echo built > out.txt && cat README.md && pwd")
-    assert result.exit_code == 0
+    (workspace / "src").mkdir()
+    result = runner.run(
+        "echo built > src/out.txt && echo more >> README.md && cat README.md && pwd"
+    )
+    assert result.exit_code == 0, result.output
     assert "hello" in result.output and str(workspace) in result.output
-    assert (workspace / "out.txt").read_text() == "built\n"
+    assert (workspace / "src/out.txt").read_text() == "built\n"
+    assert (workspace / "README.md").read_text() == "hello\nmore\n"
+    assert runner.run("echo scratch > $TMPDIR/x && cat $TMPDIR/x").output == "scratch\n"
 
 
 @pytest.mark.parametrize(
@@ -82,8 +103,9 @@ def test_writes_outside_the_workspace_fail(
         assert not path.exists(), f"{attack} escaped to {path}"
 
 
-def test_network_is_off_unless_allowed(workspace: Path) -> None:
-    require_bwrap()
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_network_is_off_unless_allowed(workspace: Path, backend: str) -> None:
+    require(backend)
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
     accepted: list[bool] = []
@@ -100,7 +122,7 @@ def test_network_is_off_unless_allowed(workspace: Path) -> None:
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     probe = f"exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected"
-    closed = CommandRunner(SandboxPolicy.for_workspace(workspace), "bwrap").run(probe, timeout_s=10)
+    closed = CommandRunner(SandboxPolicy.for_workspace(workspace), backend).run(probe, timeout_s=10)
     assert "connected" not in closed.output and closed.exit_code != 0
     opened = CommandRunner(SandboxPolicy.for_workspace(workspace, allow_network=True), "bwrap").run(
         probe, timeout_s=10
@@ -110,8 +132,11 @@ def test_network_is_off_unless_allowed(workspace: Path) -> None:
     assert "connected" in opened.output and accepted == [True]
 
 
-def test_setsid_child_does_not_outlive_its_command(runner: CommandRunner, workspace: Path) -> None:
-    result = runner.run("setsid bash -c 'sleep 1; echo alive > marker' & echo started")
+def test_setsid_child_does_not_outlive_its_command(
+    bwrap_runner: CommandRunner, workspace: Path
+) -> None:
+    # bubblewrap only: its PID namespace dies with the command (Landlock has none).
+    result = bwrap_runner.run("setsid bash -c 'sleep 1; echo alive > marker' & echo started")
     assert result.exit_code == 0
     time.sleep(2.5)
     assert not (workspace / "marker").exists()
@@ -153,6 +178,28 @@ def test_bash_tool_reports_exit_codes_and_timeouts(runner: CommandRunner) -> Non
     assert bad.is_error and "[exit code 3]" in bad.content
     slow = tool.run(tool.Args.model_validate({"command": "sleep 30", "timeout": 500}))
     assert slow.is_error and "timed out after 0.5s" in slow.content
+
+
+def test_udp_does_not_leave_the_sandbox(runner: CommandRunner) -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.settimeout(1.5)
+    port = listener.getsockname()[1]
+    send = (
+        "import socket; "
+        f"socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', {port}))"
+    )
+    runner.run(f'python3 -c "{send}"')
+    with pytest.raises(TimeoutError):
+        listener.recvfrom(16)
+    listener.close()
+
+
+def test_landlock_cannot_create_top_level_entries(workspace: Path) -> None:
+    require("landlock")
+    runner = CommandRunner(SandboxPolicy.for_workspace(workspace), "landlock")
+    result = runner.run("echo x > newtop.txt")
+    assert result.exit_code != 0 and not (workspace / "newtop.txt").exists()
 
 
 def test_no_sandbox_means_no_commands(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:

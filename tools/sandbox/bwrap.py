@@ -1,5 +1,6 @@
 """The bubblewrap backend: policy -> bwrap argv (pure), and the probe that checks bwrap works
-here, turning known failures into advice the user can act on."""
+here, turning known failures into advice the user can act on. Falls back to Landlock +
+seccomp (no namespaces needed) when bubblewrap cannot run."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from m2agent.tools.sandbox import landlock
 from m2agent.tools.sandbox.policy import SandboxPolicy
 
 SYSTEM_BWRAP = ("/usr/bin/bwrap", "/usr/local/bin/bwrap", "/bin/bwrap")
@@ -31,7 +33,7 @@ def bwrap_argv(bwrap: str, policy: SandboxPolicy, command: list[str], cwd: Path)
 
 @dataclass(frozen=True, slots=True)
 class Probe:
-    backend: str | None  # "bwrap", or None when no sandbox works
+    backend: str | None  # "bwrap", "landlock", or None when no sandbox works
     binary: str | None
     diagnosis: str  # what was found, in words
     advice: str  # what to do about it ("" when all is well)
@@ -73,7 +75,25 @@ def find_bwrap() -> str | None:
 
 @functools.cache
 def probe() -> Probe:
-    """Try bubblewrap once per process."""
+    """The best sandbox that works here, tried once per process: bubblewrap, else Landlock."""
+    found = probe_bwrap()
+    if found.works:
+        return found
+    abi = landlock.abi_version()
+    if abi >= 1:
+        network = "network off by seccomp" + (" and Landlock" if abi >= 4 else "")
+        return Probe(
+            "landlock",
+            None,
+            f"{found.diagnosis}; using Landlock ABI {abi} + seccomp instead ({network}; no PID "
+            "namespace, and new top-level entries in the workspace cannot be created)",
+            found.advice,
+        )
+    return found
+
+
+def probe_bwrap() -> Probe:
+    """Try bubblewrap."""
     binary = find_bwrap()
     if binary is None:
         hint = "apt-get install bubblewrap (Debian/Ubuntu), dnf install bubblewrap (Fedora)"

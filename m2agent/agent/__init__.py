@@ -1,0 +1,1 @@
+"""The agent: the loop, its history, approvals. Never imports the UI."""
