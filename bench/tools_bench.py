@@ -49,13 +49,15 @@ def main() -> None:
         policy = SandboxPolicy.for_workspace(root)
         plain = command_ms(CommandRunner(policy, "off"), args.runs)
         print(f"command `true`, no sandbox:   {plain:7.2f} ms (median of {args.runs})")
-        if bwrap.probe().works:
-            boxed = command_ms(CommandRunner(policy, "bwrap"), args.runs)
-            print(
-                f"command `true`, bubblewrap:   {boxed:7.2f} ms (overhead {boxed - plain:.2f} ms)"
-            )
-        else:
-            print(f"bubblewrap unavailable: {bwrap.probe().diagnosis}")
+        for backend, available in (
+            ("bwrap", bwrap.probe_bwrap().works),
+            ("landlock", landlock.abi_version() >= 1),
+        ):
+            if not available:
+                print(f"{backend}: not available here")
+                continue
+            boxed = command_ms(CommandRunner(policy, backend), args.runs)
+            print(f"command `true`, {backend:10} {boxed:7.2f} ms (overhead {boxed - plain:.2f} ms)")
 
         make_repo(root, args.files)
         checkpoints = Checkpoints(root, Path(tmp) / "store")
