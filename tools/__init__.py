@@ -1,18 +1,30 @@
 """The sandboxed tools the model uses on a repository (files, search, shell, plan, undo).
 
-Never imports torch, rich, prompt_toolkit or the agent side of m2agent.
+Never imports torch, rich, prompt_toolkit or the agent side of m2agent. The public names load
+on first use, so that the sandbox launcher (`m2agent.tools.sandbox.launcher`, started before
+every command under Landlock) imports only what it needs.
 """
 
 from __future__ import annotations
 
-from m2agent.tools.base import Tool, ToolAnnotations, ToolError, ToolResult
-from m2agent.tools.files import EditTool, ReadTool, WriteTool
-from m2agent.tools.registry import ToolRegistry
-from m2agent.tools.sandbox.policy import SandboxPolicy
-from m2agent.tools.search import GlobTool, GrepTool
-from m2agent.tools.shell import BashTool, CommandRunner, SandboxMode
-from m2agent.tools.todo import TodoList, TodoWriteTool
-from m2agent.tools.workspace import Workspace
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from m2agent.tools.base import Tool, ToolAnnotations, ToolError, ToolResult
+    from m2agent.tools.defaults import default_tools
+    from m2agent.tools.registry import ToolRegistry
+    from m2agent.tools.workspace import Workspace
+
+_PUBLIC = {
+    "Tool": "m2agent.tools.base",
+    "ToolAnnotations": "m2agent.tools.base",
+    "ToolError": "m2agent.tools.base",
+    "ToolResult": "m2agent.tools.base",
+    "ToolRegistry": "m2agent.tools.registry",
+    "Workspace": "m2agent.tools.workspace",
+    "default_tools": "m2agent.tools.defaults",
+}
 
 __all__ = [
     "Tool",
@@ -25,25 +37,8 @@ __all__ = [
 ]
 
 
-def default_tools(
-    workspace: Workspace,
-    todos: TodoList,
-    *,
-    sandbox: SandboxMode = "auto",
-    allow_network: bool = False,
-) -> ToolRegistry:
-    """The tools the model sees, in Claude Code's vocabulary."""
-    runner = CommandRunner(
-        SandboxPolicy.for_workspace(workspace.path, allow_network=allow_network), sandbox
-    )
-    return ToolRegistry(
-        [
-            ReadTool(workspace),
-            WriteTool(workspace),
-            EditTool(workspace),
-            BashTool(runner),
-            GrepTool(workspace),
-            GlobTool(workspace),
-            TodoWriteTool(todos),
-        ]
-    )
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'm2agent.tools' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

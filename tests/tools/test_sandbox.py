@@ -224,9 +224,12 @@ UNPRIVILEGED_SCRIPT = textwrap.dedent(
     from m2agent.tools.sandbox.policy import SandboxPolicy
     from m2agent.tools.shell import CommandRunner
     ws = Path(sys.argv[1])
-    runner = CommandRunner(SandboxPolicy.for_workspace(ws), "bwrap")
-    assert runner.run("echo ok > inside.txt").exit_code == 0, "command failed"
-    runner.run("echo pwned > /tmp/../etc/m2-unpriv; echo pwned > ../unpriv-escape")
+    (ws / "out").mkdir()
+    for backend in sys.argv[2:]:
+        runner = CommandRunner(SandboxPolicy.for_workspace(ws), backend)
+        result = runner.run(f"echo ok > out/{backend}.txt")
+        assert result.exit_code == 0, (backend, result.output)
+        runner.run("echo pwned > /etc/m2-unpriv; echo pwned > ../unpriv-escape")
     print("done")
     """
 )
@@ -247,13 +250,16 @@ def test_as_an_unprivileged_user(public_tmp: Path) -> None:
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to switch to an unprivileged user")
     require_bwrap()
+    # bubblewrap only: the Landlock launcher re-executes this interpreter, which an
+    # unprivileged user may not reach (root-owned pyenv installs).
+    backends = ["bwrap"]
     tmp_path = public_tmp
     ws = tmp_path / "unpriv"
     ws.mkdir()
     os.chown(ws, 65534, 65534)
     done = subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-         sys.executable, "-c", UNPRIVILEGED_SCRIPT, str(ws)],
+         sys.executable, "-c", UNPRIVILEGED_SCRIPT, str(ws), *backends],
         capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(ws)},
     )  # fmt: skip
     if (
@@ -265,5 +271,6 @@ def test_as_an_unprivileged_user(public_tmp: Path) -> None:
             f"the interpreter is not readable by an unprivileged user: {done.stderr[-300:]}"
         )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert (ws / "inside.txt").read_text() == "ok\n"
+    for backend in backends:
+        assert (ws / "out" / f"{backend}.txt").read_text() == "ok\n"
     assert not Path("/etc/m2-unpriv").exists() and not (tmp_path / "unpriv-escape").exists()
