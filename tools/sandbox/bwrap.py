@@ -20,6 +20,9 @@ def bwrap_argv(bwrap: str, policy: SandboxPolicy, command: list[str], cwd: Path)
     """Read-only root, private /tmp, writable workspace with read-only protected folders, all
     namespaces unshared (no network unless allowed), dies with its parent, new session."""
     argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    for path in policy.keep_visible:
+        if not policy.workspace.is_relative_to(path):
+            argv += ["--ro-bind", str(path), str(path)]
     argv += ["--bind", str(policy.workspace), str(policy.workspace)]
     for path in policy.read_only_paths:
         if path.exists():
