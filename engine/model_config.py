@@ -6,13 +6,13 @@ Reads both published forms (`rotary_dim` + `rope_theta`, and transformers 5's
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from m2agent.engine.errors import ConfigError
+from m2agent.engine.jsonfile import read_json_object
 
 SUPPORTED_ARCHITECTURES = ("MiniMaxM2ForCausalLM",)
 
@@ -69,13 +69,7 @@ def load_model_config(path: str | Path) -> ModelConfig:
     file = path / "config.json" if path.is_dir() else path
     if not file.is_file():
         raise ConfigError(f"{file}: no such file; a MiniMax-M2 checkpoint folder has a config.json")
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{file}: not valid JSON ({e})") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{file}: expected a JSON object")
-    return model_config_from_dict(raw, source=str(file))
+    return model_config_from_dict(read_json_object(file, ConfigError), source=str(file))
 
 
 def model_config_from_dict(raw: dict[str, Any], source: str = "config") -> ModelConfig:

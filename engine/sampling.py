@@ -4,7 +4,6 @@ generation_config.json, else MiniMax's published defaults (temperature 1.0, top_
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from m2agent.engine.errors import ConfigError
+from m2agent.engine.jsonfile import read_json_object
 
 MINIMAX_DEFAULTS = {"temperature": 1.0, "top_p": 0.95, "top_k": 40}
 
@@ -83,12 +83,7 @@ def load_generation_defaults(folder: str | Path) -> dict[str, Any]:
     file = Path(folder) / "generation_config.json"
     if not file.is_file():
         return defaults
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{file}: not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{file}: expected a JSON object")
+    data = read_json_object(file, ConfigError)
     if data.get("do_sample") is False:
         defaults["temperature"] = 0.0
     for key in ("temperature", "top_p", "top_k"):

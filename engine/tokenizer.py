@@ -7,13 +7,12 @@ added tokens that are *not* special, so they survive decoding.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 from tokenizers import Tokenizer as HFTokenizer
 
 from m2agent.engine.errors import TokenizerError
+from m2agent.engine.jsonfile import read_json_object
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -37,7 +36,8 @@ class Tokenizer:
             backend = HFTokenizer.from_file(str(file))
         except Exception as e:  # tokenizers raises bare Exception subclasses on bad files
             raise TokenizerError(f"{file}: not a readable tokenizer ({e})") from e
-        config = _read_json(folder / TOKENIZER_CONFIG_FILE)
+        config_file = folder / TOKENIZER_CONFIG_FILE
+        config = read_json_object(config_file, TokenizerError) if config_file.is_file() else {}
         eos = config.get("eos_token")
         if isinstance(eos, dict):
             eos = eos.get("content")
@@ -61,16 +61,6 @@ class Tokenizer:
 
     def token_to_id(self, token: str) -> int | None:
         return self._backend.token_to_id(token)
-
-
-def _read_json(file: Path) -> dict[str, Any]:
-    if not file.is_file():
-        return {}
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"{file}: not valid JSON ({e})") from e
-    return data if isinstance(data, dict) else {}
 
 
 class IncrementalDetokenizer:

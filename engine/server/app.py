@@ -136,6 +136,12 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
         except ValueError as e:
             raise APIError(400, str(e)) from None
 
+    def usage_chunk(
+        base: dict[str, Any], kind: str, last: RequestDelta | None, prompt_len: int
+    ) -> dict[str, Any]:
+        """The final chunk of `stream_options.include_usage`: no choices, the usage."""
+        return {**base, "object": kind, "choices": [], "usage": usage(last, prompt_len)}
+
     def usage(last: RequestDelta | None, prompt_len: int) -> dict[str, Any]:
         completion = last.num_output_tokens if last else 0
         cached = last.num_cached_tokens if last else 0
@@ -230,33 +236,21 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
                 body["usage"] = None
             return sse(body)
 
-        async def events() -> AsyncIterator[str]:
+        async def chat_events() -> AsyncIterator[str]:
+            yield chunk({"role": "assistant", "content": ""})
             last: RequestDelta | None = None
-            try:
-                yield chunk({"role": "assistant", "content": ""})
-                async for delta in deltas:
-                    last = delta
-                    for piece in translator.feed(delta.text):
-                        yield chunk(piece)
-                for piece in translator.finish():
+            async for delta in deltas:
+                last = delta
+                for piece in translator.feed(delta.text):
                     yield chunk(piece)
-                yield chunk({}, finish_reason(last))
-                if include_usage:
-                    yield sse(
-                        {
-                            **base,
-                            "object": "chat.completion.chunk",
-                            "choices": [],
-                            "usage": usage(last, len(prompt_ids)),
-                        }
-                    )
-            except EngineError as e:
-                yield sse(APIError(500, str(e), type="internal_error").body())
-            finally:
-                await deltas.aclose()
-            yield "data: [DONE]\n\n"
+            for piece in translator.finish():
+                yield chunk(piece)
+            yield chunk({}, finish_reason(last))
+            if include_usage:
+                yield sse(usage_chunk(base, "chat.completion.chunk", last, len(prompt_ids)))
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        events = sse_stream(chat_events(), deltas)
+        return StreamingResponse(events, media_type="text/event-stream")
 
     @app.post("/v1/completions", response_model=None)
     async def completions(req: CompletionRequest, raw: Request) -> Any:
@@ -290,38 +284,40 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
 
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-        async def events() -> AsyncIterator[str]:
+        async def completion_events() -> AsyncIterator[str]:
             last: RequestDelta | None = None
-            try:
-                async for delta in deltas:
-                    last = delta
-                    reason = delta.finish_reason
-                    if delta.text or reason:
-                        choice = {
-                            "index": 0,
-                            "text": delta.text,
-                            "logprobs": None,
-                            "finish_reason": reason,
-                        }
-                        yield sse({**base, "object": "text_completion", "choices": [choice]})
-                if include_usage:
-                    yield sse(
-                        {
-                            **base,
-                            "object": "text_completion",
-                            "choices": [],
-                            "usage": usage(last, len(prompt_ids)),
-                        }
-                    )
-            except EngineError as e:
-                yield sse(APIError(500, str(e), type="internal_error").body())
-            finally:
-                await deltas.aclose()
-            yield "data: [DONE]\n\n"
+            async for delta in deltas:
+                last = delta
+                if delta.text or delta.finish_reason:
+                    choice = {
+                        "index": 0,
+                        "text": delta.text,
+                        "logprobs": None,
+                        "finish_reason": delta.finish_reason,
+                    }
+                    yield sse({**base, "object": "text_completion", "choices": [choice]})
+            if include_usage:
+                yield sse(usage_chunk(base, "text_completion", last, len(prompt_ids)))
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        events = sse_stream(completion_events(), deltas)
+        return StreamingResponse(events, media_type="text/event-stream")
 
     return app
+
+
+async def sse_stream(
+    events: AsyncIterator[str], deltas: AsyncIterator[RequestDelta]
+) -> AsyncIterator[str]:
+    """An SSE body: the events, an error event if generation fails, then `[DONE]`. Closing
+    the engine stream in all cases aborts the request when the client went away."""
+    try:
+        async for event in events:
+            yield event
+    except EngineError as e:
+        yield sse(APIError(500, str(e), type="internal_error").body())
+    finally:
+        await deltas.aclose()  # type: ignore[attr-defined]
+    yield "data: [DONE]\n\n"
 
 
 def sse(body: dict[str, Any]) -> str:
