@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+# Test doubles that speak real protocols (tests/fakes) import as top-level modules.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fakes"))
 
 
 @pytest.fixture(autouse=True)

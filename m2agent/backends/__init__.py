@@ -1,0 +1,1 @@
+"""Ways to reach the model: one interface (`ModelBackend`), several transports."""
