@@ -6,6 +6,7 @@ engine is imported inside the commands that need it.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,9 +18,9 @@ app = typer.Typer(
     name="m2agent",
     help=(
         "A terminal coding agent for MiniMax-M2.\n\n"
-        "This release ships the foundation: MiniMax-M2's exact wire format "
-        "(m2agent.engine.protocol), the inference engine core (m2agent.engine.LLM) and its "
-        "benchmark. The agent, server and tools land next; see README."
+        "`m2agent fix ISSUE --endpoint URL --model NAME` fixes an issue headlessly and verifies "
+        "it; `m2agent undo` takes the changes back; `m2agent serve` runs the embedded engine. "
+        "The interactive REPL is not there yet; see README."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -49,6 +50,129 @@ def root(
     ] = False,
 ) -> None:  # fmt: skip
     """A terminal coding agent for MiniMax-M2."""
+
+
+@app.command("fix")
+def fix(
+    issue: Annotated[str, typer.Argument(help="The issue: text, or @file to read it from a file.")],
+    endpoint: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible base URL of an M2 server (…/v1).")
+    ] = None,
+    api: Annotated[
+        str | None,
+        typer.Option(help="openai (chat completions) or completions (m2agent renders the prompt)."),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model name on that server.")] = None,
+    api_key: Annotated[str | None, typer.Option(help="API key (default: M2AGENT_API_KEY).")] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Approve every tool call (inside the sandbox).")
+    ] = False,
+    test_cmd: Annotated[
+        str | None, typer.Option(help="Command that verifies the fix (default: detected).")
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Model turns at most.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(min=0.1, help="Wall time at most.")] = None,
+    sandbox: Annotated[
+        str | None, typer.Option(help="auto, bwrap, landlock, or off (only when already isolated).")
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON result at the end.")
+    ] = False,
+    output_format: Annotated[
+        str, typer.Option(help="text, json, or stream-json (one JSON event per line).")
+    ] = "text",
+) -> None:
+    """Fix an issue headlessly and verify it with the project's tests.
+
+    Exit codes: 0 fixed and verified, 1 not fixed, 2 usage error, 3 sandbox unavailable,
+    4 model or endpoint error, 130 interrupted.
+    """
+    from m2agent.errors import M2AgentError
+    from m2agent.fix import result_json, run_fix
+    from m2agent.settings import load_settings
+
+    fmt = "json" if json_output else output_format
+    if fmt not in ("text", "json", "stream-json"):
+        raise typer.BadParameter("--output-format must be text, json or stream-json")
+    workspace = Path.cwd()
+    flags = {
+        "endpoint": endpoint, "api": api, "model": model, "api_key": api_key,
+        "max_steps": max_steps, "max_minutes": max_minutes, "sandbox": sandbox,
+    }  # fmt: skip
+    try:
+        settings = load_settings(workspace, flags)
+        result = run_fix(settings, workspace, issue, test_cmd=test_cmd, yes=yes, output=fmt)  # type: ignore[arg-type]
+    except M2AgentError as e:
+        typer.echo(f"error: {e.message}", err=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+    if fmt == "text":
+        verdict = "fixed and verified" if result.verified else result.status.replace("_", " ")
+        typer.echo(f"{verdict}: {', '.join(result.files_changed) or 'no files changed'}")
+        typer.echo(f"session {result.session}; undo with: m2agent undo")
+    else:
+        typer.echo(result_json(result))
+    raise typer.Exit(result.exit_code)
+
+
+@app.command("undo")
+def undo(
+    to: Annotated[int | None, typer.Option("--to", help="Snapshot number to go back to.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Restore the workspace to before the last session's changes (or to a snapshot)."""
+    from m2agent.agent.session import list_sessions
+    from m2agent.errors import M2AgentError
+    from m2agent.settings import load_settings
+    from m2agent.tools.checkpoints import Checkpoints
+
+    workspace = Path.cwd()
+    try:
+        settings = load_settings(workspace, {})
+        project = settings.project_dir(workspace)
+        checkpoints = Checkpoints(workspace, project / "snapshots.git")
+        target = to
+        if target is None:
+            sessions = [
+                s for s in list_sessions(project / "sessions") if s.first_snapshot is not None
+            ]
+            if not sessions:
+                typer.echo("nothing to undo: no session changed this workspace", err=True)
+                raise typer.Exit(1)
+            target = sessions[-1].first_snapshot
+            typer.echo(f"undoing session {sessions[-1].id}: {sessions[-1].task[:80]!r}")
+        assert target is not None
+        if not yes:
+            if not sys.stdin.isatty():
+                raise typer.BadParameter("pass --yes to undo without a terminal")
+            if not typer.confirm(f"Restore the workspace to snapshot {target}?"):
+                raise typer.Exit(1)
+        snapshot = checkpoints.restore(target)
+    except M2AgentError as e:
+        typer.echo(f"error: {e.message}", err=True)
+        raise typer.Exit(e.exit_code) from None
+    except RuntimeError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"restored snapshot {snapshot.number} ({snapshot.label})")
+
+
+@app.command("sessions")
+def sessions() -> None:
+    """List this workspace's sessions (newest last)."""
+    from m2agent.agent.session import list_sessions
+    from m2agent.settings import load_settings
+
+    workspace = Path.cwd()
+    project = load_settings(workspace, {}).project_dir(workspace)
+    found = list_sessions(project / "sessions")
+    if not found:
+        typer.echo("no sessions in this workspace yet")
+    for s in found:
+        snap = f"undo point {s.first_snapshot}" if s.first_snapshot is not None else "no changes"
+        typer.echo(f"{s.id}  {snap:16}  {s.task.splitlines()[0][:70] if s.task else ''}")
 
 
 @app.command(

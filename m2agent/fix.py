@@ -1,0 +1,233 @@
+"""`m2agent fix ISSUE`: one headless task, verified by the project's tests.
+
+Exit codes: 0 fixed and verified, 1 not fixed, 2 usage error, 3 sandbox unavailable, 4 model
+or endpoint error, 130 interrupted."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from m2agent.agent.approvals import ApprovalPolicy, ApprovalReply, ApprovalRequest, RuleStore
+from m2agent.agent.events import SnapshotTaken, StepUsage, TaskDone, event_json
+from m2agent.agent.loop import Agent, Budget
+from m2agent.agent.prompts import system_prompt
+from m2agent.agent.session import SessionLog
+from m2agent.backends.base import ModelBackend
+from m2agent.errors import SandboxError, UsageError
+from m2agent.settings import Settings
+from m2agent.tools.checkpoints import Checkpoints
+from m2agent.tools.defaults import default_tools
+from m2agent.tools.run_tests import detect_test_command, run_tests
+from m2agent.tools.sandbox.policy import SandboxPolicy
+from m2agent.tools.shell import CommandRunner, SandboxUnavailable
+from m2agent.tools.todo import TodoList
+from m2agent.tools.workspace import Workspace
+from m2agent.ui.headless import HeadlessRenderer, OutputFormat
+
+VERIFY_ROUNDS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class FixResult:
+    status: str  # "fixed" | "not_fixed"
+    verified: bool
+    tests_command: str | None
+    tests_passed_before: bool | None
+    files_changed: list[str]
+    steps: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    session: str
+    seconds: float
+    answer: str
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.status == "fixed" else 1
+
+
+def make_backend(settings: Settings) -> ModelBackend:
+    if not settings.endpoint or not settings.model:
+        raise UsageError(
+            "no model endpoint: pass --endpoint URL --model NAME (or set M2AGENT_ENDPOINT and "
+            "M2AGENT_MODEL); the embedded engine backend (--model PATH without --endpoint) is "
+            "not available yet"
+        )
+    if settings.api == "completions":
+        from m2agent.backends.completions import CompletionsBackend
+
+        return CompletionsBackend(
+            settings.endpoint, settings.model, settings.api_key, temperature=settings.temperature
+        )
+    from m2agent.backends.openai_chat import OpenAIChatBackend
+
+    return OpenAIChatBackend(
+        settings.endpoint, settings.model, settings.api_key, temperature=settings.temperature
+    )
+
+
+def resolve_task(issue: str, workspace: Path) -> str:
+    if issue.startswith("@"):
+        file = (workspace / issue[1:]).resolve()
+        if not file.is_file():
+            raise UsageError(f"{issue[1:]}: no such file")
+        return file.read_text(encoding="utf-8", errors="replace")
+    if re.match(r"https?://github\.com/[^/]+/[^/]+/issues/\d+$", issue) or re.fullmatch(
+        r"#\d+", issue
+    ):
+        raise UsageError(
+            "fetching GitHub issues is not available yet: paste the issue text or use @file"
+        )
+    if not issue.strip():
+        raise UsageError("the issue text is empty")
+    return issue
+
+
+def run_fix(
+    settings: Settings,
+    workspace: Path,
+    issue: str,
+    *,
+    test_cmd: str | None,
+    yes: bool,
+    output: OutputFormat,
+    backend: ModelBackend | None = None,
+) -> FixResult:
+    started = time.monotonic()
+    task = resolve_task(issue, workspace)
+    backend = backend or make_backend(settings)
+    runner = CommandRunner(
+        SandboxPolicy.for_workspace(workspace, allow_network=settings.allow_network),
+        settings.sandbox,
+    )
+    try:
+        runner.backend()
+    except SandboxUnavailable as e:
+        raise SandboxError(str(e)) from None
+    project = settings.project_dir(workspace)
+    checkpoints = Checkpoints(workspace, project / "snapshots.git")
+    approvals = ApprovalPolicy(
+        "auto" if yes else settings.approval_mode,
+        RuleStore(project / "approvals.json"),
+        None if yes or not sys.stdin.isatty() else _ask_on_terminal,
+    )
+    agent = Agent(
+        backend,
+        default_tools(
+            Workspace(workspace),
+            TodoList(),
+            sandbox=settings.sandbox,
+            allow_network=settings.allow_network,
+        ),
+        approvals,
+        checkpoints,
+    )
+    renderer = HeadlessRenderer(output)
+    log = SessionLog(project / "sessions", task, workspace)
+
+    command = test_cmd or detect_test_command(workspace)
+    before = run_tests(runner, command) if command else None
+    if before is not None and before.passed:
+        renderer.note(f"`{command}` already passes before any change")
+    prompt = task
+    if command:
+        prompt += f"\n\nVerify with: `{command}`" + (
+            f"\nIt currently fails:\n{before.summary}" if before and not before.passed else ""
+        )
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": system_prompt(workspace)},
+        {"role": "user", "content": prompt},
+    ]
+    for message in messages:
+        log.write("message", message)
+
+    usage = [0, 0, 0]
+    steps, answer, after = 0, "", None
+    budget_s = settings.max_minutes * 60
+    try:
+        for round_number in range(VERIFY_ROUNDS + 1):
+            remaining = Budget(
+                max(1, settings.max_steps - steps),
+                max(1.0, budget_s - (time.monotonic() - started)),
+            )
+            done = None
+            count = len(messages)
+            for event in agent.run(messages, remaining):
+                renderer.render(event)
+                log.write("event", event_json(event))
+                if isinstance(event, StepUsage):
+                    usage = [
+                        usage[0] + event.prompt_tokens,
+                        usage[1] + event.completion_tokens,
+                        usage[2] + event.cached_tokens,
+                    ]
+                elif isinstance(event, SnapshotTaken):
+                    log.write("snapshot", {"number": event.number, "label": event.label})
+                elif isinstance(event, TaskDone):
+                    done = event
+            for message in messages[count:]:
+                log.write("message", message)
+            assert done is not None
+            steps += done.steps
+            answer = done.answer
+            after = run_tests(runner, command) if command else None
+            if (
+                done.reason != "answered"
+                or after is None
+                or after.passed
+                or round_number == VERIFY_ROUNDS
+            ):
+                break
+            messages.append(
+                {"role": "user", "content": f"The tests still fail:\n{after.summary}\nFix them."}
+            )
+            log.write("message", messages[-1])
+    finally:
+        log.close()
+    verified = after is not None and after.passed
+    answered = bool(answer) or steps > 0
+    status = "fixed" if (verified or (after is None and answered)) else "not_fixed"
+    result = FixResult(
+        status=status,
+        verified=verified,
+        tests_command=command,
+        tests_passed_before=None if before is None else before.passed,
+        files_changed=_changed_files(checkpoints),
+        steps=steps,
+        prompt_tokens=usage[0],
+        completion_tokens=usage[1],
+        cached_tokens=usage[2],
+        session=log.id,
+        seconds=round(time.monotonic() - started, 2),
+        answer=answer,
+    )
+    return result
+
+
+def _changed_files(checkpoints: Checkpoints) -> list[str]:
+    snapshots = checkpoints.list()
+    if not snapshots:
+        return []
+    diff = checkpoints.diff(snapshots[0].number)
+    return sorted({m.group(1) for m in re.finditer(r"^diff --git a/(\S+) b/", diff, re.MULTILINE)})
+
+
+def _ask_on_terminal(request: ApprovalRequest) -> ApprovalReply:
+    shown = request.arguments.get("command") or request.arguments.get("file_path") or ""
+    reply = input(f"Allow {request.tool} {shown}? [y]es / [n]o / [a]lways: ").strip().lower()
+    if reply in ("a", "always"):
+        return ApprovalReply("always")
+    return ApprovalReply("yes" if reply in ("y", "yes") else "no")
+
+
+def result_json(result: FixResult) -> str:
+    from dataclasses import asdict
+
+    return json.dumps(asdict(result), indent=2)

@@ -1,0 +1,120 @@
+"""Settings: the only reader of environment variables and config files.
+
+Precedence: flags > environment (M2AGENT_*, then OPENAI_*/ANTHROPIC_*) > project
+`.m2agent/config.toml` > user `~/.config/m2agent/config.toml` > defaults. A project config
+cannot change endpoints, keys or the sandbox unless the user trusts the folder (listed under
+`trusted_projects` in the user config): cloning a repository must not redirect your keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from m2agent.errors import UsageError
+
+Api = Literal["openai", "completions"]
+SENSITIVE = frozenset({"endpoint", "api_key", "api", "sandbox", "allow_network"})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    endpoint: str | None = None
+    api: Api = "openai"
+    model: str | None = None
+    api_key: str | None = None
+    sandbox: Literal["auto", "bwrap", "landlock", "off"] = "auto"
+    allow_network: bool = False
+    approval_mode: Literal["read-only", "ask", "auto-edit", "auto"] = "ask"
+    max_steps: int = 50
+    max_minutes: float = 30.0
+    temperature: float | None = None
+    state_dir: Path = Path("~/.local/state/m2agent")
+
+    def project_dir(self, workspace: Path) -> Path:
+        """Where this project's snapshots, sessions and approvals live (never in the repo)."""
+        digest = hashlib.sha256(str(workspace.resolve()).encode()).hexdigest()[:16]
+        return self.state_dir / "projects" / f"{workspace.name}-{digest}"
+
+
+def load_settings(
+    workspace: Path, flags: Mapping[str, Any], env: Mapping[str, str] | None = None
+) -> Settings:
+    env = os.environ if env is None else env
+    home = Path(env.get("HOME", "~")).expanduser()
+    config_home = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
+    state_home = Path(env.get("XDG_STATE_HOME") or home / ".local" / "state")
+    user = _read_toml(config_home / "m2agent" / "config.toml")
+    trusted = {str(Path(p).expanduser().resolve()) for p in user.pop("trusted_projects", [])}
+    project = _read_toml(workspace / ".m2agent" / "config.toml")
+    if str(workspace.resolve()) not in trusted:
+        blocked = sorted(SENSITIVE & set(project))
+        if blocked:
+            raise UsageError(
+                f"{workspace / '.m2agent/config.toml'} sets {', '.join(blocked)}, which only a "
+                f"trusted project may; add {str(workspace.resolve())!r} to trusted_projects in "
+                f"{config_home / 'm2agent/config.toml'} if you trust it"
+            )
+    values: dict[str, Any] = {"state_dir": state_home / "m2agent"}
+    for layer in (user, project, _from_env(env), {k: v for k, v in flags.items() if v is not None}):
+        values.update(layer)
+    return _build(values)
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, key in (("OPENAI_BASE_URL", "endpoint"), ("OPENAI_API_KEY", "api_key")):
+        if env.get(name):
+            out[key] = env[name]
+    for name, key in (
+        ("M2AGENT_ENDPOINT", "endpoint"),
+        ("M2AGENT_API_KEY", "api_key"),
+        ("M2AGENT_MODEL", "model"),
+        ("M2AGENT_API", "api"),
+    ):
+        if env.get(name):
+            out[key] = env[name]
+    return out
+
+
+def _read_toml(file: Path) -> dict[str, Any]:
+    if not file.is_file():
+        return {}
+    try:
+        return tomllib.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise UsageError(f"{file}: not valid TOML ({e})") from e
+
+
+def _build(values: dict[str, Any]) -> Settings:
+    known = {f.name for f in fields(Settings)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UsageError(
+            f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    settings = replace(Settings(), **{k: v for k, v in values.items() if k != "state_dir"})
+    checks = [
+        (
+            settings.api in ("openai", "completions"),
+            f"api must be openai or completions, got {settings.api!r}",
+        ),
+        (
+            settings.sandbox in ("auto", "bwrap", "landlock", "off"),
+            f"unknown sandbox {settings.sandbox!r}",
+        ),
+        (
+            isinstance(settings.max_steps, int) and settings.max_steps > 0,
+            "max_steps must be a positive integer",
+        ),
+        (settings.max_minutes > 0, "max_minutes must be positive"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+    return replace(settings, state_dir=Path(values["state_dir"]).expanduser())

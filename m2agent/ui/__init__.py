@@ -1,0 +1,1 @@
+"""Front-ends: render the agent's events (headless text/JSON here; the REPL later)."""

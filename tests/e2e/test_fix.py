@@ -1,0 +1,145 @@
+"""`m2agent fix` end to end: a real git repository with a failing test, a loopback server playing
+scripted M2 turns in each serving style, the real CLI in a subprocess, real sandbox. Checks what
+the server *received*: all earlier reasoning verbatim in that server's style, every tool call
+answered once, the tools offered."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from model_server import FakeM2Server
+
+from m2agent.tools.sandbox import bwrap
+
+BUGGY = "def add(a, b):\n    return a - b\n"
+TEST = "from calc import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n"
+STYLES = ["append_think", "split", "raw", "completions"]
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "calc.py").write_text(BUGGY)
+    (root / "test_calc.py").write_text(TEST)
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    return root
+
+
+def verify_command() -> str:
+    return f"{sys.executable} -m pytest -q -p no:cacheprovider"
+
+
+def script() -> list[str]:
+    return [
+        "The add test fails: add() subtracts. Fix it.\n</think>\n\nFixing add().\n"
+        '<minimax:tool_call>\n<invoke name="Edit">\n'
+        '<parameter name="file_path">calc.py</parameter>\n'
+        '<parameter name="old_string">return a - b</parameter>\n'
+        '<parameter name="new_string">return a + b</parameter>\n</invoke>\n</minimax:tool_call>',
+        "Now run the tests.\n</think>\n\n<minimax:tool_call>\n"
+        f'<invoke name="Bash">\n<parameter name="command">{verify_command()}</parameter>\n'
+        "</invoke>\n</minimax:tool_call>",
+        "They pass.\n</think>\n\nFixed add(): it subtracted instead of adding.",
+    ]
+
+
+def run_cli(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "m2agent", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def sandbox_flag() -> list[str]:
+    return [] if bwrap.probe().works else ["--sandbox", "off"]
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_fix_verified_and_reasoning_kept(repo: Path, style: str) -> None:
+    api = "completions" if style == "completions" else "openai"
+    with FakeM2Server(script(), style) as server:
+        done = run_cli(
+            repo, "fix", "test_add fails", "--endpoint", server.url, "--api", api,
+            "--model", "fake-m2", "--yes", "--json", "--test-cmd", verify_command(),
+            *sandbox_flag(),
+        )  # fmt: skip
+        requests = server.requests
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "fixed" and result["verified"] is True
+    assert result["files_changed"] == ["calc.py"]
+    assert result["tests_passed_before"] is False
+    assert (repo / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
+    assert len(requests) == 3
+
+    reasoning = ["The add test fails: add() subtracts. Fix it.", "Now run the tests."]
+    if style == "completions":
+        for i, prompt in enumerate(r["prompt"] for r in requests):
+            for earlier in reasoning[:i]:
+                assert f"<think>\n{earlier}\n</think>" in prompt
+        last = requests[-1]["prompt"]
+        assert last.count("<response>") == 2  # both tool calls answered, once each
+    else:
+        assert [t["function"]["name"] for t in requests[0]["tools"]] == [
+            "Read", "Write", "Edit", "Bash", "Grep", "Glob", "TodoWrite",
+        ]  # fmt: skip
+        final = requests[-1]["messages"]
+        assistants = [m for m in final if m["role"] == "assistant"]
+        for message, earlier in zip(assistants, reasoning, strict=True):
+            if style == "split":
+                assert message["reasoning_content"] == earlier
+            else:
+                assert message["content"].startswith(f"<think>\n{earlier}\n</think>")
+        call_ids = [c["id"] for m in assistants for c in m.get("tool_calls", [])]
+        answered = [m["tool_call_id"] for m in final if m["role"] == "tool"]
+        assert sorted(call_ids) == sorted(answered) and len(set(answered)) == 2
+
+
+def test_undo_restores_a_session_that_deleted_files(repo: Path) -> None:
+    (repo / "src").mkdir()
+    (repo / "src" / "keep.py").write_text("precious = True\n")
+    turns = [
+        'Clean up.\n</think>\n\n<minimax:tool_call>\n<invoke name="Bash">\n'
+        '<parameter name="command">rm -rf src calc.py</parameter>\n</invoke>\n</minimax:tool_call>',
+        "Done.\n</think>\n\nRemoved everything.",
+    ]
+    with FakeM2Server(turns, "split") as server:
+        done = run_cli(
+            repo, "fix", "clean up", "--endpoint", server.url, "--model", "m", "--yes",
+            "--test-cmd", "true", *sandbox_flag(),
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert not (repo / "src").exists() and not (repo / "calc.py").exists()
+    listed = run_cli(repo, "sessions")
+    assert "undo point 1" in listed.stdout and "clean up" in listed.stdout
+    undone = run_cli(repo, "undo", "--yes")
+    assert undone.returncode == 0, undone.stderr
+    assert (repo / "src" / "keep.py").read_text() == "precious = True\n"
+    assert (repo / "calc.py").read_text() == BUGGY
+
+
+def test_usage_and_endpoint_errors(repo: Path) -> None:
+    missing = run_cli(repo, "fix", "x")
+    assert missing.returncode == 2 and "no model endpoint" in missing.stderr
+    down = run_cli(
+        repo,
+        "fix",
+        "x",
+        "--endpoint",
+        "http://127.0.0.1:9/v1",
+        "--model",
+        "m",
+        "--yes",
+        "--test-cmd",
+        "true",
+        *sandbox_flag(),
+    )
+    assert down.returncode == 4 and "failed 4 times" in down.stderr
