@@ -81,8 +81,18 @@ def fix(
     output_format: Annotated[
         str, typer.Option(help="text, json, or stream-json (one JSON event per line).")
     ] = "text",
+    branch: Annotated[
+        str | None, typer.Option(help="With --commit: the new branch to commit the fix on.")
+    ] = None,
+    commit: Annotated[
+        bool,
+        typer.Option("--commit", help="Commit a verified fix on --branch (never the current)."),
+    ] = False,
 ) -> None:
     """Fix an issue headlessly and verify it with the project's tests.
+
+    ISSUE is text, @file, a GitHub issue URL, or #N (with a GitHub remote; GITHUB_TOKEN and
+    GITHUB_API_URL are honoured).
 
     Exit codes: 0 fixed and verified, 1 not fixed, 2 usage error, 3 sandbox unavailable,
     4 model or endpoint error, 130 interrupted.
@@ -94,6 +104,8 @@ def fix(
     fmt = "json" if json_output else output_format
     if fmt not in ("text", "json", "stream-json"):
         raise typer.BadParameter("--output-format must be text, json or stream-json")
+    if commit and not branch:
+        raise typer.BadParameter("--commit needs --branch NAME (a new branch)")
     workspace = Path.cwd()
     flags = {
         "endpoint": endpoint, "api": api, "model": model, "api_key": api_key,
@@ -102,6 +114,16 @@ def fix(
     try:
         settings = load_settings(workspace, flags)
         result = run_fix(settings, workspace, issue, test_cmd=test_cmd, yes=yes, output=fmt)  # type: ignore[arg-type]
+        if commit and branch and result.status == "fixed":
+            from m2agent.git_ops import commit_on_new_branch
+
+            title = issue.splitlines()[0][:72] if not issue.startswith("@") else issue
+            sha = commit_on_new_branch(
+                workspace, branch, result.files_changed, f"m2agent: {title}\n\n{result.answer}"
+            )
+            typer.echo(f"committed {sha[:12]} on {branch}", err=True)
+        elif commit:
+            typer.echo("not committed: the fix was not verified", err=True)
     except M2AgentError as e:
         typer.echo(f"error: {e.message}", err=True)
         raise typer.Exit(e.exit_code) from None

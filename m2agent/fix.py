@@ -20,6 +20,7 @@ from m2agent.agent.prompts import system_prompt
 from m2agent.agent.session import SessionLog
 from m2agent.backends.base import ModelBackend
 from m2agent.errors import SandboxError, UsageError
+from m2agent.issue_source import resolve_task
 from m2agent.settings import Settings
 from m2agent.tools.checkpoints import Checkpoints
 from m2agent.tools.defaults import default_tools
@@ -73,23 +74,6 @@ def make_backend(settings: Settings) -> ModelBackend:
     )
 
 
-def resolve_task(issue: str, workspace: Path) -> str:
-    if issue.startswith("@"):
-        file = (workspace / issue[1:]).resolve()
-        if not file.is_file():
-            raise UsageError(f"{issue[1:]}: no such file")
-        return file.read_text(encoding="utf-8", errors="replace")
-    if re.match(r"https?://github\.com/[^/]+/[^/]+/issues/\d+$", issue) or re.fullmatch(
-        r"#\d+", issue
-    ):
-        raise UsageError(
-            "fetching GitHub issues is not available yet: paste the issue text or use @file"
-        )
-    if not issue.strip():
-        raise UsageError("the issue text is empty")
-    return issue
-
-
 def run_fix(
     settings: Settings,
     workspace: Path,
@@ -101,7 +85,7 @@ def run_fix(
     backend: ModelBackend | None = None,
 ) -> FixResult:
     started = time.monotonic()
-    task = resolve_task(issue, workspace)
+    task = resolve_task(issue, workspace, settings)
     backend = backend or make_backend(settings)
     runner = CommandRunner(
         SandboxPolicy.for_workspace(workspace, allow_network=settings.allow_network),

@@ -19,7 +19,9 @@ from typing import Any, Literal
 from m2agent.errors import UsageError
 
 Api = Literal["openai", "completions"]
-SENSITIVE = frozenset({"endpoint", "api_key", "api", "sandbox", "allow_network"})
+SENSITIVE = frozenset(
+    {"endpoint", "api_key", "api", "sandbox", "allow_network", "github_token", "github_api_url"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,8 @@ class Settings:
     max_steps: int = 50
     max_minutes: float = 30.0
     temperature: float | None = None
+    github_token: str | None = None
+    github_api_url: str = "https://api.github.com"
     state_dir: Path = Path("~/.local/state/m2agent")
 
     def project_dir(self, workspace: Path) -> Path:
@@ -72,6 +76,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         if env.get(name):
             out[key] = env[name]
     for name, key in (
+        ("GITHUB_TOKEN", "github_token"),
+        ("GITHUB_API_URL", "github_api_url"),
         ("M2AGENT_ENDPOINT", "endpoint"),
         ("M2AGENT_API_KEY", "api_key"),
         ("M2AGENT_MODEL", "model"),

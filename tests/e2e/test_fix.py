@@ -143,3 +143,68 @@ def test_usage_and_endpoint_errors(repo: Path) -> None:
         *sandbox_flag(),
     )
     assert down.returncode == 4 and "failed 4 times" in down.stderr
+
+
+def test_github_issue_and_commit_on_a_new_branch(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+
+    class GitHub(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            seen.append(f"{self.path} {self.headers.get('Authorization')}")
+            body = json.dumps({"title": "add() is broken", "body": "1 + 2 should be 3"}).encode()
+            self.send_response(200 if self.path == "/repos/octo/calc/issues/7" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    github = ThreadingHTTPServer(("127.0.0.1", 0), GitHub)
+    threading.Thread(target=github.serve_forever, daemon=True).start()
+    monkeypatch.setenv("GITHUB_API_URL", f"http://127.0.0.1:{github.server_address[1]}")
+    monkeypatch.setenv("GITHUB_TOKEN", "ghs-test")
+    subprocess.run(
+        ["git", "remote", "add", "origin", "https://github.com/octo/calc.git"], cwd=repo, check=True
+    )
+    git = ["git", "-c", "user.name=u", "-c", "user.email=u@x"]
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], cwd=repo, check=True)
+    try:
+        with FakeM2Server(script(), "split") as server:
+            done = run_cli(
+                repo, "fix", "#7", "--endpoint", server.url, "--model", "m", "--yes", "--json",
+                "--test-cmd", verify_command(), "--branch", "m2agent/fix-7", "--commit",
+                *sandbox_flag(),
+            )  # fmt: skip
+            first_user = next(m for m in server.requests[0]["messages"] if m["role"] == "user")
+    finally:
+        github.shutdown()
+    assert done.returncode == 0, done.stderr
+    assert seen == ["/repos/octo/calc/issues/7 Bearer ghs-test"]
+    assert (
+        "add() is broken" in first_user["content"] and "1 + 2 should be 3" in first_user["content"]
+    )
+    log = subprocess.run(
+        ["git", "log", "--format=%s", "-n", "2", "m2agent/fix-7"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    assert log.stdout.splitlines() == ["m2agent: #7", "init"]
+    branch = subprocess.run(
+        ["git", "branch", "--show-current"], cwd=repo, capture_output=True, text=True
+    )
+    assert branch.stdout.strip() == "m2agent/fix-7"
+    changed = subprocess.run(
+        ["git", "show", "--name-only", "--format=", "HEAD"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    assert changed.stdout.split() == ["calc.py"]
