@@ -60,7 +60,10 @@ def fix(
     ] = None,
     api: Annotated[
         str | None,
-        typer.Option(help="openai (chat completions) or completions (m2agent renders the prompt)."),
+        typer.Option(
+            help="openai (chat completions), completions (m2agent renders the prompt) or "
+            "anthropic (Messages API)."
+        ),
     ] = None,
     model: Annotated[str | None, typer.Option(help="Model name on that server.")] = None,
     api_key: Annotated[str | None, typer.Option(help="API key (default: M2AGENT_API_KEY).")] = None,

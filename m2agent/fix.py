@@ -61,6 +61,12 @@ def make_backend(settings: Settings) -> ModelBackend:
             "M2AGENT_MODEL); the embedded engine backend (--model PATH without --endpoint) is "
             "not available yet"
         )
+    if settings.api == "anthropic":
+        from m2agent.backends.anthropic import AnthropicBackend
+
+        return AnthropicBackend(
+            settings.endpoint, settings.model, settings.api_key, temperature=settings.temperature
+        )
     if settings.api == "completions":
         from m2agent.backends.completions import CompletionsBackend
 

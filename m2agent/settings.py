@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from m2agent.errors import UsageError
 
-Api = Literal["openai", "completions"]
+Api = Literal["openai", "completions", "anthropic"]
 SENSITIVE = frozenset(
     {"endpoint", "api_key", "api", "sandbox", "allow_network", "github_token", "github_api_url"}
 )
@@ -72,6 +72,10 @@ def load_settings(
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    if env.get("ANTHROPIC_BASE_URL"):
+        out.update(endpoint=env["ANTHROPIC_BASE_URL"], api="anthropic")
+        if env.get("ANTHROPIC_API_KEY"):
+            out["api_key"] = env["ANTHROPIC_API_KEY"]
     for name, key in (("OPENAI_BASE_URL", "endpoint"), ("OPENAI_API_KEY", "api_key")):
         if env.get(name):
             out[key] = env[name]
@@ -107,8 +111,8 @@ def _build(values: dict[str, Any]) -> Settings:
     settings = replace(Settings(), **{k: v for k, v in values.items() if k != "state_dir"})
     checks = [
         (
-            settings.api in ("openai", "completions"),
-            f"api must be openai or completions, got {settings.api!r}",
+            settings.api in ("openai", "completions", "anthropic"),
+            f"api must be openai, completions or anthropic, got {settings.api!r}",
         ),
         (
             settings.sandbox in ("auto", "bwrap", "landlock", "off"),

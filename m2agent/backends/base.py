@@ -35,10 +35,13 @@ class AssistantTurn:
     calls: list[CallRecord] = field(default_factory=list)
     finish_reason: str = "stop"
     usage: Usage = field(default_factory=Usage)
+    # Provider data that must travel back verbatim (Anthropic thinking blocks and signatures),
+    # kept in the message under keys starting with "x_"; other codecs drop them.
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def message(self) -> Message:
         """The turn in the conversation's canonical (chat-template) form."""
-        message: Message = {"role": "assistant", "content": self.content}
+        message: Message = {"role": "assistant", "content": self.content, **self.extra}
         if self.reasoning is not None:
             message["reasoning_content"] = self.reasoning
         if self.calls:

@@ -39,7 +39,7 @@ def to_server_messages(messages: Sequence[Mapping[str, Any]], style: ServerStyle
     """Canonical history -> what this server expects back (reasoning in its own form)."""
     out = []
     for message in messages:
-        msg = dict(message)
+        msg = {k: v for k, v in message.items() if not k.startswith("x_")}
         if msg.get("role") == "assistant" and "reasoning_content" in msg:
             reasoning = msg.pop("reasoning_content")
             if style.reasoning_field is None:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from model_server import FakeM2Server
 
+from m2agent.backends.anthropic import AnthropicBackend
 from m2agent.backends.base import Retrying, TurnDone
 from m2agent.backends.completions import CompletionsBackend
 from m2agent.backends.openai_chat import OpenAIChatBackend
@@ -33,10 +34,12 @@ TURN_1 = (
     '<parameter name="limit">50</parameter>\n</invoke>\n</minimax:tool_call>'
 )
 TURN_2 = "add() subtracts.\n</think>\n\nThe bug is in add()."
-STYLES = ["append_think", "split", "raw", "completions"]
+STYLES = ["append_think", "split", "raw", "completions", "anthropic"]
 
 
 def backend_for(style: str, url: str) -> Any:
+    if style == "anthropic":
+        return AnthropicBackend(url, "fake-m2", retry_base_delay_s=0)
     if style == "completions":
         return CompletionsBackend(url, "fake-m2", retry_base_delay_s=0)
     return OpenAIChatBackend(url, "fake-m2", retry_base_delay_s=0)
@@ -74,7 +77,23 @@ def test_turns_parse_and_reasoning_goes_back_in_the_server_style(style: str) -> 
         second, _ = run_turn(backend, history, TOOLS)
         assert second.reasoning == "add() subtracts." and second.content == "The bug is in add()."
         sent = server.requests[1]
-        if style == "completions":
+        if style == "anthropic":
+            thinking, text, tool_use = sent["messages"][1]["content"]
+            assert thinking == {
+                "type": "thinking",
+                "thinking": "The test is failing; read it first.",
+                "signature": "sig-1",
+            }
+            assert text == {"type": "text", "text": "Reading the test."}
+            assert tool_use["name"] == "Read" and tool_use["input"] == {
+                "file_path": "tests/test_calc.py",
+                "limit": 50,
+            }
+            assert sent["messages"][2]["content"][0]["type"] == "tool_result"
+            assert sent["messages"][2]["content"][0]["tool_use_id"] == tool_use["id"]
+            assert sent["system"] == "You are m2agent."
+            assert [t["name"] for t in sent["tools"]] == ["Read"]
+        elif style == "completions":
             assert sent["prompt"] == render_prompt(history, TOOLS)
             assert "<think>\nThe test is failing; read it first.\n</think>" in sent["prompt"]
         else:

@@ -17,7 +17,7 @@ from m2agent.tools.sandbox import bwrap
 
 BUGGY = "def add(a, b):\n    return a - b\n"
 TEST = "from calc import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n"
-STYLES = ["append_think", "split", "raw", "completions"]
+STYLES = ["append_think", "split", "raw", "completions", "anthropic"]
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def sandbox_flag() -> list[str]:
 
 @pytest.mark.parametrize("style", STYLES)
 def test_fix_verified_and_reasoning_kept(repo: Path, style: str) -> None:
-    api = "completions" if style == "completions" else "openai"
+    api = {"completions": "completions", "anthropic": "anthropic"}.get(style, "openai")
     with FakeM2Server(script(), style) as server:
         done = run_cli(
             repo, "fix", "test_add fails", "--endpoint", server.url, "--api", api,
@@ -81,7 +81,31 @@ def test_fix_verified_and_reasoning_kept(repo: Path, style: str) -> None:
     assert len(requests) == 3
 
     reasoning = ["The add test fails: add() subtracts. Fix it.", "Now run the tests."]
-    if style == "completions":
+    if style == "anthropic":
+        final = requests[-1]["messages"]
+        thinking = [
+            b["thinking"]
+            for m in final
+            if m["role"] == "assistant"
+            for b in m["content"]
+            if b["type"] == "thinking"
+        ]
+        assert thinking == reasoning
+        uses = [
+            b["id"]
+            for m in final
+            if m["role"] == "assistant"
+            for b in m["content"]
+            if b["type"] == "tool_use"
+        ]
+        results = [
+            b["tool_use_id"]
+            for m in final
+            if m["role"] == "user" and isinstance(m["content"], list)
+            for b in m["content"]
+        ]
+        assert sorted(uses) == sorted(results) and len(set(results)) == 2
+    elif style == "completions":
         for i, prompt in enumerate(r["prompt"] for r in requests):
             for earlier in reasoning[:i]:
                 assert f"<think>\n{earlier}\n</think>" in prompt

@@ -3,7 +3,8 @@ kind of server would return them, and records every request it receives.
 
 Styles: "append_think" (reasoning inside content after <think>, tool calls parsed: vLLM's
 minimax_m2_append_think + minimax_m2 tool parser), "split" (reasoning_content field), "raw"
-(no parsers: the model's text, XML included, in content), "completions" (/v1/completions).
+(no parsers: the model's text, XML included, in content), "completions" (/v1/completions),
+"anthropic" (Messages API events: thinking blocks with signatures, text, tool_use).
 Each turn is the model's raw continuation after the generation prompt.
 """
 
@@ -19,7 +20,7 @@ from typing import Any, Literal
 
 from m2agent.engine.protocol import parse_output
 
-Style = Literal["append_think", "split", "raw", "completions"]
+Style = Literal["append_think", "split", "raw", "completions", "anthropic"]
 Fault = Literal["429", "500", "cut", "bad_args"]
 
 
@@ -72,7 +73,7 @@ class FakeM2Server:
             def do_GET(self) -> None:
                 self._json(200, {"object": "list", "data": [{"id": "fake-m2", "object": "model"}]})
 
-            def do_POST(self) -> None:
+            def do_POST(self) -> None:  # /v1/chat/completions, /v1/completions, /v1/messages
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 _, text, fault = fake._next(body)
                 if fault == "429":
@@ -96,6 +97,8 @@ class FakeM2Server:
                 if fault == "cut":
                     self.close_connection = True
                     return
+                if fake.style == "anthropic":
+                    return  # the Messages API ends with message_stop, not [DONE]
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
 
@@ -123,6 +126,9 @@ class FakeM2Server:
             "completion_tokens": len(text) // 4,
             "prompt_tokens_details": {"cached_tokens": 50},
         }
+        if self.style == "anthropic":
+            yield from self._anthropic(text, body, bad_args)
+            return
         if self.style == "completions":
             for piece in self._pieces(text):
                 yield {"choices": [{"index": 0, "text": piece, "finish_reason": None}]}
@@ -167,3 +173,74 @@ class FakeM2Server:
             ]
         }
         yield {"choices": [], "usage": usage}
+
+    def _anthropic(
+        self, text: str, body: dict[str, Any], bad_args: bool
+    ) -> Iterator[dict[str, Any]]:
+        tools = [
+            {"type": "function", "function": {"name": t["name"], "parameters": t["input_schema"]}}
+            for t in body.get("tools", [])
+        ]
+        parsed = parse_output(text, tools)
+        yield {
+            "type": "message_start",
+            "message": {"usage": {"input_tokens": 100, "cache_read_input_tokens": 50}},
+        }
+        index = 0
+        if parsed.reasoning:
+            yield {
+                "type": "content_block_start",
+                "index": index,
+                "content_block": {"type": "thinking", "thinking": ""},
+            }
+            for piece in self._pieces(parsed.reasoning):
+                yield {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "thinking_delta", "thinking": piece},
+                }
+            yield {
+                "type": "content_block_delta",
+                "index": index,
+                "delta": {"type": "signature_delta", "signature": f"sig-{len(self.requests)}"},
+            }
+            yield {"type": "content_block_stop", "index": index}
+            index += 1
+        if parsed.content:
+            yield {
+                "type": "content_block_start",
+                "index": index,
+                "content_block": {"type": "text", "text": ""},
+            }
+            for piece in self._pieces(parsed.content):
+                yield {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "text_delta", "text": piece},
+                }
+            yield {"type": "content_block_stop", "index": index}
+            index += 1
+        for call in parsed.tool_calls:
+            block = {
+                "type": "tool_use",
+                "id": f"toolu_{uuid.uuid4().hex[:8]}",
+                "name": call.name,
+                "input": {},
+            }
+            yield {"type": "content_block_start", "index": index, "content_block": block}
+            arguments = "{not json" if bad_args else json.dumps(call.arguments)
+            for piece in self._pieces(arguments):
+                yield {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": piece},
+                }
+            yield {"type": "content_block_stop", "index": index}
+            index += 1
+        stop = "tool_use" if parsed.tool_calls else "end_turn"
+        yield {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop},
+            "usage": {"output_tokens": len(text) // 4},
+        }
+        yield {"type": "message_stop"}

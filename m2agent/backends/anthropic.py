@@ -1,0 +1,178 @@
+"""The `anthropic` backend: the Messages API (MiniMax's Anthropic-compatible endpoint), with
+thinking blocks sent back whole (signatures included) and tool results as tool_result blocks."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from m2agent.backends.base import AssistantTurn, CallRecord, StreamEvent, TurnDone, Usage
+from m2agent.backends.http import sse_events, with_retries
+from m2agent.engine.protocol import ContentDelta, ReasoningDelta, ToolCall
+
+BLOCKS_KEY = "x_anthropic_content"
+
+
+def to_anthropic(messages: Sequence[Mapping[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """Canonical history -> (system, messages) of the Messages API."""
+    system = ""
+    out_messages: list[dict[str, Any]] = []
+    for message in messages:
+        role = message.get("role")
+        if role == "system":
+            system = str(message.get("content") or "")
+        elif role == "user":
+            out_messages.append({"role": "user", "content": str(message.get("content") or "")})
+        elif role == "assistant":
+            blocks = message.get(BLOCKS_KEY)
+            if not blocks:  # a turn from another backend: rebuild its blocks
+                blocks = []
+                if message.get("reasoning_content"):
+                    blocks.append({"type": "thinking", "thinking": message["reasoning_content"]})
+                if message.get("content"):
+                    blocks.append({"type": "text", "text": message["content"]})
+                for call in message.get("tool_calls") or []:
+                    fn = call["function"]
+                    args = fn["arguments"]
+                    arguments = json.loads(args) if isinstance(args, str) else args
+                    blocks.append(
+                        {
+                            "type": "tool_use",
+                            "id": call["id"],
+                            "name": fn["name"],
+                            "input": arguments,
+                        }
+                    )
+            out_messages.append({"role": "assistant", "content": list(blocks)})
+        elif role == "tool":
+            result: dict[str, Any] = {
+                "type": "tool_result",
+                "tool_use_id": message.get("tool_call_id"),
+                "content": str(message.get("content") or ""),
+            }
+            last = out_messages[-1] if out_messages else None
+            if last is not None and last["role"] == "user" and isinstance(last["content"], list):
+                last["content"].append(result)
+            else:
+                out_messages.append({"role": "user", "content": [result]})
+    return system, out_messages
+
+
+def anthropic_tools(tools: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for tool in tools:
+        fn = tool.get("function", tool)
+        out.append({"name": fn["name"], "description": fn.get("description", ""),
+                    "input_schema": fn.get("parameters") or {"type": "object"}})  # fmt: skip
+    return out
+
+
+class AnthropicBackend:
+    name = "anthropic"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        *,
+        max_tokens: int = 8192,
+        temperature: float | None = None,
+        timeout_s: float = 600.0,
+        client: httpx.Client | None = None,
+        retry_base_delay_s: float = 0.5,
+    ) -> None:
+        root = base_url.rstrip("/")
+        self.url = root + ("/messages" if root.endswith("/v1") else "/v1/messages")
+        self.model, self.max_tokens, self.temperature = model, max_tokens, temperature
+        self.headers = {"anthropic-version": "2023-06-01"}
+        if api_key:
+            self.headers["x-api-key"] = api_key
+        self.client = client or httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0))
+        self.retry_base_delay_s = retry_base_delay_s
+
+    def stream(
+        self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]
+    ) -> Iterator[StreamEvent]:
+        system, converted = to_anthropic(messages)
+        body: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens,
+                                "messages": converted, "stream": True}  # fmt: skip
+        if system:
+            body["system"] = system
+        if tools:
+            body["tools"] = anthropic_tools(tools)
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        offered = {t.get("function", t)["name"] for t in tools}
+
+        def attempt() -> Iterator[StreamEvent]:
+            blocks: list[dict[str, Any]] = []
+            partial_json: dict[int, str] = {}
+            stop, usage = "stop", Usage()
+            for event in sse_events(self.client, self.url, body, self.headers):
+                kind = event.get("type")
+                if kind == "message_start":
+                    u = (event.get("message") or {}).get("usage") or {}
+                    usage = Usage(
+                        int(u.get("input_tokens") or 0),
+                        0,
+                        int(u.get("cache_read_input_tokens") or 0),
+                    )
+                elif kind == "content_block_start":
+                    blocks.append(dict(event.get("content_block") or {}))
+                elif kind == "content_block_delta" and blocks:
+                    delta, block = event.get("delta") or {}, blocks[-1]
+                    if delta.get("type") == "thinking_delta":
+                        block["thinking"] = block.get("thinking", "") + delta["thinking"]
+                        yield ReasoningDelta(delta["thinking"])
+                    elif delta.get("type") == "signature_delta":
+                        block["signature"] = block.get("signature", "") + delta["signature"]
+                    elif delta.get("type") == "text_delta":
+                        block["text"] = block.get("text", "") + delta["text"]
+                        yield ContentDelta(delta["text"])
+                    elif delta.get("type") == "input_json_delta":
+                        index = len(blocks) - 1
+                        partial_json[index] = partial_json.get(index, "") + delta.get(
+                            "partial_json", ""
+                        )
+                elif kind == "message_delta":
+                    stop = (event.get("delta") or {}).get("stop_reason") or stop
+                    out_tokens = (event.get("usage") or {}).get("output_tokens")
+                    if out_tokens is not None:
+                        usage = Usage(usage.prompt_tokens, int(out_tokens), usage.cached_tokens)
+                elif kind == "message_stop":
+                    break
+            calls = []
+            for index, block in enumerate(blocks):
+                if block.get("type") != "tool_use":
+                    continue
+                error = None
+                if index in partial_json:
+                    try:
+                        block["input"] = json.loads(partial_json[index] or "{}")
+                    except json.JSONDecodeError as e:
+                        block["input"], error = {}, f"arguments are not valid JSON ({e})"
+                name = block.get("name", "")
+                if error is None and name not in offered:
+                    error = f"unknown tool {name!r}; offered: {', '.join(sorted(offered))}"
+                block.setdefault("id", f"toolu_{uuid.uuid4().hex[:24]}")
+                calls.append(
+                    CallRecord(block["id"], ToolCall(name, dict(block.get("input") or {}), error))
+                )
+            reasoning = "".join(
+                b.get("thinking", "") for b in blocks if b.get("type") == "thinking"
+            )
+            text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+            finish = {"end_turn": "stop", "tool_use": "tool_calls", "max_tokens": "length"}.get(
+                stop, stop
+            )
+            turn = AssistantTurn(
+                reasoning if reasoning else None, text, calls, finish, usage, {BLOCKS_KEY: blocks}
+            )
+            yield TurnDone(turn)
+
+        yield from with_retries(attempt, base_delay_s=self.retry_base_delay_s)
