@@ -65,7 +65,10 @@ def fix(
             "anthropic (Messages API)."
         ),
     ] = None,
-    model: Annotated[str | None, typer.Option(help="Model name on that server.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model name on that server, or a local checkpoint folder (embedded)."),
+    ] = None,
     api_key: Annotated[str | None, typer.Option(help="API key (default: M2AGENT_API_KEY).")] = None,
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Approve every tool call (inside the sandbox).")
@@ -74,6 +77,9 @@ def fix(
         str | None, typer.Option(help="Command that verifies the fix (default: detected).")
     ] = None,
     max_steps: Annotated[int | None, typer.Option(min=1, help="Model turns at most.")] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Tokens per model turn at most (default 8192).")
+    ] = None,
     max_minutes: Annotated[float | None, typer.Option(min=0.1, help="Wall time at most.")] = None,
     sandbox: Annotated[
         str | None, typer.Option(help="auto, bwrap, landlock, or off (only when already isolated).")
@@ -113,6 +119,7 @@ def fix(
     flags = {
         "endpoint": endpoint, "api": api, "model": model, "api_key": api_key,
         "max_steps": max_steps, "max_minutes": max_minutes, "sandbox": sandbox,
+        "max_tokens": max_tokens,
     }  # fmt: skip
     try:
         settings = load_settings(workspace, flags)

@@ -9,6 +9,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from m2agent.agent.loop import Agent, Budget
 from m2agent.agent.prompts import system_prompt
 from m2agent.agent.session import SessionLog
 from m2agent.backends.base import ModelBackend
+from m2agent.backends.embedded import ensure_engine, is_local_model
 from m2agent.errors import SandboxError, UsageError
 from m2agent.issue_source import resolve_task
 from m2agent.settings import Settings
@@ -54,29 +56,50 @@ class FixResult:
         return 0 if self.status == "fixed" else 1
 
 
-def make_backend(settings: Settings) -> ModelBackend:
+def make_backend(
+    settings: Settings, progress: Callable[[str], None] = lambda _: None
+) -> ModelBackend:
+    if not settings.endpoint and settings.model and is_local_model(settings.model):
+        from m2agent.backends.completions import CompletionsBackend
+
+        url, name = ensure_engine(Path(settings.model), settings.state_dir, progress=progress)
+        return CompletionsBackend(
+            url, name, max_tokens=settings.max_tokens, temperature=settings.temperature
+        )
     if not settings.endpoint or not settings.model:
         raise UsageError(
-            "no model endpoint: pass --endpoint URL --model NAME (or set M2AGENT_ENDPOINT and "
-            "M2AGENT_MODEL); the embedded engine backend (--model PATH without --endpoint) is "
-            "not available yet"
+            "no model: pass --endpoint URL --model NAME for a server (or set M2AGENT_ENDPOINT "
+            "and M2AGENT_MODEL), or --model PATH to a local MiniMax-M2 checkpoint folder to run "
+            "it with the embedded engine"
         )
     if settings.api == "anthropic":
         from m2agent.backends.anthropic import AnthropicBackend
 
         return AnthropicBackend(
-            settings.endpoint, settings.model, settings.api_key, temperature=settings.temperature
+            settings.endpoint,
+            settings.model,
+            settings.api_key,
+            max_tokens=settings.max_tokens,
+            temperature=settings.temperature,
         )
     if settings.api == "completions":
         from m2agent.backends.completions import CompletionsBackend
 
         return CompletionsBackend(
-            settings.endpoint, settings.model, settings.api_key, temperature=settings.temperature
+            settings.endpoint,
+            settings.model,
+            settings.api_key,
+            max_tokens=settings.max_tokens,
+            temperature=settings.temperature,
         )
     from m2agent.backends.openai_chat import OpenAIChatBackend
 
     return OpenAIChatBackend(
-        settings.endpoint, settings.model, settings.api_key, temperature=settings.temperature
+        settings.endpoint,
+        settings.model,
+        settings.api_key,
+        max_tokens=settings.max_tokens,
+        temperature=settings.temperature,
     )
 
 
@@ -92,7 +115,8 @@ def run_fix(
 ) -> FixResult:
     started = time.monotonic()
     task = resolve_task(issue, workspace, settings)
-    backend = backend or make_backend(settings)
+    renderer = HeadlessRenderer(output)
+    backend = backend or make_backend(settings, renderer.note)
     runner = CommandRunner(
         SandboxPolicy.for_workspace(workspace, allow_network=settings.allow_network),
         settings.sandbox,
@@ -119,7 +143,6 @@ def run_fix(
         approvals,
         checkpoints,
     )
-    renderer = HeadlessRenderer(output)
     log = SessionLog(project / "sessions", task, workspace)
 
     command = test_cmd or detect_test_command(workspace)

@@ -36,6 +36,7 @@ class Settings:
     max_steps: int = 50
     max_minutes: float = 30.0
     temperature: float | None = None
+    max_tokens: int = 8192  # per model turn
     github_token: str | None = None
     github_api_url: str = "https://api.github.com"
     state_dir: Path = Path("~/.local/state/m2agent")

@@ -10,6 +10,7 @@ import logging
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-file", type=Path, default=None, help="write logs here instead of stderr"
+    )
+    parser.add_argument(
+        "--idle-exit-s",
+        type=float,
+        default=None,
+        help="exit after this many seconds without requests (the agent's embedded engine)",
     )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
@@ -117,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     server = uvicorn.Server(
         uvicorn.Config(app, log_config=None, log_level=args.log_level, access_log=False)
     )
+    if args.idle_exit_s:
+        _exit_when_idle(server, async_engine, args.idle_exit_s, log)
     log.info("serving %s on %s:%d (%s)", name, args.host, port, device)
     print(f"m2agent serve: {name} at http://{args.host}:{port}/v1", file=sys.stderr, flush=True)
     try:
@@ -124,6 +133,25 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         async_engine.stop()
     return 0
+
+
+def _exit_when_idle(server: Any, engine: Any, idle_s: float, log: logging.Logger) -> None:
+    """Stop the server once no request has been in flight for `idle_s` seconds."""
+    import threading
+    import time
+
+    def watch() -> None:
+        last_busy, seen = time.monotonic(), 0
+        while not server.should_exit:
+            time.sleep(min(1.0, idle_s / 4))
+            done = engine.num_finished + engine.num_aborted
+            if engine.engine.num_requests or done != seen:
+                last_busy, seen = time.monotonic(), done
+            elif time.monotonic() - last_busy > idle_s:
+                log.info("idle for %.0fs: exiting", idle_s)
+                server.should_exit = True
+
+    threading.Thread(target=watch, name="m2agent-idle", daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ answered once, the tools offered."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -232,3 +234,23 @@ def test_github_issue_and_commit_on_a_new_branch(
         text=True,
     )
     assert changed.stdout.split() == ["calc.py"]
+
+
+def test_embedded_engine_is_started_and_reused(repo: Path, tmp_path: Path) -> None:
+    from m2agent.engine.models.tiny import TinySpec, write_tiny_checkpoint
+
+    checkpoint = write_tiny_checkpoint(tmp_path / "tiny-m2", TinySpec(max_positions=32768))
+    args = ["fix", "say hi", "--model", str(checkpoint), "--yes", "--json", "--test-cmd", "true",
+            "--max-steps", "1", "--max-tokens", "8", *sandbox_flag()]  # fmt: skip
+    first = run_cli(repo, *args)
+    assert first.returncode in (0, 1), first.stderr
+    assert "starting the embedded engine" in first.stderr
+    second = run_cli(repo, *args)
+    assert "starting the embedded engine" not in second.stderr  # reused
+    result = json.loads(second.stdout)
+    assert result["steps"] == 1 and result["prompt_tokens"] > 1000
+    engines = list(
+        (Path(os.environ["HOME"]) / "xdg_state_home" / "m2agent" / "engines").glob("*.json")
+    )
+    pid = json.loads(engines[0].read_text())["pid"]
+    os.kill(pid, signal.SIGTERM)

@@ -292,3 +292,18 @@ def test_split_reasoning_and_api_key(split_server: Server) -> None:
     extra = message.model_extra or {}
     assert "reasoning_content" in extra
     assert not (message.content or "").startswith("<think>")
+
+
+def test_idle_exit(server_checkpoint: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "m2agent", "serve", "--model", str(server_checkpoint), "--device",
+         "cpu", "--port", "0", "--log-file", str(tmp_path / "log"), "--idle-exit-s", "1.5"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert "at http://127.0.0.1:" in process.stdout.readline()
+    assert process.wait(timeout=60) == 0
+    assert "idle for" in (tmp_path / "log").read_text()

@@ -1,0 +1,101 @@
+"""The `embedded` backend: our own engine on this machine. Starts `m2agent serve` for a local
+checkpoint on a free loopback port (or reuses the one already running for that model), waits
+for it to be healthy, and talks to it with the `completions` transport. The server exits by
+itself after a quiet period, so nothing is left running for long."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from m2agent.errors import BackendError
+
+IDLE_EXIT_S = 900.0
+_ADDRESS = re.compile(r"at (http://127\.0\.0\.1:\d+)/v1")
+
+
+def is_local_model(model: str | None) -> bool:
+    return bool(model) and (Path(model) / "config.json").is_file()  # type: ignore[arg-type]
+
+
+def ensure_engine(
+    model_path: Path,
+    state_dir: Path,
+    *,
+    device: str | None = None,
+    idle_exit_s: float = IDLE_EXIT_S,
+    start_timeout_s: float = 1800.0,
+    progress: Callable[[str], None] = lambda _: None,
+) -> tuple[str, str]:
+    """(base URL ending in /v1, served model name) of a healthy engine serving `model_path`."""
+    model_path = model_path.resolve()
+    key = hashlib.sha256(str(model_path).encode()).hexdigest()[:16]
+    folder = state_dir / "engines"
+    record_file = folder / f"{key}.json"
+    name = model_path.name
+    if record_file.is_file():
+        try:
+            record = json.loads(record_file.read_text(encoding="utf-8"))
+            if _healthy(record["url"]):
+                return record["url"], name
+        except (OSError, ValueError, KeyError):
+            pass
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / f"{key}.log"
+    argv = [sys.executable, "-m", "m2agent", "serve", "--model", str(model_path), "--port", "0",
+            "--served-model-name", name, "--log-file", str(log),
+            "--idle-exit-s", str(idle_exit_s)]  # fmt: skip
+    if device:
+        argv += ["--device", device]
+    progress(f"starting the embedded engine for {model_path} (log: {log})")
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    assert process.stdout is not None
+    url = None
+    deadline = time.monotonic() + start_timeout_s
+    said: list[str] = []
+    for line in process.stdout:  # the engine prints its address once the model is loaded
+        said.append(line)
+        match = _ADDRESS.search(line)
+        if match:
+            url = match.group(1) + "/v1"
+            break
+        if time.monotonic() > deadline:
+            break
+    process.stdout.close()
+    if url is None:
+        process.kill()
+        tail = log.read_text(encoding="utf-8", errors="replace")[-2000:] if log.exists() else ""
+        output = "".join(said)[-2000:]
+        raise BackendError(f"the embedded engine did not start (see {log}):\n{output}{tail}")
+    while time.monotonic() < deadline and not _healthy(url):
+        if process.poll() is not None:
+            raise BackendError(f"the embedded engine exited during start-up (see {log})")
+        time.sleep(0.2)
+    _write_atomic(record_file, {"url": url, "pid": process.pid, "model": str(model_path)})
+    return url, name
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url.removesuffix("/v1") + "/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _write_atomic(file: Path, data: dict[str, object]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle)
+    os.replace(tmp, file)
