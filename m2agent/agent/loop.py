@@ -8,10 +8,12 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from m2agent.agent.approvals import ApprovalPolicy
+from m2agent.agent.context import compact, context_note, needs_compaction
 from m2agent.agent.events import (
     AnswerText,
     Event,
@@ -23,7 +25,7 @@ from m2agent.agent.events import (
     ToolFinished,
     ToolStarted,
 )
-from m2agent.backends.base import AssistantTurn, ModelBackend, Retrying, TurnDone
+from m2agent.backends.base import AssistantTurn, CallRecord, ModelBackend, Retrying, TurnDone
 from m2agent.engine.protocol import ContentDelta, ReasoningDelta
 from m2agent.tools.base import ToolError
 from m2agent.tools.checkpoints import Checkpoints
@@ -36,6 +38,7 @@ REPEAT_NUDGE_AFTER = 3
 class Budget:
     max_steps: int = 50
     max_seconds: float = 1800.0
+    context_tokens: int = 196_608  # the model's window (M2: 196,608)
 
 
 @dataclass
@@ -72,35 +75,72 @@ class Agent:
                 turn.usage.prompt_tokens, turn.usage.completion_tokens, turn.usage.cached_tokens
             )
             messages.append(turn.message())
+            used = turn.usage.prompt_tokens + turn.usage.completion_tokens
             if not turn.calls:
                 yield TaskDone("answered", step, turn.content)
                 return
             snapshotted = False
-            for record in turn.calls:
-                call = record.call
-                yield ToolStarted(record.id, call.name, dict(call.arguments))
-                meta: dict[str, Any] = {}
-                if call.error is not None:
-                    content, is_error = f"invalid tool call: {call.error}", True
+            for batch in self._batches(turn.calls):
+                for record in batch:
+                    yield ToolStarted(record.id, record.call.name, dict(record.call.arguments))
+                if len(batch) > 1:  # read-only calls of one response run side by side
+                    with ThreadPoolExecutor(max_workers=min(8, len(batch))) as pool:
+                        outcomes = list(pool.map(self._outcome, batch))
                 else:
-                    if not snapshotted and self._mutates(call.name):
+                    call = batch[0].call
+                    if call.error is None and not snapshotted and self._mutates(call.name):
                         snapshot = self._snapshot(f"before step {step}: {call.name}")
                         if snapshot is not None:
                             yield snapshot
                         snapshotted = True
-                    content, is_error, meta = self._run_call(call.name, call.arguments)
-                key = json.dumps([call.name, call.arguments], sort_keys=True, default=str)
-                if is_error:
-                    failures[key] += 1
-                    if failures[key] >= REPEAT_NUDGE_AFTER:
-                        content += (
-                            f"\n[This exact call has now failed {failures[key]} times. Stop "
-                            "repeating it: read the error, look at the code again, and change "
-                            "approach.]"
-                        )
-                messages.append({"role": "tool", "tool_call_id": record.id, "content": content})
-                yield ToolFinished(record.id, call.name, content, is_error, meta)
+                    outcomes = [self._outcome(batch[0])]
+                for record, (content, is_error, meta) in zip(batch, outcomes, strict=True):
+                    call = record.call
+                    key = json.dumps([call.name, call.arguments], sort_keys=True, default=str)
+                    if is_error:
+                        failures[key] += 1
+                        if failures[key] >= REPEAT_NUDGE_AFTER:
+                            content += (
+                                f"\n[This exact call has now failed {failures[key]} times. Stop "
+                                "repeating it: read the error, look at the code again, and "
+                                "change approach.]"
+                            )
+                    messages.append({"role": "tool", "tool_call_id": record.id, "content": content})
+                    yield ToolFinished(record.id, call.name, content, is_error, meta)
+            if used:
+                messages[-1]["content"] += "\n" + context_note(used, budget.context_tokens)
+            if used and needs_compaction(used, budget.context_tokens):
+                messages[:] = compact(messages)
+                yield Notice(
+                    f"context {used}/{budget.context_tokens} tokens: older steps compacted"
+                )
         yield TaskDone("max_steps", budget.max_steps, "")
+
+    def _batches(self, calls: list[CallRecord]) -> Iterator[list[CallRecord]]:
+        """Consecutive read-only calls together; every other call on its own, in order."""
+        batch: list[CallRecord] = []
+        for record in calls:
+            if (
+                record.call.error is None
+                and not self._mutates(record.call.name)
+                and self._known(record.call.name)
+            ):
+                batch.append(record)
+                continue
+            if batch:
+                yield batch
+                batch = []
+            yield [record]
+        if batch:
+            yield batch
+
+    def _known(self, name: str) -> bool:
+        return name in self.tools.names
+
+    def _outcome(self, record: CallRecord) -> tuple[str, bool, dict[str, Any]]:
+        if record.call.error is not None:
+            return f"invalid tool call: {record.call.error}", True, {}
+        return self._run_call(record.call.name, record.call.arguments)
 
     def _mutates(self, name: str) -> bool:
         try:

@@ -154,7 +154,7 @@ def test_undo_restores_a_session_that_deleted_files(repo: Path) -> None:
 
 def test_usage_and_endpoint_errors(repo: Path) -> None:
     missing = run_cli(repo, "fix", "x")
-    assert missing.returncode == 2 and "no model endpoint" in missing.stderr
+    assert missing.returncode == 2 and "no model: pass --endpoint URL" in missing.stderr
     down = run_cli(
         repo,
         "fix",
