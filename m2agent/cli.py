@@ -97,6 +97,12 @@ def fix(
         bool,
         typer.Option("--commit", help="Commit a verified fix on --branch (never the current)."),
     ] = False,
+    resume: Annotated[
+        str | None, typer.Option(help="Continue session ID (see `m2agent sessions`).")
+    ] = None,
+    continue_last: Annotated[
+        bool, typer.Option("--continue", help="Continue the latest session of this workspace.")
+    ] = False,
 ) -> None:
     """Fix an issue headlessly and verify it with the project's tests.
 
@@ -123,7 +129,10 @@ def fix(
     }  # fmt: skip
     try:
         settings = load_settings(workspace, flags)
-        result = run_fix(settings, workspace, issue, test_cmd=test_cmd, yes=yes, output=fmt)  # type: ignore[arg-type]
+        result = run_fix(
+            settings, workspace, issue, test_cmd=test_cmd, yes=yes, output=fmt,  # type: ignore[arg-type]
+            resume=resume, continue_last=continue_last,
+        )  # fmt: skip
         if commit and branch and result.status == "fixed":
             from m2agent.git_ops import commit_on_new_branch
 

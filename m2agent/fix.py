@@ -18,7 +18,7 @@ from m2agent.agent.approvals import ApprovalPolicy, ApprovalReply, ApprovalReque
 from m2agent.agent.events import SnapshotTaken, StepUsage, TaskDone, event_json
 from m2agent.agent.loop import Agent, Budget
 from m2agent.agent.prompts import system_prompt
-from m2agent.agent.session import SessionLog
+from m2agent.agent.session import SessionInfo, SessionLog, find_session, load_messages
 from m2agent.backends.base import ModelBackend
 from m2agent.backends.embedded import ensure_engine, is_local_model
 from m2agent.errors import SandboxError, UsageError
@@ -112,6 +112,8 @@ def run_fix(
     yes: bool,
     output: OutputFormat,
     backend: ModelBackend | None = None,
+    resume: str | None = None,
+    continue_last: bool = False,
 ) -> FixResult:
     started = time.monotonic()
     task = resolve_task(issue, workspace, settings)
@@ -143,7 +145,13 @@ def run_fix(
         approvals,
         checkpoints,
     )
-    log = SessionLog(project / "sessions", task, workspace)
+    earlier: SessionInfo | None = None
+    if resume is not None or continue_last:
+        try:
+            earlier = find_session(project / "sessions", resume)
+        except LookupError as e:
+            raise UsageError(str(e)) from None
+    log = SessionLog(project / "sessions", task, workspace, resume=earlier)
 
     command = test_cmd or detect_test_command(workspace)
     before = run_tests(runner, command) if command else None
@@ -154,11 +162,16 @@ def run_fix(
         prompt += f"\n\nVerify with: `{command}`" + (
             f"\nIt currently fails:\n{before.summary}" if before and not before.passed else ""
         )
-    messages: list[dict[str, Any]] = [
-        {"role": "system", "content": system_prompt(workspace)},
-        {"role": "user", "content": prompt},
-    ]
-    for message in messages:
+    messages: list[dict[str, Any]] = load_messages(earlier.path) if earlier else []
+    if earlier is not None:
+        new = [{"role": "user", "content": prompt}]
+    else:
+        new = [
+            {"role": "system", "content": system_prompt(workspace)},
+            {"role": "user", "content": prompt},
+        ]
+    messages += new
+    for message in new:
         log.write("message", message)
 
     usage = [0, 0, 0]

@@ -23,11 +23,19 @@ class SessionInfo:
 
 
 class SessionLog:
-    def __init__(self, folder: Path, task: str, workspace: Path) -> None:
+    def __init__(
+        self, folder: Path, task: str, workspace: Path, resume: SessionInfo | None = None
+    ) -> None:
+        """A new session, or (`resume`) more of an existing one, appended to its file."""
         folder.mkdir(parents=True, exist_ok=True)
+        if resume is not None:
+            self.id, self.path = resume.id, resume.path
+            self._file: TextIO = self.path.open("a", encoding="utf-8")
+            self.write("resumed", {"task": task, "at": time.time()})
+            return
         self.id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self.path = folder / f"{self.id}.jsonl"
-        self._file: TextIO = self.path.open("a", encoding="utf-8")
+        self._file = self.path.open("a", encoding="utf-8")
         self.write(
             "session",
             {"id": self.id, "task": task, "workspace": str(workspace), "started": time.time()},
@@ -68,3 +76,30 @@ def list_sessions(folder: Path) -> list[SessionInfo]:
                 )
             )
     return sorted(sessions, key=lambda s: s.started)
+
+
+def load_messages(path: Path) -> list[dict[str, Any]]:
+    """The conversation recorded in a session file, in order (a torn last line is skipped)."""
+    messages = []
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.pop("kind", None) == "message":
+                messages.append(record)
+    return messages
+
+
+def find_session(folder: Path, session_id: str | None) -> SessionInfo:
+    """The session with this id (or the latest when None)."""
+    sessions = list_sessions(folder)
+    if not sessions:
+        raise LookupError("no earlier session in this workspace")
+    if session_id is None:
+        return sessions[-1]
+    for session in sessions:
+        if session.id == session_id or session.id.startswith(session_id):
+            return session
+    raise LookupError(f"no session {session_id!r}; `m2agent sessions` lists them")

@@ -254,3 +254,40 @@ def test_embedded_engine_is_started_and_reused(repo: Path, tmp_path: Path) -> No
     )
     pid = json.loads(engines[0].read_text())["pid"]
     os.kill(pid, signal.SIGTERM)
+
+
+def test_continue_a_session_with_its_whole_history(repo: Path) -> None:
+    first = ["Look first.\n</think>\n\nI looked; add() is wrong."]
+    second = ["Fixing now.\n</think>\n\nI will not, actually."]
+    with FakeM2Server(first, "split") as server:
+        done = run_cli(repo, "fix", "look at add()", "--endpoint", server.url, "--model", "m",
+                       "--yes", "--test-cmd", "true", *sandbox_flag())  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with FakeM2Server(second, "split") as server:
+        again = run_cli(repo, "fix", "now fix it", "--continue", "--endpoint", server.url,
+                        "--model", "m", "--yes", "--test-cmd", "true", *sandbox_flag())  # fmt: skip
+        sent = server.requests[0]["messages"]
+    assert again.returncode == 0, again.stderr
+    users = [m["content"] for m in sent if m["role"] == "user"]
+    assert users[0].startswith("look at add()") and users[1].startswith("now fix it")
+    assistant = next(m for m in sent if m["role"] == "assistant")
+    # A new process has not seen this server answer yet: reasoning travels in content, which
+    # every M2 chat template reads back the same way.
+    expected = "<think>\nLook first.\n</think>\n\nI looked; add() is wrong."
+    assert assistant["content"] == expected
+    sessions = run_cli(repo, "sessions").stdout.strip().splitlines()
+    assert len(sessions) == 1  # continued, not a new session
+    missing = run_cli(
+        repo, "fix", "x", "--resume", "nope", "--endpoint", server.url, "--model", "m", "--yes"
+    )
+    assert missing.returncode == 2 and "no session 'nope'" in missing.stderr
+
+
+def test_tests_already_passing_are_reported(repo: Path) -> None:
+    (repo / "calc.py").write_text("def add(a, b):\n    return a + b\n")
+    with FakeM2Server(["Nothing to do.\n</think>\n\nThe tests pass already."], "split") as server:
+        done = run_cli(repo, "fix", "check add()", "--endpoint", server.url, "--model", "m", "--yes",
+                       "--json", "--test-cmd", verify_command(), *sandbox_flag())  # fmt: skip
+    assert done.returncode == 0
+    assert "already passes before any change" in done.stderr
+    assert json.loads(done.stdout)["tests_passed_before"] is True
