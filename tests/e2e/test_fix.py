@@ -286,8 +286,10 @@ def test_continue_a_session_with_its_whole_history(repo: Path) -> None:
 def test_tests_already_passing_are_reported(repo: Path) -> None:
     (repo / "calc.py").write_text("def add(a, b):\n    return a + b\n")
     with FakeM2Server(["Nothing to do.\n</think>\n\nThe tests pass already."], "split") as server:
-        done = run_cli(repo, "fix", "check add()", "--endpoint", server.url, "--model", "m", "--yes",
-                       "--json", "--test-cmd", verify_command(), *sandbox_flag())  # fmt: skip
+        done = run_cli(
+            repo, "fix", "check add()", "--endpoint", server.url, "--model", "m", "--yes",
+            "--json", "--test-cmd", verify_command(), *sandbox_flag(),
+        )  # fmt: skip
     assert done.returncode == 0
     assert "already passes before any change" in done.stderr
     assert json.loads(done.stdout)["tests_passed_before"] is True
