@@ -80,6 +80,9 @@ def fix(
     max_tokens: Annotated[
         int | None, typer.Option(min=1, help="Tokens per model turn at most (default 8192).")
     ] = None,
+    max_total_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Tokens the model may generate for the whole task.")
+    ] = None,
     max_minutes: Annotated[float | None, typer.Option(min=0.1, help="Wall time at most.")] = None,
     sandbox: Annotated[
         str | None, typer.Option(help="auto, bwrap, landlock, or off (only when already isolated).")
@@ -125,7 +128,7 @@ def fix(
     flags = {
         "endpoint": endpoint, "api": api, "model": model, "api_key": api_key,
         "max_steps": max_steps, "max_minutes": max_minutes, "sandbox": sandbox,
-        "max_tokens": max_tokens,
+        "max_tokens": max_tokens, "max_total_tokens": max_total_tokens,
     }  # fmt: skip
     try:
         settings = load_settings(workspace, flags)
@@ -154,7 +157,7 @@ def fix(
         typer.echo(f"{verdict}: {', '.join(result.files_changed) or 'no files changed'}")
         typer.echo(f"session {result.session}; undo with: m2agent undo")
     else:
-        typer.echo(result_json(result))
+        typer.echo(result_json(result, one_line=fmt == "stream-json"))
     raise typer.Exit(result.exit_code)
 
 

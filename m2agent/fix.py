@@ -179,9 +179,11 @@ def run_fix(
     budget_s = settings.max_minutes * 60
     try:
         for round_number in range(VERIFY_ROUNDS + 1):
+            token_budget = settings.max_total_tokens
             remaining = Budget(
                 max(1, settings.max_steps - steps),
                 max(1.0, budget_s - (time.monotonic() - started)),
+                max_output_tokens=None if token_budget is None else max(1, token_budget - usage[1]),
             )
             done = None
             count = len(messages)
@@ -253,7 +255,10 @@ def _ask_on_terminal(request: ApprovalRequest) -> ApprovalReply:
     return ApprovalReply("yes" if reply in ("y", "yes") else "no")
 
 
-def result_json(result: FixResult) -> str:
+def result_json(result: FixResult, *, one_line: bool = False) -> str:
+    """The result object (`--json`); on one line, typed "result", for `stream-json`."""
     from dataclasses import asdict
 
+    if one_line:
+        return json.dumps({"type": "result", **asdict(result)})
     return json.dumps(asdict(result), indent=2)

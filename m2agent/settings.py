@@ -37,6 +37,7 @@ class Settings:
     max_minutes: float = 30.0
     temperature: float | None = None
     max_tokens: int = 8192  # per model turn
+    max_total_tokens: int | None = None  # generated over the whole task
     github_token: str | None = None
     github_api_url: str = "https://api.github.com"
     state_dir: Path = Path("~/.local/state/m2agent")

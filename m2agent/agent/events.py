@@ -56,7 +56,7 @@ class StepUsage:
 
 @dataclass(frozen=True, slots=True)
 class TaskDone:
-    reason: Literal["answered", "max_steps", "max_time"]
+    reason: Literal["answered", "max_steps", "max_time", "max_tokens"]
     steps: int
     answer: str
 

@@ -39,6 +39,7 @@ class Budget:
     max_steps: int = 50
     max_seconds: float = 1800.0
     context_tokens: int = 196_608  # the model's window (M2: 196,608)
+    max_output_tokens: int | None = None  # tokens the model may generate over the whole task
 
 
 @dataclass
@@ -54,9 +55,13 @@ class Agent:
         started = time.monotonic()
         schemas = self.tools.schemas()
         failures: Counter[str] = Counter()
+        generated = 0
         for step in range(1, budget.max_steps + 1):
             if time.monotonic() - started > budget.max_seconds:
                 yield TaskDone("max_time", step - 1, "")
+                return
+            if budget.max_output_tokens is not None and generated >= budget.max_output_tokens:
+                yield TaskDone("max_tokens", step - 1, "")
                 return
             turn: AssistantTurn | None = None
             for event in self.backend.stream(messages, schemas):
@@ -76,6 +81,7 @@ class Agent:
             )
             messages.append(turn.message())
             used = turn.usage.prompt_tokens + turn.usage.completion_tokens
+            generated += turn.usage.completion_tokens
             if not turn.calls:
                 yield TaskDone("answered", step, turn.content)
                 return

@@ -293,3 +293,20 @@ def test_tests_already_passing_are_reported(repo: Path) -> None:
     assert done.returncode == 0
     assert "already passes before any change" in done.stderr
     assert json.loads(done.stdout)["tests_passed_before"] is True
+
+
+def test_stream_json_prints_one_event_per_line(repo: Path) -> None:
+    with FakeM2Server(script(), "split") as server:
+        done = run_cli(
+            repo, "fix", "fix add", "--endpoint", server.url, "--model", "m", "--yes",
+            "--output-format", "stream-json", "--test-cmd", verify_command(), *sandbox_flag(),
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    kinds = [line.get("type") for line in lines]
+    assert (
+        "ToolStarted" in kinds and "ToolFinished" in kinds and kinds[-2:] == ["TaskDone", "result"]
+    )
+    assert lines[-1]["verified"] is True
+    reasoning = "".join(line["text"] for line in lines if line.get("type") == "ReasoningText")
+    assert "The add test fails" in reasoning
