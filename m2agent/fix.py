@@ -100,6 +100,7 @@ def make_backend(
         settings.api_key,
         max_tokens=settings.max_tokens,
         temperature=settings.temperature,
+        style_cache=settings.state_dir / "server-styles.json",
     )
 
 

@@ -4,7 +4,11 @@ first answer and reasoning sent back in that style."""
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,12 +32,16 @@ class OpenAIChatBackend:
         timeout_s: float = 600.0,
         client: httpx.Client | None = None,
         retry_base_delay_s: float = 0.5,
+        style_cache: Path | None = None,
     ) -> None:
+        """`style_cache`: a JSON file remembering each endpoint's reasoning style, so a new
+        process sends reasoning back in the server's form from its first request."""
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.max_tokens, self.temperature = model, max_tokens, temperature
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = client or httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0))
-        self.style = ServerStyle()
+        self.style_cache = style_cache
+        self.style = self._load_style()
         self.retry_base_delay_s = retry_base_delay_s
 
     def stream(
@@ -54,8 +62,42 @@ class OpenAIChatBackend:
 
         def attempt() -> Iterator[StreamEvent]:
             assembler = TurnAssembler(tools or None, self.style)
+            was_detected = self.style.detected
             for chunk in sse_events(self.client, self.url, body, self.headers):
                 yield from assembler.feed_chunk(chunk)
-            yield TurnDone(assembler.finish())
+            turn = assembler.finish()
+            if self.style.detected and not was_detected:
+                self._save_style()
+            yield TurnDone(turn)
 
         yield from with_retries(attempt, base_delay_s=self.retry_base_delay_s)
+
+    def _load_style(self) -> ServerStyle:
+        if self.style_cache is None or not self.style_cache.is_file():
+            return ServerStyle()
+        try:
+            known = json.loads(self.style_cache.read_text(encoding="utf-8")).get(self.url)
+        except (OSError, ValueError, AttributeError):
+            return ServerStyle()
+        if not isinstance(known, dict):
+            return ServerStyle()
+        field = known.get("reasoning_field")
+        if field not in (None, "reasoning_content", "reasoning", "reasoning_details"):
+            return ServerStyle()
+        return ServerStyle(field, detected=True)
+
+    def _save_style(self) -> None:
+        if self.style_cache is None:
+            return
+        try:
+            known = json.loads(self.style_cache.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            known = {}
+        if not isinstance(known, dict):
+            known = {}
+        known[self.url] = {"reasoning_field": self.style.reasoning_field}
+        self.style_cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.style_cache.parent, prefix=".styles.")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(known, handle)
+        os.replace(tmp, self.style_cache)

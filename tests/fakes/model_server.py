@@ -31,11 +31,12 @@ class FakeM2Server:
     faults: dict[int, Fault] = field(default_factory=dict)  # request index -> fault
     requests: list[dict[str, Any]] = field(default_factory=list)
     chunk_chars: int = 7
+    port: int = 0  # a fixed port plays "the same endpoint again"
 
     def __post_init__(self) -> None:
         self._turn = 0
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
