@@ -33,6 +33,15 @@ class ToolFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalRequested:
+    """A call needs the user's yes; the policy's callback is asking now."""
+
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Notice:
     """Something the user should know (a retry, a snapshot, a nudge to the model)."""
 
@@ -66,6 +75,7 @@ Event = (
     | AnswerText
     | ToolStarted
     | ToolFinished
+    | ApprovalRequested
     | Notice
     | SnapshotTaken
     | StepUsage

@@ -16,6 +16,7 @@ from m2agent.agent.approvals import ApprovalPolicy
 from m2agent.agent.context import compact, context_note, needs_compaction
 from m2agent.agent.events import (
     AnswerText,
+    ApprovalRequested,
     Event,
     Notice,
     ReasoningText,
@@ -94,6 +95,8 @@ class Agent:
                         outcomes = list(pool.map(self._outcome, batch))
                 else:
                     call = batch[0].call
+                    if call.error is None and self._needs_asking(call.name, call.arguments):
+                        yield ApprovalRequested(batch[0].id, call.name, dict(call.arguments))
                     if call.error is None and not snapshotted and self._mutates(call.name):
                         snapshot = self._snapshot(f"before step {step}: {call.name}")
                         if snapshot is not None:
@@ -139,6 +142,12 @@ class Agent:
             yield [record]
         if batch:
             yield batch
+
+    def _needs_asking(self, name: str, arguments: dict[str, Any]) -> bool:
+        if not self._known(name):
+            return False
+        annotations = self.tools.get(name).annotations
+        return self.approvals.decide(name, annotations, arguments) == "ask"
 
     def _known(self, name: str) -> bool:
         return name in self.tools.names

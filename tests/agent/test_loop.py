@@ -162,3 +162,19 @@ def test_compact_is_identity_for_short_histories() -> None:
         {"role": "assistant", "content": "a"},
     ]
     assert compact(short) == short
+
+
+def test_asking_is_announced_as_an_event(tmp_path: Path) -> None:
+    from m2agent.agent.approvals import ApprovalReply
+    from m2agent.agent.events import ApprovalRequested
+
+    agent, root = make(
+        tmp_path, [calls(("Write", {"file_path": "a.txt", "content": "x\n"})), answer("ok")]
+    )
+    agent.approvals = ApprovalPolicy("ask", RuleStore(None), lambda request: ApprovalReply("yes"))
+    events = list(
+        agent.run([{"role": "system", "content": "s"}, {"role": "user", "content": "go"}], Budget())
+    )
+    asked = [e for e in events if isinstance(e, ApprovalRequested)]
+    assert [(e.name, e.arguments["file_path"]) for e in asked] == [("Write", "a.txt")]
+    assert (root / "a.txt").read_text() == "x\n"
