@@ -59,48 +59,34 @@ class FixResult:
 def make_backend(
     settings: Settings, progress: Callable[[str], None] = lambda _: None
 ) -> ModelBackend:
+    limits: dict[str, Any] = {
+        "max_tokens": settings.max_tokens,
+        "temperature": settings.temperature,
+    }
     if not settings.endpoint and settings.model and is_local_model(settings.model):
         from m2agent.backends.completions import CompletionsBackend
 
         url, name = ensure_engine(Path(settings.model), settings.state_dir, progress=progress)
-        return CompletionsBackend(
-            url, name, max_tokens=settings.max_tokens, temperature=settings.temperature
-        )
+        return CompletionsBackend(url, name, **limits)
     if not settings.endpoint or not settings.model:
         raise UsageError(
             "no model: pass --endpoint URL --model NAME for a server (or set M2AGENT_ENDPOINT "
             "and M2AGENT_MODEL), or --model PATH to a local MiniMax-M2 checkpoint folder to run "
             "it with the embedded engine"
         )
+    target = (settings.endpoint, settings.model, settings.api_key)
     if settings.api == "anthropic":
         from m2agent.backends.anthropic import AnthropicBackend
 
-        return AnthropicBackend(
-            settings.endpoint,
-            settings.model,
-            settings.api_key,
-            max_tokens=settings.max_tokens,
-            temperature=settings.temperature,
-        )
+        return AnthropicBackend(*target, **limits)
     if settings.api == "completions":
         from m2agent.backends.completions import CompletionsBackend
 
-        return CompletionsBackend(
-            settings.endpoint,
-            settings.model,
-            settings.api_key,
-            max_tokens=settings.max_tokens,
-            temperature=settings.temperature,
-        )
+        return CompletionsBackend(*target, **limits)
     from m2agent.backends.openai_chat import OpenAIChatBackend
 
     return OpenAIChatBackend(
-        settings.endpoint,
-        settings.model,
-        settings.api_key,
-        max_tokens=settings.max_tokens,
-        temperature=settings.temperature,
-        style_cache=settings.state_dir / "server-styles.json",
+        *target, **limits, style_cache=settings.state_dir / "server-styles.json"
     )
 
 

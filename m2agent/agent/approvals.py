@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from m2agent.tools.base import ToolAnnotations
+from m2agent.tools.files import atomic_write
 
 Mode = Literal["read-only", "ask", "auto-edit", "auto"]
 MODES: tuple[Mode, ...] = ("read-only", "ask", "auto-edit", "auto")
@@ -127,13 +127,8 @@ class RuleStore:
         return bool(parts) and all(any(rule_matches(r, p) for r in self.rules) for p in parts or [])
 
     def _save(self) -> None:
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".approvals.")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"allow_commands": self.rules}, handle, indent=2)
-        os.replace(tmp, self.path)
+        if self.path is not None:
+            atomic_write(self.path, json.dumps({"allow_commands": self.rules}, indent=2))
 
 
 class ApprovalPolicy:

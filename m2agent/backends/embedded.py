@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from m2agent.errors import BackendError
+from m2agent.tools.files import atomic_write
 
 IDLE_EXIT_S = 900.0
 _ADDRESS = re.compile(r"at (http://127\.0\.0\.1:\d+)/v1")
@@ -83,7 +82,8 @@ def ensure_engine(
         if process.poll() is not None:
             raise BackendError(f"the embedded engine exited during start-up (see {log})")
         time.sleep(0.2)
-    _write_atomic(record_file, {"url": url, "pid": process.pid, "model": str(model_path)})
+    record = {"url": url, "pid": process.pid, "model": str(model_path)}
+    atomic_write(record_file, json.dumps(record))
     return url, name
 
 
@@ -92,10 +92,3 @@ def _healthy(url: str) -> bool:
         return httpx.get(url.removesuffix("/v1") + "/health", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def _write_atomic(file: Path, data: dict[str, object]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle)
-    os.replace(tmp, file)

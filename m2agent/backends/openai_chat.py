@@ -5,8 +5,6 @@ first answer and reasoning sent back in that style."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ import httpx
 from m2agent.backends.base import StreamEvent, TurnDone
 from m2agent.backends.http import sse_events, with_retries
 from m2agent.backends.wire_openai import ServerStyle, TurnAssembler, to_server_messages
+from m2agent.tools.files import atomic_write
 
 
 class OpenAIChatBackend:
@@ -96,8 +95,4 @@ class OpenAIChatBackend:
         if not isinstance(known, dict):
             known = {}
         known[self.url] = {"reasoning_field": self.style.reasoning_field}
-        self.style_cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.style_cache.parent, prefix=".styles.")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(known, handle)
-        os.replace(tmp, self.style_cache)
+        atomic_write(self.style_cache, json.dumps(known, indent=2))
