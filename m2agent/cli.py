@@ -203,6 +203,28 @@ def undo(
     typer.echo(f"restored snapshot {snapshot.number} ({snapshot.label})")
 
 
+@app.command("doctor")
+def doctor(
+    endpoint: Annotated[str | None, typer.Option(help="Endpoint to check.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name or local checkpoint.")] = None,
+) -> None:
+    """Check Python, git, the sandbox, the model endpoint (and its reasoning style) and the
+    engine; say how to fix what is missing. Exits 1 when something needed is missing."""
+    from m2agent.doctor import render, run_checks
+    from m2agent.errors import M2AgentError
+    from m2agent.settings import load_settings
+
+    workspace = Path.cwd()
+    try:
+        settings = load_settings(workspace, {"endpoint": endpoint, "model": model})
+    except M2AgentError as e:
+        typer.echo(f"[MISSING] config: {e.message}")
+        raise typer.Exit(1) from None
+    checks = run_checks(settings, workspace)
+    typer.echo(render(checks))
+    raise typer.Exit(0 if all(c.ok or not c.needed for c in checks) else 1)
+
+
 @app.command("sessions")
 def sessions() -> None:
     """List this workspace's sessions (newest last)."""

@@ -310,3 +310,19 @@ def test_stream_json_prints_one_event_per_line(repo: Path) -> None:
     assert lines[-1]["verified"] is True
     reasoning = "".join(line["text"] for line in lines if line.get("type") == "ReasoningText")
     assert "The add test fails" in reasoning
+
+
+def test_doctor(repo: Path) -> None:
+    bare = run_cli(repo, "doctor")
+    assert bare.returncode == 1
+    assert (
+        "[MISSING] model: no endpoint" in bare.stdout and "fix: pass --endpoint URL" in bare.stdout
+    )
+    assert "] sandbox:" in bare.stdout and "] git: git version" in bare.stdout
+    with FakeM2Server(["Fine.\n</think>\n\nOK"], "split") as server:
+        good = run_cli(repo, "doctor", "--endpoint", server.url, "--model", "fake-m2")
+    assert "reasoning in the `reasoning_content` field" in good.stdout, good.stdout
+    if bwrap.probe().works:
+        assert good.returncode == 0, good.stdout
+    down = run_cli(repo, "doctor", "--endpoint", "http://127.0.0.1:9/v1")
+    assert down.returncode == 1 and "unreachable" in down.stdout

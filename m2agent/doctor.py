@@ -1,0 +1,155 @@
+"""`m2agent doctor`: what is there, what is missing, and how to fix it."""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from m2agent.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    needed: bool = True  # a failing needed check makes doctor exit non-zero
+
+
+def run_checks(settings: Settings, workspace: Path) -> list[Check]:
+    checks = [
+        Check(
+            "python",
+            sys.version_info >= (3, 11),
+            f"{platform.python_version()} at {sys.executable}",
+            "install Python 3.11 or newer",
+        ),
+        _git(),
+        _sandbox(settings),
+        _model(settings),
+        _engine(),
+    ]
+    return checks
+
+
+def _git() -> Check:
+    path = shutil.which("git")
+    if path is None:
+        return Check("git", False, "not found", "install git (apt-get install git)")
+    version = subprocess.run([path, "--version"], capture_output=True, text=True).stdout.strip()
+    return Check("git", True, version)
+
+
+def _sandbox(settings: Settings) -> Check:
+    from m2agent.tools.sandbox import bwrap
+
+    if settings.sandbox == "off":
+        return Check(
+            "sandbox", True, "off by configuration: commands run unconfined", "", needed=False
+        )
+    probe = bwrap.probe()
+    if probe.works:
+        return Check("sandbox", True, f"{probe.backend}: {probe.diagnosis}")
+    return Check("sandbox", False, probe.diagnosis, probe.advice or "see SANDBOX notes in README")
+
+
+def _model(settings: Settings) -> Check:
+    from m2agent.backends.embedded import is_local_model
+
+    if not settings.endpoint:
+        if settings.model and is_local_model(settings.model):
+            return Check("model", True, f"embedded engine for {settings.model}")
+        return Check(
+            "model",
+            False,
+            "no endpoint and no local checkpoint configured",
+            "pass --endpoint URL --model NAME (or set M2AGENT_ENDPOINT / M2AGENT_MODEL), or "
+            "--model PATH to a MiniMax-M2 checkpoint for the embedded engine",
+        )
+    headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+    base = settings.endpoint.rstrip("/")
+    try:
+        models = httpx.get(f"{base}/models", headers=headers, timeout=10)
+    except httpx.HTTPError as e:
+        return Check(
+            "model",
+            False,
+            f"{base} unreachable ({type(e).__name__}: {e})",
+            "is the server running?",
+        )
+    if models.status_code in (401, 403):
+        return Check("model", False, f"{base}: HTTP {models.status_code}", "check M2AGENT_API_KEY")
+    if models.status_code >= 400:
+        return Check(
+            "model",
+            False,
+            f"{base}/models: HTTP {models.status_code}",
+            "check the URL (it ends in /v1)",
+        )
+    names = [m.get("id") for m in models.json().get("data", []) if isinstance(m, dict)]
+    detail = f"{base} serves {', '.join(map(str, names)) or 'no models'}"
+    if settings.model and settings.model not in names:
+        return Check("model", False, detail, f"--model {settings.model!r} is not among them")
+    if settings.api == "openai" and (settings.model or names):
+        detail += "; reasoning " + _reasoning_style(
+            base, settings.model or str(names[0]), settings.api_key
+        )
+    return Check("model", True, detail)
+
+
+def _reasoning_style(base: str, model: str, api_key: str | None) -> str:
+    """Ask for a few tokens through the real backend and report what it learned."""
+    from m2agent.backends.openai_chat import OpenAIChatBackend
+    from m2agent.errors import BackendError
+
+    backend = OpenAIChatBackend(base, model, api_key, max_tokens=32, timeout_s=60)
+    try:
+        for _ in backend.stream([{"role": "user", "content": "Say OK."}], []):
+            pass
+    except BackendError as e:
+        return f"style unknown (the test request failed: {e.message[:200]})"
+    if not backend.style.detected:
+        return "not seen in a short answer"
+    if backend.style.reasoning_field is None:
+        return "inside content (<think>...</think>)"
+    return f"in the `{backend.style.reasoning_field}` field"
+
+
+def _engine() -> Check:
+    if importlib.util.find_spec("torch") is None:
+        return Check(
+            "engine",
+            False,
+            "torch is not installed: no embedded engine (remote endpoints still work)",
+            "pip install 'm2agent[engine]' after installing torch for your machine",
+            needed=False,
+        )
+    import torch
+
+    if torch.cuda.is_available():
+        gpus = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        return Check("engine", True, f"torch {torch.__version__}, GPUs: {gpus}", needed=False)
+    return Check(
+        "engine",
+        True,
+        f"torch {torch.__version__}, no GPU: the embedded engine runs on CPU (tiny models only)",
+        needed=False,
+    )
+
+
+def render(checks: list[Check]) -> str:
+    lines = []
+    for check in checks:
+        mark = "ok " if check.ok else ("MISSING" if check.needed else "note")
+        lines.append(f"[{mark}] {check.name}: {check.detail}")
+        if not check.ok and check.fix:
+            lines.append(f"        fix: {check.fix}")
+    return "\n".join(lines)
