@@ -14,23 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from m2agent.agent.approvals import ApprovalPolicy, ApprovalReply, ApprovalRequest, RuleStore
+from m2agent.agent.approvals import ApprovalReply, ApprovalRequest
 from m2agent.agent.events import SnapshotTaken, StepUsage, TaskDone, event_json
-from m2agent.agent.loop import Agent, Budget
+from m2agent.agent.loop import Budget
 from m2agent.agent.prompts import system_prompt
 from m2agent.agent.session import SessionInfo, SessionLog, find_session, load_messages
 from m2agent.backends.base import ModelBackend
 from m2agent.backends.embedded import ensure_engine, is_local_model
-from m2agent.errors import SandboxError, UsageError
+from m2agent.errors import UsageError
 from m2agent.issue_source import resolve_task
+from m2agent.runtime import build_runtime
 from m2agent.settings import Settings
 from m2agent.tools.checkpoints import Checkpoints
-from m2agent.tools.defaults import default_tools
 from m2agent.tools.run_tests import detect_test_command, run_tests
-from m2agent.tools.sandbox.policy import SandboxPolicy
-from m2agent.tools.shell import CommandRunner, SandboxUnavailable
-from m2agent.tools.todo import TodoList
-from m2agent.tools.workspace import Workspace
 from m2agent.ui.headless import HeadlessRenderer, OutputFormat
 
 VERIFY_ROUNDS = 2
@@ -106,31 +102,18 @@ def run_fix(
     task = resolve_task(issue, workspace, settings)
     renderer = HeadlessRenderer(output)
     backend = backend or make_backend(settings, renderer.note)
-    runner = CommandRunner(
-        SandboxPolicy.for_workspace(workspace, allow_network=settings.allow_network),
-        settings.sandbox,
-    )
-    try:
-        runner.backend()
-    except SandboxUnavailable as e:
-        raise SandboxError(str(e)) from None
-    project = settings.project_dir(workspace)
-    checkpoints = Checkpoints(workspace, project / "snapshots.git")
-    approvals = ApprovalPolicy(
-        "auto" if yes else settings.approval_mode,
-        RuleStore(project / "approvals.json"),
-        None if yes or not sys.stdin.isatty() else _ask_on_terminal,
-    )
-    agent = Agent(
+    runtime = build_runtime(
+        settings,
+        workspace,
         backend,
-        default_tools(
-            Workspace(workspace),
-            TodoList(),
-            sandbox=settings.sandbox,
-            allow_network=settings.allow_network,
-        ),
-        approvals,
-        checkpoints,
+        mode="auto" if yes else settings.approval_mode,
+        ask=None if yes or not sys.stdin.isatty() else _ask_on_terminal,
+    )
+    agent, runner, checkpoints, project = (
+        runtime.agent,
+        runtime.runner,
+        runtime.checkpoints,
+        runtime.project,
     )
     earlier: SessionInfo | None = None
     if resume is not None or continue_last:
