@@ -22,7 +22,6 @@ app = typer.Typer(
         "it; `m2agent undo` takes the changes back; `m2agent serve` runs the embedded engine. "
         "The interactive REPL is not there yet; see README."
     ),
-    no_args_is_help=True,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -39,8 +38,9 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def root(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option(
@@ -48,8 +48,53 @@ def root(
             is_eager=True,
         ),
     ] = False,
+    prompt: Annotated[
+        str | None, typer.Option("--print", "-p", help="Run one task headless, like `fix`.")
+    ] = None,
+    endpoint: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL (…/v1).")] = None,
+    api: Annotated[str | None, typer.Option(help="openai, completions or anthropic.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name, or a local checkpoint.")] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="Approvals: read-only, ask, auto-edit or auto.")
+    ] = None,
+    sandbox: Annotated[str | None, typer.Option(help="auto, bwrap, landlock or off.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Headless: one JSON result.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Headless: approve everything.")] = False,
 ) -> None:  # fmt: skip
-    """A terminal coding agent for MiniMax-M2."""
+    """A terminal coding agent for MiniMax-M2. With no command: the interactive REPL (or one
+    headless task with -p, or when stdin is not a terminal)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from m2agent.errors import M2AgentError
+    from m2agent.settings import load_settings
+
+    workspace = Path.cwd()
+    flags = {"endpoint": endpoint, "api": api, "model": model, "sandbox": sandbox,
+             "approval_mode": mode}  # fmt: skip
+    try:
+        settings = load_settings(workspace, flags)
+        if prompt is not None or not sys.stdin.isatty():
+            from m2agent.fix import result_json, run_fix
+
+            task = prompt if prompt is not None else sys.stdin.read()
+            result = run_fix(
+                settings, workspace, task, test_cmd=None, yes=yes,
+                output="json" if json_output else "text",
+            )  # fmt: skip
+            typer.echo(result_json(result) if json_output else result.answer)
+            raise typer.Exit(result.exit_code)
+        from rich.console import Console
+
+        from m2agent.fix import make_backend
+        from m2agent.ui.repl import Repl
+
+        console = Console()
+        repl = Repl(settings, workspace, make_backend(settings, console.print), console)
+        code = repl.run()
+    except M2AgentError as e:
+        typer.echo(f"error: {e.message}", err=True)
+        raise typer.Exit(e.exit_code) from None
+    raise typer.Exit(code)
 
 
 @app.command("fix")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ class FakeM2Server:
     requests: list[dict[str, Any]] = field(default_factory=list)
     chunk_chars: int = 7
     port: int = 0  # a fixed port plays "the same endpoint again"
+    delay_s: float = 0.0  # pause between chunks (a slow stream, to interrupt)
 
     def __post_init__(self) -> None:
         self._turn = 0
@@ -93,8 +95,13 @@ class FakeM2Server:
                 if fault == "cut":
                     chunks = chunks[: max(1, len(chunks) // 2)]
                 for chunk in chunks:
-                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                    self.wfile.flush()
+                    try:
+                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                        self.wfile.flush()
+                    except (BrokenPipeError, ConnectionResetError):
+                        return  # the client went away
+                    if fake.delay_s:
+                        time.sleep(fake.delay_s)
                 if fault == "cut":
                     self.close_connection = True
                     return

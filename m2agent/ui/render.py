@@ -1,0 +1,114 @@
+"""Agent events -> terminal output (rich): reasoning dimmed and folded to its last lines, the
+answer streamed, one compact line per tool call with its result, edits as coloured diffs,
+command output tails. The only agent-side module that imports rich."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.text import Text
+
+from m2agent.agent.events import (
+    AnswerText,
+    ApprovalRequested,
+    Event,
+    Notice,
+    ReasoningText,
+    StepUsage,
+    TaskDone,
+    ToolFinished,
+    ToolStarted,
+)
+
+FOLDED_LINES = 3
+
+
+@dataclass
+class EventPrinter:
+    console: Console
+    reasoning: list[str] = field(default_factory=list)  # this turn's, for /think
+    last_reasoning: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    _answering: bool = False
+
+    def render(self, event: Event) -> None:
+        if isinstance(event, ReasoningText):
+            self.reasoning.append(event.text)
+        elif isinstance(event, AnswerText):
+            self._flush_reasoning()
+            if not self._answering:
+                self._answering = True
+            self.console.print(event.text, end="", markup=False, highlight=False)
+        elif isinstance(event, ToolStarted):
+            self._end_answer()
+            self._flush_reasoning()
+            target = (
+                event.arguments.get("command")
+                or event.arguments.get("file_path")
+                or event.arguments.get("pattern")
+                or ""
+            )
+            line = Text("● ", style="cyan")
+            line.append(event.name, style="bold")
+            line.append(f" {str(target)[:100]}")
+            self.console.print(line)
+        elif isinstance(event, ToolFinished):
+            self._tool_result(event)
+        elif isinstance(event, ApprovalRequested):
+            self._end_answer()
+        elif isinstance(event, Notice):
+            self._end_answer()
+            self.console.print(Text(f"! {event.text}", style="yellow"))
+        elif isinstance(event, StepUsage):
+            self.prompt_tokens += event.prompt_tokens
+            self.completion_tokens += event.completion_tokens
+            self.cached_tokens += event.cached_tokens
+        elif isinstance(event, TaskDone):
+            self._flush_reasoning()
+            self._end_answer()
+            if event.reason != "answered":
+                self.console.print(
+                    Text(f"stopped: {event.reason.replace('_', ' ')}", style="yellow")
+                )
+
+    def _flush_reasoning(self) -> None:
+        if not self.reasoning:
+            return
+        text = "".join(self.reasoning).strip("\n")
+        self.reasoning.clear()
+        self.last_reasoning = text
+        lines = text.splitlines()
+        shown = lines[-FOLDED_LINES:]
+        hidden = len(lines) - len(shown)
+        for line in shown:
+            self.console.print(Text(f"  {line}", style="dim italic"))
+        if hidden:
+            self.console.print(Text(f"  ({hidden} more lines of reasoning: /think)", style="dim"))
+
+    def _end_answer(self) -> None:
+        if self._answering:
+            self._answering = False
+            self.console.print()
+
+    def _tool_result(self, event: ToolFinished) -> None:
+        diff = event.metadata.get("diff")
+        if diff and not event.is_error:
+            self.console.print(Syntax(diff.rstrip("\n"), "diff", theme="ansi_dark"))
+            return
+        lines = event.content.rstrip("\n").splitlines()
+        style = "red" if event.is_error else "green"
+        if event.name == "Bash":
+            for line in lines[-5:]:
+                self.console.print(Text(f"  │ {line}", style="dim"))
+            code = event.metadata.get("exit_code")
+            self.console.print(
+                Text(f"  └ exit {code}" if code is not None else "  └ timed out", style=style)
+            )
+        else:
+            first = lines[0] if lines else ""
+            more = f" (+{len(lines) - 1} lines)" if len(lines) > 1 else ""
+            self.console.print(Text(f"  └ {first[:120]}{more}", style=style))
