@@ -59,6 +59,9 @@ def root(
     ] = None,
     sandbox: Annotated[str | None, typer.Option(help="auto, bwrap, landlock or off.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Headless: one JSON result.")] = False,
+    output_format: Annotated[
+        str, typer.Option(help="Headless: text, json or stream-json.")
+    ] = "text",
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Headless: approve everything.")] = False,
 ) -> None:  # fmt: skip
     """A terminal coding agent for MiniMax-M2. With no command: the interactive REPL (or one
@@ -77,11 +80,16 @@ def root(
             from m2agent.fix import result_json, run_fix
 
             task = prompt if prompt is not None else sys.stdin.read()
+            fmt = "json" if json_output else output_format
+            if fmt not in ("text", "json", "stream-json"):
+                raise typer.BadParameter("--output-format must be text, json or stream-json")
             result = run_fix(
-                settings, workspace, task, test_cmd=None, yes=yes,
-                output="json" if json_output else "text",
+                settings, workspace, task, test_cmd=None, yes=yes, output=fmt,  # type: ignore[arg-type]
             )  # fmt: skip
-            typer.echo(result_json(result) if json_output else result.answer)
+            if fmt == "text":
+                typer.echo(result.answer)
+            else:
+                typer.echo(result_json(result, one_line=fmt == "stream-json"))
             raise typer.Exit(result.exit_code)
         from rich.console import Console
 

@@ -33,6 +33,7 @@ class EventPrinter:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    context_tokens: int = 0  # the last request's prompt + answer: how full the window is
     _answering: bool = False
 
     def render(self, event: Event) -> None:
@@ -67,6 +68,7 @@ class EventPrinter:
             self.prompt_tokens += event.prompt_tokens
             self.completion_tokens += event.completion_tokens
             self.cached_tokens += event.cached_tokens
+            self.context_tokens = event.prompt_tokens + event.completion_tokens
         elif isinstance(event, TaskDone):
             self._flush_reasoning()
             self._end_answer()

@@ -209,16 +209,12 @@ class Repl:
                 return ApprovalReply("yes", new_mode="auto")
 
     def _toolbar(self) -> str:
-        used = self.printer.prompt_tokens and self.messages
-        context = f"{min(100, 100 * self._context_used() // 196_608)}%" if used else "0%"
+        context = f"{min(100, 100 * self.printer.context_tokens // 196_608)}%"
         return (
             f" {self.settings.model} via {self.backend.name} │ context {context} │ "
             f"{self.last_rate:.0f} tok/s │ sandbox {self.settings.sandbox} │ "
             f"mode {self.runtime.agent.approvals.mode} │ {self._branch()}"
         )
-
-    def _context_used(self) -> int:
-        return sum(len(str(m.get("content") or "")) for m in self.messages) // 4
 
     def _branch(self) -> str:
         head = self.workspace / ".git" / "HEAD"

@@ -119,6 +119,29 @@ def _compact(repl: Repl, arg: str) -> None:
     repl.console.print(f"{before} messages -> {len(repl.messages)}")
 
 
+def _sessions(repl: Repl, arg: str) -> None:
+    """List this workspace's sessions."""
+    from m2agent.agent.session import list_sessions
+
+    for s in list_sessions(repl.runtime.project / "sessions")[-20:]:
+        repl.console.print(f"{s.id}  {s.task.splitlines()[0][:70] if s.task else ''}")
+
+
+def _resume(repl: Repl, arg: str) -> None:
+    """Continue an earlier session (/resume ID; the latest without ID)."""
+    from m2agent.agent.session import SessionLog, find_session, load_messages
+
+    try:
+        earlier = find_session(repl.runtime.project / "sessions", arg.strip() or None)
+    except LookupError as e:
+        repl.console.print(Text(str(e), style="red"))
+        return
+    repl.messages[:] = load_messages(earlier.path)
+    repl.log = SessionLog(repl.runtime.project / "sessions", "", repl.workspace, resume=earlier)
+    turns = sum(1 for m in repl.messages if m.get("role") == "user")
+    repl.console.print(f"resumed {earlier.id} ({turns} user messages)")
+
+
 COMMANDS: dict[str, Callable[..., Any]] = {
     "help": _help,
     "model": _model,
@@ -131,6 +154,8 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "compact": _compact,
     "clear": _clear,
     "cost": _cost,
+    "sessions": _sessions,
+    "resume": _resume,
     "sandbox": _sandbox,
     "think": _think,
     "exit": _exit,

@@ -126,3 +126,36 @@ def test_diff_and_undo(repo: Path, cleanup: list) -> None:
         child.expect(PROMPT)
         assert (repo / "calc.py").read_text() == "def add(a, b):\n    return a - b\n"
         assert finish(child) == 0
+
+
+def test_piped_stdin_runs_headless(repo: Path) -> None:
+    with FakeM2Server(["Easy.\n</think>\n\nHeadless answer."], "split") as server:
+        sandbox = [] if bwrap.probe().works else ["--sandbox", "off"]
+        done = subprocess.run(
+            [sys.executable, "-m", "m2agent", "--endpoint", server.url, "--model", "m", "--yes",
+             "--json", *sandbox],
+            input="what is 1+1?", cwd=repo, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert '"answer": "Headless answer."' in done.stdout
+    assert server.requests[0]["messages"][1]["content"].startswith("what is 1+1?")
+
+
+def test_sessions_and_resume_commands(repo: Path, cleanup: list) -> None:
+    with FakeM2Server(["A.\n</think>\n\nFirst.", "B.\n</think>\n\nSecond."], "split") as server:
+        child = spawn(repo, server)
+        cleanup.append(child)
+        child.sendline("remember the number 7")
+        child.expect("First.")
+        child.expect(PROMPT)
+        child.sendline("/clear")
+        child.expect("conversation cleared")
+        child.sendline("/resume")
+        child.expect("resumed")
+        child.expect(PROMPT)
+        child.sendline("what number?")
+        child.expect("Second.")
+        child.expect(PROMPT)
+        assert finish(child) == 0
+        users = [m["content"] for m in server.requests[1]["messages"] if m["role"] == "user"]
+        assert users == ["remember the number 7", "what number?"]
