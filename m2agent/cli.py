@@ -97,7 +97,8 @@ def root(
         from m2agent.ui.repl import Repl
 
         console = Console()
-        repl = Repl(settings, workspace, make_backend(settings, console.print), console)
+        backend = make_backend(settings, console.print, background=True)
+        repl = Repl(settings, workspace, backend, console)
         code = repl.run()
     except M2AgentError as e:
         typer.echo(f"error: {e.message}", err=True)

@@ -20,7 +20,7 @@ from m2agent.agent.loop import Budget
 from m2agent.agent.prompts import system_prompt
 from m2agent.agent.session import SessionInfo, SessionLog, find_session, load_messages
 from m2agent.backends.base import ModelBackend
-from m2agent.backends.embedded import ensure_engine, is_local_model
+from m2agent.backends.embedded import BackgroundEngine, ensure_engine, is_local_model
 from m2agent.errors import UsageError
 from m2agent.issue_source import resolve_task
 from m2agent.runtime import build_runtime
@@ -53,13 +53,21 @@ class FixResult:
 
 
 def make_backend(
-    settings: Settings, progress: Callable[[str], None] = lambda _: None
+    settings: Settings,
+    progress: Callable[[str], None] = lambda _: None,
+    *,
+    background: bool = False,
 ) -> ModelBackend:
+    """The backend the settings ask for. `background`: an embedded engine starts on a thread
+    (the REPL shows its prompt meanwhile)."""
     limits: dict[str, Any] = {
         "max_tokens": settings.max_tokens,
         "temperature": settings.temperature,
     }
     if not settings.endpoint and settings.model and is_local_model(settings.model):
+        if background:
+            progress("starting the embedded engine in the background")
+            return BackgroundEngine(Path(settings.model), settings.state_dir, **limits)
         from m2agent.backends.completions import CompletionsBackend
 
         url, name = ensure_engine(Path(settings.model), settings.state_dir, progress=progress)

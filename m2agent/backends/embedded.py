@@ -10,12 +10,15 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from m2agent.backends.base import StreamEvent
 from m2agent.errors import BackendError
 from m2agent.tools.files import atomic_write
 
@@ -92,3 +95,43 @@ def _healthy(url: str) -> bool:
         return httpx.get(url.removesuffix("/v1") + "/health", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+class BackgroundEngine:
+    """The embedded backend, started on a thread so the REPL's prompt appears at once; the
+    first model request waits for the engine to be up."""
+
+    name = "embedded"
+
+    def __init__(self, model_path: Path, state_dir: Path, **backend_options: Any) -> None:
+        self._options = backend_options
+        self._backend: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._start,
+            args=(model_path, state_dir),
+            name="m2agent-engine-start",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _start(self, model_path: Path, state_dir: Path) -> None:
+        from m2agent.backends.completions import CompletionsBackend
+
+        try:
+            url, name = ensure_engine(model_path, state_dir)
+            self._backend = CompletionsBackend(url, name, **self._options)
+        except BaseException as e:  # reported on the first request, on the caller's thread
+            self._error = e
+
+    @property
+    def ready(self) -> bool:
+        return not self._thread.is_alive()
+
+    def stream(
+        self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]
+    ) -> Iterator[StreamEvent]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        yield from self._backend.stream(messages, tools)

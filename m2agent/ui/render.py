@@ -1,12 +1,14 @@
 """Agent events -> terminal output (rich): reasoning dimmed and folded to its last lines, the
-answer streamed, one compact line per tool call with its result, edits as coloured diffs,
-command output tails. The only agent-side module that imports rich."""
+answer streamed as live Markdown, one compact line per tool call with its result, edits as
+coloured diffs, command output tails. The only agent-side module that imports rich."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from rich.console import Console
+from rich.live import Live
+from rich.markdown import Markdown
 from rich.syntax import Syntax
 from rich.text import Text
 
@@ -34,16 +36,21 @@ class EventPrinter:
     completion_tokens: int = 0
     cached_tokens: int = 0
     context_tokens: int = 0  # the last request's prompt + answer: how full the window is
-    _answering: bool = False
+    _answer: list[str] = field(default_factory=list)
+    _live: Live | None = None
 
     def render(self, event: Event) -> None:
         if isinstance(event, ReasoningText):
             self.reasoning.append(event.text)
         elif isinstance(event, AnswerText):
             self._flush_reasoning()
-            if not self._answering:
-                self._answering = True
-            self.console.print(event.text, end="", markup=False, highlight=False)
+            self._answer.append(event.text)
+            markdown = Markdown("".join(self._answer))
+            if self._live is None:
+                self._live = Live(markdown, console=self.console, refresh_per_second=8)
+                self._live.start()
+            else:
+                self._live.update(markdown)
         elif isinstance(event, ToolStarted):
             self._end_answer()
             self._flush_reasoning()
@@ -77,6 +84,11 @@ class EventPrinter:
                     Text(f"stopped: {event.reason.replace('_', ' ')}", style="yellow")
                 )
 
+    def interrupt(self) -> None:
+        """The turn was cancelled: close whatever was being drawn."""
+        self._end_answer()
+        self.reasoning.clear()
+
     def _flush_reasoning(self) -> None:
         if not self.reasoning:
             return
@@ -92,9 +104,12 @@ class EventPrinter:
             self.console.print(Text(f"  ({hidden} more lines of reasoning: /think)", style="dim"))
 
     def _end_answer(self) -> None:
-        if self._answering:
-            self._answering = False
-            self.console.print()
+        """The answer so far, rendered as Markdown, is final."""
+        if self._live is not None:
+            self._live.update(Markdown("".join(self._answer)))
+            self._live.stop()
+            self._live = None
+        self._answer.clear()
 
     def _tool_result(self, event: ToolFinished) -> None:
         diff = event.metadata.get("diff")

@@ -154,8 +154,8 @@ class Repl:
                     if self.first_snapshot is None:
                         self.first_snapshot = event.number
         except KeyboardInterrupt:
+            self.printer.interrupt()
             self._answer_dangling_calls()
-            self.console.print()
             self.console.print(Text("interrupted", style="yellow"))
         finally:
             for msg in self.messages[count:]:

@@ -326,3 +326,20 @@ def test_doctor(repo: Path) -> None:
         assert good.returncode == 0, good.stdout
     down = run_cli(repo, "doctor", "--endpoint", "http://127.0.0.1:9/v1")
     assert down.returncode == 1 and "unreachable" in down.stdout
+
+
+def test_background_engine_returns_at_once_then_serves(tmp_path: Path) -> None:
+    import time
+
+    from m2agent.backends.base import TurnDone
+    from m2agent.backends.embedded import BackgroundEngine
+    from m2agent.engine.models.tiny import TinySpec, write_tiny_checkpoint
+
+    checkpoint = write_tiny_checkpoint(tmp_path / "tiny", TinySpec(max_positions=4096))
+    started = time.monotonic()
+    backend = BackgroundEngine(checkpoint, tmp_path / "state", max_tokens=4)
+    assert time.monotonic() - started < 1.0
+    events = list(backend.stream([{"role": "user", "content": "hi"}], []))
+    assert backend.ready and isinstance(events[-1], TurnDone)
+    engines = list((tmp_path / "state" / "engines").glob("*.json"))
+    os.kill(json.loads(engines[0].read_text())["pid"], signal.SIGTERM)

@@ -52,7 +52,7 @@ def render(events: list) -> str:
     printer = EventPrinter(console)
     for event in events:
         printer.render(event)
-    return console.export_text()
+    return "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"
 
 
 def test_reasoning_is_folded_to_its_last_lines() -> None:
@@ -95,3 +95,11 @@ def test_tool_lines_and_diffs() -> None:
         "● Read nope.py",
         "  └ nope.py does not exist",
     ]
+
+
+def test_answers_render_as_markdown() -> None:
+    text = render(
+        [AnswerText("Use **bold** and `code`:\n\n- one\n- two"), TaskDone("answered", 1, "")]
+    )
+    assert "**" not in text and "`" not in text
+    assert "Use bold and code:" in text and "• one" in text
