@@ -97,6 +97,8 @@ class Repl:
         self.log: SessionLog | None = None
         self.first_snapshot: int | None = None
         self.last_rate = 0.0
+        self.started = time.monotonic()
+        self.model_seconds = 0.0  # time spent in turns
         history = self.runtime.project / "history"
         history.parent.mkdir(parents=True, exist_ok=True)
         self.session: PromptSession[str] = PromptSession(
@@ -161,6 +163,7 @@ class Repl:
             for msg in self.messages[count:]:
                 self.log.write("message", msg)
         elapsed = time.monotonic() - started
+        self.model_seconds += elapsed
         generated = self.printer.completion_tokens - generated_before
         self.last_rate = generated / elapsed if elapsed > 0 else 0.0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -83,10 +84,12 @@ def _mode(repl: Repl, arg: str) -> None:
 
 
 def _cost(repl: Repl, arg: str) -> None:
-    """Tokens in and out, cached, this session."""
+    """Tokens in and out, cached, and time, this session."""
     p = repl.printer
+    minutes = (time.monotonic() - repl.started) / 60
     repl.console.print(
-        f"prompt {p.prompt_tokens} (cached {p.cached_tokens}), output {p.completion_tokens}"
+        f"prompt {p.prompt_tokens} (cached {p.cached_tokens}), output {p.completion_tokens}; "
+        f"{minutes:.1f} min in this session, {repl.model_seconds:.1f} s waiting on the model"
     )
 
 

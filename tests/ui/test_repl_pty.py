@@ -156,6 +156,12 @@ def test_sessions_and_resume_commands(repo: Path, cleanup: list) -> None:
         child.sendline("what number?")
         child.expect("Second.")
         child.expect(PROMPT)
+        child.sendline("/cost")
+        child.expect("waiting on the model")
+        child.expect(PROMPT)
+        child.sendline("/nope")
+        child.expect("unknown command /nope")
+        child.expect(PROMPT)
         assert finish(child) == 0
         users = [m["content"] for m in server.requests[1]["messages"] if m["role"] == "user"]
         assert users == ["remember the number 7", "what number?"]
