@@ -215,6 +215,63 @@ def fix(
     raise typer.Exit(result.exit_code)
 
 
+@app.command("ci")
+def ci(
+    test_cmd: Annotated[
+        str | None, typer.Option(help="The test command (default: detected).")
+    ] = None,
+    endpoint: Annotated[str | None, typer.Option(help="Model endpoint (…/v1).")] = None,
+    api: Annotated[str | None, typer.Option(help="openai, completions or anthropic.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name, or a local checkpoint.")] = None,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Model turns at most.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(min=0.1, help="Wall time at most.")] = None,
+    patch: Annotated[Path, typer.Option(help="Where to write the fix as a patch.")] = Path(
+        "m2agent-fix.patch"
+    ),
+    report: Annotated[Path | None, typer.Option(help="Write a JSON report here.")] = None,
+    summary: Annotated[
+        Path | None, typer.Option(help="Write a Markdown summary (a PR body) here.")
+    ] = None,
+    branch: Annotated[str | None, typer.Option(help="With --commit: a new branch.")] = None,
+    commit: Annotated[bool, typer.Option("--commit", help="Commit the fix on --branch.")] = False,
+) -> None:
+    """Run the tests; if they fail, fix them, verify, and write a patch and a report.
+
+    Exit codes: 0 green (already, or after the fix), 1 could not fix, 2 usage error,
+    3 sandbox unavailable, 4 model or endpoint error. Headless: no prompts.
+    """
+    from m2agent.ci_job import run_ci
+    from m2agent.errors import M2AgentError
+    from m2agent.settings import load_settings
+
+    if commit and not branch:
+        raise typer.BadParameter("--commit needs --branch NAME (a new branch)")
+    workspace = Path.cwd()
+    flags = {"endpoint": endpoint, "api": api, "model": model, "max_steps": max_steps,
+             "max_minutes": max_minutes}  # fmt: skip
+    try:
+        settings = load_settings(workspace, flags)
+        result = run_ci(
+            settings, workspace, test_cmd=test_cmd, patch_path=patch, report_path=report,
+            summary_path=summary, output="text",
+        )  # fmt: skip
+        if commit and branch and result.status == "fixed":
+            from m2agent.git_ops import commit_on_new_branch
+
+            sha = commit_on_new_branch(
+                workspace, branch, result.files, f"m2agent: fix `{result.test_command}`"
+            )
+            typer.echo(f"committed {sha[:12]} on {branch}", err=True)
+    except M2AgentError as e:
+        typer.echo(f"error: {e.message}", err=True)
+        raise typer.Exit(e.exit_code) from None
+    if result.status == "green":
+        typer.echo(f"nothing to fix: `{result.test_command}` passes")
+    else:
+        typer.echo(f"{result.status.replace('_', ' ')}: {', '.join(result.files) or 'no files'}")
+    raise typer.Exit(result.exit_code)
+
+
 @app.command("undo")
 def undo(
     to: Annotated[int | None, typer.Option("--to", help="Snapshot number to go back to.")] = None,

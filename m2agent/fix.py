@@ -10,7 +10,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from m2agent.issue_source import resolve_task
 from m2agent.runtime import build_runtime
 from m2agent.settings import Settings
 from m2agent.tools.checkpoints import Checkpoints
-from m2agent.tools.run_tests import detect_test_command, run_tests
+from m2agent.tools.run_tests import TestRun, detect_test_command, run_tests
 from m2agent.ui.headless import HeadlessRenderer, OutputFormat
 
 VERIFY_ROUNDS = 2
@@ -46,6 +46,9 @@ class FixResult:
     session: str
     seconds: float
     answer: str
+    failing_before: list[str] = field(default_factory=list)
+    failing_after: list[str] = field(default_factory=list)
+    first_snapshot: int | None = None  # the undo point before the session's first change
 
     @property
     def exit_code(self) -> int:
@@ -105,7 +108,9 @@ def run_fix(
     backend: ModelBackend | None = None,
     resume: str | None = None,
     continue_last: bool = False,
+    before: TestRun | None = None,
 ) -> FixResult:
+    """`before`: the test run the caller already made (not repeated)."""
     started = time.monotonic()
     task = resolve_task(issue, workspace, settings)
     renderer = HeadlessRenderer(output)
@@ -132,7 +137,8 @@ def run_fix(
     log = SessionLog(project / "sessions", task, workspace, resume=earlier)
 
     command = test_cmd or detect_test_command(workspace)
-    before = run_tests(runner, command) if command else None
+    if before is None and command:
+        before = run_tests(runner, command)
     if before is not None and before.passed:
         renderer.note(f"`{command}` already passes before any change")
     prompt = task
@@ -154,6 +160,7 @@ def run_fix(
 
     usage = [0, 0, 0]
     steps, answer, after = 0, "", None
+    first_snapshot: int | None = None
     budget_s = settings.max_minutes * 60
     try:
         for round_number in range(VERIFY_ROUNDS + 1):
@@ -176,6 +183,7 @@ def run_fix(
                     ]
                 elif isinstance(event, SnapshotTaken):
                     log.write("snapshot", {"number": event.number, "label": event.label})
+                    first_snapshot = first_snapshot or event.number
                 elif isinstance(event, TaskDone):
                     done = event
             for message in messages[count:]:
@@ -213,6 +221,9 @@ def run_fix(
         session=log.id,
         seconds=round(time.monotonic() - started, 2),
         answer=answer,
+        failing_before=list(before.failed) if before else [],
+        failing_after=list(after.failed) if after else [],
+        first_snapshot=first_snapshot,
     )
     return result
 

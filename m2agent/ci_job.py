@@ -1,0 +1,121 @@
+"""`m2agent ci`: reproduce failing tests in the sandbox, let the agent fix them, verify the same
+command passes, and write the results: a patch, a JSON report and a Markdown summary (the body
+of a pull request). Exit codes: 0 green (already, or after the fix), 1 could not fix, 2 usage,
+3 sandbox unavailable, 4 model or endpoint error."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from m2agent.errors import SandboxError, UsageError
+from m2agent.fix import run_fix
+from m2agent.settings import Settings
+from m2agent.tools.checkpoints import Checkpoints
+from m2agent.tools.files import atomic_write
+from m2agent.tools.run_tests import detect_test_command, run_tests
+from m2agent.tools.sandbox.policy import SandboxPolicy
+from m2agent.tools.shell import CommandRunner, SandboxUnavailable
+from m2agent.ui.headless import OutputFormat
+
+TASK = """The test command `{command}` fails in this repository. Find the cause and fix the code
+so that it passes. Do not delete, skip or weaken tests, and keep the rest of the suite passing.
+
+{summary}"""
+
+
+@dataclass(frozen=True, slots=True)
+class CiReport:
+    status: str  # "green" | "fixed" | "not_fixed"
+    test_command: str
+    failing_before: list[str]
+    failing_after: list[str]
+    files: list[str] = field(default_factory=list)
+    steps: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    session: str | None = None
+    answer: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.status == "not_fixed" else 0
+
+    def markdown(self) -> str:
+        title = {"green": "Tests already pass", "fixed": "Fix for failing tests",
+                 "not_fixed": "Could not fix the failing tests"}[self.status]  # fmt: skip
+        lines = [f"## m2agent: {title}", "", f"Test command: `{self.test_command}`", ""]
+        if self.failing_before:
+            lines += ["Failing before:", *[f"- `{t}`" for t in self.failing_before], ""]
+        if self.status != "green":
+            after = ", ".join(f"`{t}`" for t in self.failing_after) or "none"
+            lines += [f"Failing after: {after}", ""]
+        if self.files:
+            lines += ["Files changed:", *[f"- `{f}`" for f in self.files], ""]
+        if self.answer:
+            lines += ["What the agent says:", "", self.answer.strip(), ""]
+        lines.append(
+            f"_{self.steps} steps, {self.prompt_tokens} prompt / {self.completion_tokens} output "
+            f"tokens, {self.seconds:.0f} s_"
+        )
+        return "\n".join(lines) + "\n"
+
+
+def run_ci(
+    settings: Settings,
+    workspace: Path,
+    *,
+    test_cmd: str | None,
+    patch_path: Path,
+    report_path: Path | None,
+    summary_path: Path | None,
+    output: OutputFormat,
+) -> CiReport:
+    started = time.monotonic()
+    command = test_cmd or detect_test_command(workspace)
+    if not command:
+        raise UsageError("no test command found here: pass --test-cmd 'pytest -q'")
+    policy = SandboxPolicy.for_workspace(workspace, allow_network=settings.allow_network)
+    runner = CommandRunner(policy, settings.sandbox)
+    try:
+        before = run_tests(runner, command)
+    except SandboxUnavailable as e:
+        raise SandboxError(str(e)) from None
+    if before.passed:
+        report = CiReport("green", command, [], [], seconds=round(time.monotonic() - started, 2))
+    else:
+        task = TASK.format(command=command, summary=before.summary)
+        result = run_fix(
+            settings, workspace, task, test_cmd=command, yes=True, output=output, before=before
+        )
+        report = CiReport(
+            "fixed" if result.verified else "not_fixed",
+            command,
+            result.failing_before,
+            result.failing_after,
+            result.files_changed,
+            result.steps,
+            result.prompt_tokens,
+            result.completion_tokens,
+            round(time.monotonic() - started, 2),
+            result.session,
+            result.answer,
+        )
+        if result.first_snapshot is not None:
+            checkpoints = Checkpoints(workspace, settings.project_dir(workspace) / "snapshots.git")
+            atomic_write(patch_path, checkpoints.diff(result.first_snapshot))
+    if report_path is not None:
+        atomic_write(report_path, json.dumps(_report_dict(report), indent=2) + "\n")
+    if summary_path is not None:
+        atomic_write(summary_path, report.markdown())
+    return report
+
+
+def _report_dict(report: CiReport) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(report)
