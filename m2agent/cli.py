@@ -234,6 +234,14 @@ def ci(
     ] = None,
     branch: Annotated[str | None, typer.Option(help="With --commit: a new branch.")] = None,
     commit: Annotated[bool, typer.Option("--commit", help="Commit the fix on --branch.")] = False,
+    push: Annotated[bool, typer.Option("--push", help="Push --branch to origin.")] = False,
+    pr: Annotated[
+        bool,
+        typer.Option("--pr", help="Open (or update) a pull request, and comment on the commit."),
+    ] = False,
+    allow_fork: Annotated[
+        bool, typer.Option("--allow-fork", help="Push even for a fork's (untrusted) pull request.")
+    ] = False,
 ) -> None:
     """Run the tests; if they fail, fix them, verify, and write a patch and a report.
 
@@ -241,11 +249,12 @@ def ci(
     3 sandbox unavailable, 4 model or endpoint error. Headless: no prompts.
     """
     from m2agent.ci_job import run_ci
-    from m2agent.errors import M2AgentError
+    from m2agent.errors import M2AgentError, UsageError
     from m2agent.settings import load_settings
 
-    if commit and not branch:
-        raise typer.BadParameter("--commit needs --branch NAME (a new branch)")
+    if (commit or push or pr) and not branch:
+        raise typer.BadParameter("--commit, --push and --pr need --branch NAME (a new branch)")
+    commit = commit or push or pr
     workspace = Path.cwd()
     flags = {"endpoint": endpoint, "api": api, "model": model, "max_steps": max_steps,
              "max_minutes": max_minutes}  # fmt: skip
@@ -256,12 +265,39 @@ def ci(
             summary_path=summary, output="text",
         )  # fmt: skip
         if commit and branch and result.status == "fixed":
+            from git import Repo
+
             from m2agent.git_ops import commit_on_new_branch
 
+            repo = Repo(workspace)
+            failed_sha = repo.head.commit.hexsha
+            base = repo.active_branch.name if not repo.head.is_detached else "main"
             sha = commit_on_new_branch(
                 workspace, branch, result.files, f"m2agent: fix `{result.test_command}`"
             )
             typer.echo(f"committed {sha[:12]} on {branch}", err=True)
+            if push or pr:
+                from m2agent.github import (
+                    GitHubClient,
+                    is_untrusted_fork,
+                    push_branch,
+                    repository_name,
+                )
+
+                if is_untrusted_fork(settings) and not allow_fork:
+                    raise UsageError(
+                        "refusing to push for a fork's pull request (pass --allow-fork)"
+                    )
+                push_branch(workspace, branch)
+                typer.echo(f"pushed {branch}", err=True)
+                if pr:
+                    client = GitHubClient(settings, repository_name(settings, workspace))
+                    url = client.open_or_update_pull(
+                        branch, base, f"m2agent: fix failing tests ({result.test_command})",
+                        result.markdown(),
+                    )  # fmt: skip
+                    client.comment_on_commit(failed_sha, f"m2agent proposed a fix: {url}")
+                    typer.echo(f"pull request: {url}")
     except M2AgentError as e:
         typer.echo(f"error: {e.message}", err=True)
         raise typer.Exit(e.exit_code) from None

@@ -40,6 +40,8 @@ class Settings:
     max_total_tokens: int | None = None  # generated over the whole task
     github_token: str | None = None
     github_api_url: str = "https://api.github.com"
+    github_repository: str | None = None  # owner/name (GITHUB_REPOSITORY in Actions)
+    github_event_path: str | None = None  # the Actions event payload (fork detection)
     state_dir: Path = Path("~/.local/state/m2agent")
 
     def project_dir(self, workspace: Path) -> Path:
@@ -84,6 +86,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     for name, key in (
         ("GITHUB_TOKEN", "github_token"),
         ("GITHUB_API_URL", "github_api_url"),
+        ("GITHUB_REPOSITORY", "github_repository"),
+        ("GITHUB_EVENT_PATH", "github_event_path"),
         ("M2AGENT_ENDPOINT", "endpoint"),
         ("M2AGENT_API_KEY", "api_key"),
         ("M2AGENT_MODEL", "model"),

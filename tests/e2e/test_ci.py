@@ -80,3 +80,102 @@ def test_unfixed_suite_exits_1(repo: Path) -> None:
     report = json.loads((repo / "report.json").read_text())
     assert report["status"] == "not_fixed" and report["failing_after"] == ["test_calc.py::test_add"]
     assert "Could not fix" in (repo / "summary.md").read_text()
+
+
+@pytest.mark.skipif(not bwrap.probe().works, reason="needs a working sandbox")
+def test_push_and_pull_request_idempotent(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    calls: list[tuple[str, str, dict]] = []
+    pulls: list[dict] = []
+
+    class GitHub(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _reply(self, body: object) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            calls.append(("GET", self.path, {}))
+            self._reply(pulls)
+
+        def _body(self) -> dict:
+            return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+
+        def do_POST(self) -> None:
+            body = self._body()
+            calls.append(("POST", self.path, body))
+            if self.path.endswith("/pulls"):
+                pulls.append({"number": 5, "html_url": "https://github.com/octo/calc/pull/5"})
+            self._reply(pulls[-1] if pulls else {})
+
+        def do_PATCH(self) -> None:
+            calls.append(("PATCH", self.path, self._body()))
+            self._reply(pulls[-1])
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), GitHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("GITHUB_API_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("GITHUB_TOKEN", "ghs-test")
+    monkeypatch.setenv("GITHUB_REPOSITORY", "octo/calc")
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    git = ["git", "-c", "user.name=u", "-c", "user.email=u@x"]
+    subprocess.run([*git, "checkout", "-q", "-b", "main"], cwd=repo, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], cwd=repo, check=True)
+    subprocess.run(["git", "remote", "add", "origin", str(remote)], cwd=repo, check=True)
+    failing = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        for _ in range(2):  # the second run for the same failure updates, not duplicates
+            subprocess.run(["git", "checkout", "-q", "main"], cwd=repo, check=True)
+            subprocess.run(["git", "branch", "-q", "-D", "m2agent/fix"], cwd=repo)
+            (repo / "calc.py").write_text(BUGGY)
+            with FakeM2Server(FIX, "split") as model:
+                done = ci(
+                    repo, "--endpoint", model.url, "--model", "m", "--branch", "m2agent/fix", "--pr"
+                )
+            assert done.returncode == 0, done.stderr
+            assert "pull request: https://github.com/octo/calc/pull/5" in done.stdout
+    finally:
+        server.shutdown()
+    kinds = [(method, path.split("?")[0]) for method, path, _ in calls]
+    assert kinds.count(("POST", "/repos/octo/calc/pulls")) == 1
+    assert kinds.count(("PATCH", "/repos/octo/calc/pulls/5")) == 1
+    post = next(
+        body for method, path, body in calls if method == "POST" and path.endswith("/pulls")
+    )
+    assert (
+        post["head"] == "m2agent/fix"
+        and post["base"] == "main"
+        and "Fix for failing tests" in post["body"]
+    )
+    assert ("POST", f"/repos/octo/calc/commits/{failing}/comments") in kinds
+    branches = subprocess.run(
+        ["git", "branch", "--list"], cwd=remote, capture_output=True, text=True
+    )
+    assert "m2agent/fix" in branches.stdout
+
+
+def test_fork_pull_requests_are_not_pushed(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from m2agent.github import is_untrusted_fork
+    from m2agent.settings import Settings
+
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps({"pull_request": {"head": {"repo": {"fork": True}}}}))
+    assert is_untrusted_fork(Settings(github_event_path=str(event)))
+    event.write_text(json.dumps({"pull_request": {"head": {"repo": {"fork": False}}}}))
+    assert not is_untrusted_fork(Settings(github_event_path=str(event)))
+    assert not is_untrusted_fork(Settings())
