@@ -16,13 +16,17 @@ ACTION = ROOT / ".github" / "actions" / "m2agent" / "action.yml"
 EXPRESSION_IN_RUN = re.compile(r"\$\{\{\s*(inputs|github\.event|steps)\.")
 
 
-def load(file: Path) -> dict[str, Any]:
+def triggers_of(data: dict[Any, Any]) -> Any:
+    return data.get("on", data.get(True))  # YAML 1.1 reads a bare `on` as true
+
+
+def load(file: Path) -> dict[Any, Any]:
     data = yaml.safe_load(file.read_text())
     assert isinstance(data, dict), file
     return data
 
 
-def run_steps(data: dict[str, Any]) -> list[dict[str, Any]]:
+def run_steps(data: dict[Any, Any]) -> list[dict[str, Any]]:
     steps = list(data.get("runs", {}).get("steps", []))
     for job in data.get("jobs", {}).values():
         steps += job.get("steps", [])
@@ -38,7 +42,7 @@ def test_no_expressions_spliced_into_shell(file: Path) -> None:
 @pytest.mark.parametrize("file", WORKFLOWS, ids=lambda f: f.name)
 def test_workflows_have_triggers_jobs_and_permissions(file: Path) -> None:
     data = load(file)
-    triggers = data.get("on", data.get(True))  # YAML 1.1 reads a bare `on` as true
+    triggers = triggers_of(data)
     assert triggers and data.get("jobs") and "permissions" in data
     for job in data["jobs"].values():
         assert "runs-on" in job and job.get("steps")
@@ -46,7 +50,7 @@ def test_workflows_have_triggers_jobs_and_permissions(file: Path) -> None:
 
 def test_autofix_workflow_is_least_privilege_and_triggered_by_ci_failure() -> None:
     data = load(ROOT / ".github" / "workflows" / "m2agent-autofix.yml")
-    triggers = data.get("on", data.get(True))
+    triggers = triggers_of(data)
     assert triggers["workflow_run"]["types"] == ["completed"] and "workflow_dispatch" in triggers
     assert data["permissions"] == {"contents": "write", "pull-requests": "write"}
 
