@@ -83,6 +83,31 @@ def test_unfixed_suite_exits_1(repo: Path) -> None:
 
 
 @pytest.mark.skipif(not bwrap.probe().works, reason="needs a working sandbox")
+def test_fix_that_breaks_another_test_is_rejected(repo: Path) -> None:
+    (repo / "calc.py").write_text(BUGGY + "\n\ndef sub(a, b):\n    return a + (-b)\n")
+    (repo / "test_sub.py").write_text(
+        "from calc import sub\n\n\ndef test_sub():\n    assert sub(3, 1) == 2\n"
+    )
+    breaking = (
+        'Make both add.\n</think>\n\n<minimax:tool_call>\n<invoke name="Edit">\n'
+        '<parameter name="file_path">calc.py</parameter>\n'
+        '<parameter name="old_string">return a - b\n\n\ndef sub(a, b):\n    return a + (-b)'
+        "</parameter>\n"
+        '<parameter name="new_string">return a + b\n\n\ndef sub(a, b):\n    return a + b'
+        "</parameter>\n</invoke>\n</minimax:tool_call>"
+    )
+    done_answer = "Done.\n</think>\n\nadd() now adds."
+    with FakeM2Server([breaking] + [done_answer] * 3, "split") as server:
+        done = ci(repo, "--endpoint", server.url, "--model", "m")
+    assert done.returncode == 1, done.stdout + done.stderr
+    report = json.loads((repo / "report.json").read_text())
+    assert report["status"] == "not_fixed"
+    assert report["failing_before"] == ["test_calc.py::test_add"]
+    assert report["failing_after"] == ["test_sub.py::test_sub"]
+    assert "Could not fix" in (repo / "summary.md").read_text()
+
+
+@pytest.mark.skipif(not bwrap.probe().works, reason="needs a working sandbox")
 def test_push_and_pull_request_idempotent(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
