@@ -271,7 +271,7 @@ def ci(
 
             repo = Repo(workspace)
             failed_sha = repo.head.commit.hexsha
-            base = repo.active_branch.name if not repo.head.is_detached else "main"
+            base = None if repo.head.is_detached else repo.active_branch.name
             sha = commit_on_new_branch(
                 workspace, branch, result.files, f"m2agent: fix `{result.test_command}`"
             )

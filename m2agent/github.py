@@ -66,7 +66,12 @@ class GitHubClient:
             )
         return response.json() if response.content else None
 
-    def open_or_update_pull(self, branch: str, base: str, title: str, body: str) -> str:
+    def default_branch(self) -> str:
+        return str(self._call("GET", "")["default_branch"])
+
+    def open_or_update_pull(self, branch: str, base: str | None, title: str, body: str) -> str:
+        """Open a pull request from `branch` into `base` (the repository's default branch when
+        None, e.g. on a detached checkout), or update the open one."""
         owner = self.repository.split("/")[0]
         existing = self._call(
             "GET", "/pulls", params={"head": f"{owner}:{branch}", "state": "open"}
@@ -75,6 +80,7 @@ class GitHubClient:
             number = existing[0]["number"]
             pull = self._call("PATCH", f"/pulls/{number}", json={"title": title, "body": body})
         else:
+            base = base or self.default_branch()
             payload = {"title": title, "head": branch, "base": base, "body": body}
             pull = self._call("POST", "/pulls", json=payload)
         return str(pull.get("html_url", ""))

@@ -130,7 +130,7 @@ def test_push_and_pull_request_idempotent(
 
         def do_GET(self) -> None:
             calls.append(("GET", self.path, {}))
-            self._reply(pulls)
+            self._reply({"default_branch": "trunk"} if self.path == "/repos/octo/calc" else pulls)
 
         def _body(self) -> dict:
             return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
