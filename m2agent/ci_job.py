@@ -6,6 +6,7 @@ of a pull request). Exit codes: 0 green (already, or after the fix), 1 could not
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,3 +120,43 @@ def _report_dict(report: CiReport) -> dict[str, Any]:
     from dataclasses import asdict
 
     return asdict(report)
+
+
+def publish_fix(
+    settings: Settings,
+    workspace: Path,
+    report: CiReport,
+    branch: str,
+    *,
+    push: bool,
+    pr: bool,
+    allow_fork: bool,
+) -> str | None:
+    """Commit the fix on a new `branch`; with `push`/`pr`, push it and open (or update) the pull
+    request, commenting on the failing commit. Returns the pull request's URL with `pr`."""
+    from git import Repo
+
+    from m2agent.git_ops import commit_on_new_branch
+
+    repo = Repo(workspace)
+    failed_sha = repo.head.commit.hexsha
+    base = None if repo.head.is_detached else repo.active_branch.name
+    sha = commit_on_new_branch(
+        workspace, branch, report.files, f"m2agent: fix `{report.test_command}`"
+    )
+    print(f"committed {sha[:12]} on {branch}", file=sys.stderr)
+    if not (push or pr):
+        return None
+    from m2agent.github import GitHubClient, is_untrusted_fork, push_branch, repository_name
+
+    if is_untrusted_fork(settings) and not allow_fork:
+        raise UsageError("refusing to push for a fork's pull request (pass --allow-fork)")
+    push_branch(workspace, branch)
+    print(f"pushed {branch}", file=sys.stderr)
+    if not pr:
+        return None
+    client = GitHubClient(settings, repository_name(settings, workspace))
+    title = f"m2agent: fix failing tests ({report.test_command})"
+    url = client.open_or_update_pull(branch, base, title, report.markdown())
+    client.comment_on_commit(failed_sha, f"m2agent proposed a fix: {url}")
+    return url

@@ -248,8 +248,8 @@ def ci(
     Exit codes: 0 green (already, or after the fix), 1 could not fix, 2 usage error,
     3 sandbox unavailable, 4 model or endpoint error. Headless: no prompts.
     """
-    from m2agent.ci_job import run_ci
-    from m2agent.errors import M2AgentError, UsageError
+    from m2agent.ci_job import publish_fix, run_ci
+    from m2agent.errors import M2AgentError
     from m2agent.settings import load_settings
 
     if (commit or push or pr) and not branch:
@@ -265,39 +265,11 @@ def ci(
             summary_path=summary, output="text",
         )  # fmt: skip
         if commit and branch and result.status == "fixed":
-            from git import Repo
-
-            from m2agent.git_ops import commit_on_new_branch
-
-            repo = Repo(workspace)
-            failed_sha = repo.head.commit.hexsha
-            base = None if repo.head.is_detached else repo.active_branch.name
-            sha = commit_on_new_branch(
-                workspace, branch, result.files, f"m2agent: fix `{result.test_command}`"
+            url = publish_fix(
+                settings, workspace, result, branch, push=push, pr=pr, allow_fork=allow_fork
             )
-            typer.echo(f"committed {sha[:12]} on {branch}", err=True)
-            if push or pr:
-                from m2agent.github import (
-                    GitHubClient,
-                    is_untrusted_fork,
-                    push_branch,
-                    repository_name,
-                )
-
-                if is_untrusted_fork(settings) and not allow_fork:
-                    raise UsageError(
-                        "refusing to push for a fork's pull request (pass --allow-fork)"
-                    )
-                push_branch(workspace, branch)
-                typer.echo(f"pushed {branch}", err=True)
-                if pr:
-                    client = GitHubClient(settings, repository_name(settings, workspace))
-                    url = client.open_or_update_pull(
-                        branch, base, f"m2agent: fix failing tests ({result.test_command})",
-                        result.markdown(),
-                    )  # fmt: skip
-                    client.comment_on_commit(failed_sha, f"m2agent proposed a fix: {url}")
-                    typer.echo(f"pull request: {url}")
+            if url:
+                typer.echo(f"pull request: {url}")
     except M2AgentError as e:
         typer.echo(f"error: {e.message}", err=True)
         raise typer.Exit(e.exit_code) from None
