@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,17 @@ def test_wheel_installs_and_imports_mapped_packages(tmp_path: Path) -> None:
     )  # fmt: skip
     assert build.returncode == 0, build.stdout + build.stderr
     (wheel,) = dist.glob("m2agent-*.whl")
+    # Every module of the tree is in the wheel under its installed name (a package missing
+    # from pyproject's list would otherwise only show as an ImportError on a user's machine).
+    expected = {
+        f"m2agent/{prefix}{path.relative_to(ROOT / folder).as_posix()}"
+        for folder, prefix in (("m2agent", ""), ("engine", "engine/"), ("tools", "tools/"))
+        for path in (ROOT / folder).rglob("*.py")
+        if "__pycache__" not in path.parts
+    }
+    with zipfile.ZipFile(wheel) as archive:
+        missing = expected - set(archive.namelist())
+    assert not missing, f"not in the wheel: {sorted(missing)}"
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
