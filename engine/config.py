@@ -24,6 +24,7 @@ class EngineConfig:
     num_kv_blocks: int | None = None  # exact pool size, overriding the memory-based sizing
     cuda_graphs: bool = True  # replay decode steps from captured graphs on CUDA
     seed: int = 0  # for dummy weights
+    tensor_parallel_size: int = 1  # processes (GPUs), each holding a slice of every layer
 
     def __post_init__(self) -> None:
         problems = []
@@ -39,6 +40,8 @@ class EngineConfig:
             problems.append("num_kv_blocks must be positive")
         if self.max_model_len is not None and self.max_model_len < 2:
             problems.append("max_model_len must be at least 2")
+        if self.tensor_parallel_size < 1:
+            problems.append("tensor_parallel_size must be positive")
         if self.load_format not in ("auto", "dummy"):
             problems.append(f"load_format must be 'auto' or 'dummy', got {self.load_format!r}")
         if problems:

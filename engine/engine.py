@@ -17,6 +17,9 @@ import torch
 
 from m2agent.engine.block_manager import BlockManager
 from m2agent.engine.config import EngineConfig
+from m2agent.engine.distributed import workers
+from m2agent.engine.distributed.parallel import SINGLE, TensorParallel
+from m2agent.engine.distributed.workers import Workers
 from m2agent.engine.errors import EngineError
 from m2agent.engine.loader import LoadedModel, load_model
 from m2agent.engine.runner.model_runner import ModelRunner, SamplingState
@@ -61,16 +64,34 @@ class _Request:
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.engine_config = config
+        self.workers: Workers | None = None
+        tp, device = SINGLE, config.device
+        if config.tensor_parallel_size > 1:
+            tp, self.workers, device = workers.start(config)
+        try:
+            self._start(config, tp, device)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, config: EngineConfig, tp: TensorParallel, device: str) -> None:
         self.loaded: LoadedModel = load_model(
-            config.model, config.device, config.dtype, config.load_format, config.seed
+            config.model, device, config.dtype, config.load_format, config.seed, tp
         )
+        if self.workers is not None:
+            self.workers.wait_ready()
         model_config = self.loaded.config
         self.max_model_len = min(
             config.max_model_len or model_config.max_position_embeddings,
             model_config.max_position_embeddings,
         )
         self.runner = ModelRunner(
-            self.loaded.model, config.block_size, self.loaded.device, self.loaded.dtype
+            self.loaded.model,
+            config.block_size,
+            self.loaded.device,
+            self.loaded.dtype,
+            tp,
+            self.workers.announce if self.workers else None,
         )
         num_blocks = self._kv_blocks()
         self.runner.allocate_kv(num_blocks)
@@ -82,6 +103,17 @@ class LLMEngine:
         )
         self._requests: dict[str, _Request] = {}
         logger.info("KV cache: %d blocks of %d tokens", num_blocks, config.block_size)
+
+    def close(self) -> None:
+        """Stop the tensor-parallel workers, if any (a single-process engine needs nothing)."""
+        if self.workers is not None:
+            runner = getattr(self, "runner", None)
+            if runner is not None:
+                runner.release_graphs()
+            self.workers.close()
+            self.workers = None
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -232,21 +264,8 @@ class LLMEngine:
         return int(num_blocks)
 
     def _gpu_kv_budget(self) -> int:
-        """Bytes left for KV after the weights and the activations of a full-size step."""
-        config, device = self.engine_config, self.loaded.device
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
+        """Bytes left for KV (on the tightest rank) after the weights and the activations of
+        a full-size step."""
+        config = self.engine_config
         probe_tokens = min(config.max_num_batched_tokens, self.max_model_len - 1)
-        probe_blocks = -(-probe_tokens // config.block_size)
-        self.runner.allocate_kv(probe_blocks)
-        seq = Sequence("probe", [0] * probe_tokens, SamplingParams(temperature=0))
-        seq.block_table = list(range(probe_blocks))
-        self.runner.logits([ScheduledSeq(seq, probe_tokens)])
-        torch.cuda.synchronize(device)
-        peak = (
-            torch.cuda.max_memory_allocated(device) - self.runner.kv_bytes_per_block * probe_blocks
-        )
-        self.runner.allocate_kv(0)
-        torch.cuda.empty_cache()
-        total = torch.cuda.get_device_properties(device).total_memory
-        return max(0, int(total * config.gpu_memory_utilization) - peak)
+        return self.runner.measure_kv_budget(probe_tokens, config.gpu_memory_utilization)

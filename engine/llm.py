@@ -37,7 +37,9 @@ class LLM:
     model_path: a checkpoint folder (config.json, safetensors, tokenizer.json), or with
     load_format="dummy" a folder or config.json file alone (random weights of the real shapes).
     dtype "auto" is bfloat16 on CUDA and float32 on CPU. Other keyword arguments are
-    `EngineConfig` fields (block_size, max_num_seqs, enable_prefix_caching, ...).
+    `EngineConfig` fields (block_size, max_num_seqs, enable_prefix_caching,
+    tensor_parallel_size, ...). With tensor_parallel_size > 1, worker processes run; `close()`
+    (or a `with` block) stops them.
     """
 
     def __init__(
@@ -57,6 +59,16 @@ class LLM:
         )
         self.engine = LLMEngine(config)
         self._ids = itertools.count()
+
+    def close(self) -> None:
+        """Stop the engine's tensor-parallel workers (nothing to do on one device)."""
+        self.engine.close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def config(self) -> ModelConfig:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from m2agent.engine.distributed.parallel import SINGLE, TensorParallel
 from m2agent.engine.errors import EngineError
 from m2agent.engine.model_config import ModelConfig, load_model_config
 from m2agent.engine.models.checkpoint import iter_tensors
@@ -37,8 +38,14 @@ class LoadedModel:
 
 
 def load_model(
-    path: Path, device: str, dtype: str | torch.dtype, load_format: str, seed: int = 0
+    path: Path,
+    device: str,
+    dtype: str | torch.dtype,
+    load_format: str,
+    seed: int = 0,
+    tp: TensorParallel = SINGLE,
 ) -> LoadedModel:
+    """The model (this rank's slice of it under tensor parallelism) on `device`."""
     folder = path.parent if path.is_file() else path
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
@@ -47,9 +54,9 @@ def load_model(
     defaults = load_generation_defaults(folder)
     started = time.perf_counter()
     with torch.device(resolved_device):
-        model = MiniMaxM2ForCausalLM(config, resolved_dtype)
+        model = MiniMaxM2ForCausalLM(config, resolved_dtype, tp)
     if load_format == "dummy":
-        init_dummy_weights(model, seed=seed)
+        init_dummy_weights(model, seed=seed + tp.rank)
     elif load_format == "auto":
         if tokenizer is None:
             raise EngineError(f"{folder}: no tokenizer.json; a checkpoint needs its tokenizer")

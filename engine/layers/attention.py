@@ -1,34 +1,44 @@
-"""M2 attention: full-width QK-norm before the head split, partial RoPE, GQA, causal."""
+"""M2 attention: full-width QK-norm before the head split, partial RoPE, GQA, causal.
+
+Under tensor parallelism each rank holds an even share of the query and key/value heads
+(q/k/v split by columns, o_proj by rows then summed over ranks); the QK-norm statistics span
+all ranks, so they are summed with one all-reduce for q and k together."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from m2agent.engine.distributed.parallel import SINGLE, TensorParallel
 from m2agent.engine.forward_batch import ForwardBatch
 from m2agent.engine.kernels import dispatch
-from m2agent.engine.layers.linear import Linear
-from m2agent.engine.layers.norm import RMSNorm
+from m2agent.engine.layers.linear import Linear, Split
+from m2agent.engine.layers.norm import SplitRMSNorm
 from m2agent.engine.layers.rotary import PartialRotary
 from m2agent.engine.model_config import ModelConfig
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
+    def __init__(
+        self, config: ModelConfig, dtype: torch.dtype, tp: TensorParallel = SINGLE
+    ) -> None:
         super().__init__()
-        c = config
-        self.num_heads, self.num_kv_heads, self.head_dim = (
-            c.num_attention_heads,
-            c.num_key_value_heads,
-            c.head_dim,
-        )
-        self.q_proj = Linear(c.hidden_size, c.q_size, dtype, c.fp8_for("self_attn.q_proj"))
-        self.k_proj = Linear(c.hidden_size, c.kv_size, dtype, c.fp8_for("self_attn.k_proj"))
-        self.v_proj = Linear(c.hidden_size, c.kv_size, dtype, c.fp8_for("self_attn.v_proj"))
-        self.o_proj = Linear(c.q_size, c.hidden_size, dtype, c.fp8_for("self_attn.o_proj"))
+        c, self.tp = config, tp
+        self.num_heads = tp.split(c.num_attention_heads, "num_attention_heads")
+        self.num_kv_heads = tp.split(c.num_key_value_heads, "num_key_value_heads")
+        self.head_dim = c.head_dim
+
+        def linear(name: str, n_in: int, n_out: int, split: Split) -> Linear:
+            fp8 = c.fp8_for(f"self_attn.{name}")
+            return Linear(n_in, n_out, dtype, fp8, split, tp, f"self_attn.{name}")
+
+        self.q_proj = linear("q_proj", c.hidden_size, c.q_size, "columns")
+        self.k_proj = linear("k_proj", c.hidden_size, c.kv_size, "columns")
+        self.v_proj = linear("v_proj", c.hidden_size, c.kv_size, "columns")
+        self.o_proj = linear("o_proj", c.q_size, c.hidden_size, "rows")
         # One norm over the whole projection (6144 / 1024 wide in M2), not per head.
-        self.q_norm = RMSNorm(c.q_size, c.rms_norm_eps, dtype)
-        self.k_norm = RMSNorm(c.kv_size, c.rms_norm_eps, dtype)
+        self.q_norm = SplitRMSNorm(c.q_size, c.rms_norm_eps, dtype, tp)
+        self.k_norm = SplitRMSNorm(c.kv_size, c.rms_norm_eps, dtype, tp)
         self.scale = c.head_dim**-0.5
 
     def forward(
@@ -43,11 +53,20 @@ class Attention(nn.Module):
         [N_blocks, block_size, Hkv, D] receive these tokens' keys and values at
         `batch.slot_mapping`, then each sequence attends over all of its cached tokens."""
         num_tokens = x.shape[0]
-        q = self.q_norm(self.q_proj(x)).view(num_tokens, self.num_heads, self.head_dim)
-        k = self.k_norm(self.k_proj(x)).view(num_tokens, self.num_kv_heads, self.head_dim)
+        q, k = self._normed_qk(self.q_proj(x), self.k_proj(x))
+        q = q.view(num_tokens, self.num_heads, self.head_dim)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
         q, k = PartialRotary.rotate(q, k, *rope)
         k_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, batch.slot_mapping, k)
         v_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, batch.slot_mapping, v)
         out = dispatch.paged_attention(q, k_cache, v_cache, batch, self.scale)
-        return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
+        out = self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
+        return self.tp.all_reduce(out)
+
+    def _normed_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.tp.size == 1:
+            return self.q_norm(q), self.k_norm(k)
+        sums = torch.cat([SplitRMSNorm.sum_of_squares(q), SplitRMSNorm.sum_of_squares(k)], -1)
+        self.tp.all_reduce(sums)
+        return self.q_norm.normalize(q, sums[:, :1]), self.k_norm.normalize(k, sums[:, 1:])

@@ -1,16 +1,56 @@
-"""How a parameter receives a checkpoint tensor: the default loader and the shape/dtype checks."""
+"""How a parameter receives a checkpoint tensor: the loaders (whole, or this rank's slice under
+tensor parallelism) and the shape/dtype checks."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from m2agent.engine.errors import CheckpointError
+from m2agent.engine.distributed.parallel import TensorParallel
+from m2agent.engine.errors import CheckpointError, ConfigError
 
 Shard = int | tuple[int, int] | None
 WeightLoader = Callable[[nn.Parameter, torch.Tensor, Shard], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """The part of a checkpoint tensor this rank holds: `length` entries from `start` along
+    `dim`, of a dimension `full` long. The parameter is `length` long there; where the tensor
+    ends early (the last rank of a padded split) the rest is zero."""
+
+    dim: int
+    start: int
+    length: int
+    full: int
+
+    @classmethod
+    def of_rank(cls, dim: int, full: int, tp: TensorParallel, what: str) -> Slice | None:
+        """The even split of `full` over the ranks (None when there is one rank)."""
+        if tp.size == 1:
+            return None
+        length = tp.split(full, what)
+        return cls(dim, tp.rank * length, length, full)
+
+    @classmethod
+    def padded(cls, dim: int, full: int, tp: TensorParallel) -> Slice | None:
+        """ceil(full / size) per rank; the last rank's tail is padding."""
+        if tp.size == 1:
+            return None
+        length = tp.padded_split(full)
+        return cls(dim, tp.rank * length, length, full)
+
+    def in_blocks(self, block: int, what: str) -> Slice:
+        """The same slice of a per-block scale tensor (FP8): the cut must fall on blocks."""
+        if self.start % block or self.length % block:
+            raise ConfigError(
+                f"{what}: a tensor-parallel slice of {self.length} does not fall on the "
+                f"FP8 block size {block}; use a smaller tensor-parallel size"
+            )
+        return Slice(self.dim, self.start // block, self.length // block, -(-self.full // block))
 
 
 def copy_checked(target: torch.Tensor, tensor: torch.Tensor) -> None:
@@ -31,22 +71,54 @@ def copy_checked(target: torch.Tensor, tensor: torch.Tensor) -> None:
         target.copy_(tensor)
 
 
-def default_loader(param: nn.Parameter, tensor: torch.Tensor, shard: Shard) -> None:
-    if shard is not None:
-        raise CheckpointError(f"unexpected shard {shard} for an unsharded parameter")
-    copy_checked(param.data, tensor)
-
-
-def expert_loader(param: nn.Parameter, tensor: torch.Tensor, shard: Shard) -> None:
-    """Stacked expert weights [E, rows, cols]. Shard `e` fills expert e; `(e, part)` fills
-    part `part` of `parts` equal row slices of a fused matrix (w1 then w3 in w13)."""
-    expert, part, parts = (
-        (shard, 0, 1) if isinstance(shard, int) else (*shard, 2) if shard else (-1, 0, 1)
+def copy_slice(target: torch.Tensor, tensor: torch.Tensor, part: Slice | None) -> None:
+    """Copy this rank's slice of `tensor` (all of it without a slice) into `target`."""
+    if part is None:
+        copy_checked(target, tensor)
+        return
+    if tensor.dim() <= part.dim or tensor.shape[part.dim] != part.full:
+        raise CheckpointError(
+            f"shape {list(tensor.shape)}: expected {part.full} along dimension {part.dim} "
+            "(does config.json belong to these weights?)"
+        )
+    available = max(0, min(part.length, part.full - part.start))
+    copy_checked(
+        target.narrow(part.dim, 0, available), tensor.narrow(part.dim, part.start, available)
     )
-    if not 0 <= expert < param.shape[0]:
-        raise CheckpointError(f"expert index {expert} out of range 0..{param.shape[0] - 1}")
-    rows = param.shape[1] // parts
-    copy_checked(param.data[expert, part * rows : (part + 1) * rows], tensor)
+    if available < part.length:
+        with torch.no_grad():
+            target.narrow(part.dim, available, part.length - available).zero_()
+
+
+def sliced_loader(part: Slice | None) -> WeightLoader:
+    """Loads a whole tensor (`part` None) or this rank's slice of it."""
+
+    def load(param: nn.Parameter, tensor: torch.Tensor, shard: Shard) -> None:
+        if shard is not None:
+            raise CheckpointError(f"unexpected shard {shard} for an unsharded parameter")
+        copy_slice(param.data, tensor, part)
+
+    return load
+
+
+default_loader = sliced_loader(None)
+
+
+def expert_loader(part: Slice | None = None) -> WeightLoader:
+    """Stacked expert weights [E, rows, cols]. Shard `e` fills expert e; `(e, p)` fills part p
+    of 2 equal row slices of a fused matrix (w1 then w3 in w13). With `part`, each checkpoint
+    matrix contributes this rank's slice of it."""
+
+    def load(param: nn.Parameter, tensor: torch.Tensor, shard: Shard) -> None:
+        expert, index, parts = (
+            (shard, 0, 1) if isinstance(shard, int) else (*shard, 2) if shard else (-1, 0, 1)
+        )
+        if not 0 <= expert < param.shape[0]:
+            raise CheckpointError(f"expert index {expert} out of range 0..{param.shape[0] - 1}")
+        rows = param.shape[1] // parts
+        copy_slice(param.data[expert, index * rows : (index + 1) * rows], tensor, part)
+
+    return load
 
 
 def new_parameter(

@@ -1,4 +1,8 @@
-"""M2's sparse MoE block: fp32 sigmoid router with a selection-only bias, SwiGLU experts."""
+"""M2's sparse MoE block: fp32 sigmoid router with a selection-only bias, SwiGLU experts.
+
+Under tensor parallelism every rank routes every token (the router is small and replicated)
+and holds an even slice of each expert's intermediate size (w1/w3 rows, w2 columns), so the
+kernels are unchanged and the ranks' outputs are partial sums, added by one all-reduce."""
 
 from __future__ import annotations
 
@@ -7,10 +11,11 @@ import math
 import torch
 from torch import nn
 
+from m2agent.engine.distributed.parallel import SINGLE, TensorParallel
 from m2agent.engine.errors import ConfigError
 from m2agent.engine.kernels import dispatch
 from m2agent.engine.kernels.reference import FP8_DTYPE, dequantize_fp8_block, route
-from m2agent.engine.layers.loading import expert_loader, new_parameter
+from m2agent.engine.layers.loading import Slice, expert_loader, new_parameter
 from m2agent.engine.model_config import FP8Config, ModelConfig
 
 
@@ -29,21 +34,39 @@ class Experts(nn.Module):
     `w3` into `w13_weight[e, I:]`, `w2` into `w2_weight[e]` (scales likewise, per block)."""
 
     def __init__(
-        self, num_experts: int, hidden: int, inter: int, dtype: torch.dtype, fp8: FP8Config | None
+        self,
+        num_experts: int,
+        hidden: int,
+        inter: int,
+        dtype: torch.dtype,
+        fp8: FP8Config | None,
+        tp: TensorParallel = SINGLE,
     ) -> None:
         super().__init__()
-        self.fp8, self.compute_dtype, self.intermediate = fp8, dtype, inter
         if fp8 is not None and inter % fp8.block_rows:
             raise ConfigError(
                 f"intermediate_size {inter} is not a multiple of the FP8 block ({fp8.block_rows})"
             )
+        # This rank's slice of the intermediate size, in checkpoint coordinates: rows of w1/w3
+        # ([I, C]), columns of w2 ([C, I]).
+        slices = {
+            "w13": Slice.of_rank(0, inter, tp, "intermediate_size"),
+            "w2": Slice.of_rank(1, inter, tp, "intermediate_size"),
+        }
+        inter = tp.split(inter, "intermediate_size")
+        self.fp8, self.compute_dtype, self.intermediate = fp8, dtype, inter
         weight_dtype = FP8_DTYPE if fp8 else dtype
         for name, (rows, cols) in {"w13": (2 * inter, hidden), "w2": (hidden, inter)}.items():
-            weight = new_parameter((num_experts, rows, cols), weight_dtype, expert_loader)
+            part = slices[name]
+            loader = expert_loader(part)
+            weight = new_parameter((num_experts, rows, cols), weight_dtype, loader)
             self.register_parameter(f"{name}_weight", weight)
             if fp8 is not None:
                 blocks = (math.ceil(rows / fp8.block_rows), math.ceil(cols / fp8.block_cols))
-                scale = new_parameter((num_experts, *blocks), torch.float32, expert_loader)
+                block = fp8.block_rows if name == "w13" else fp8.block_cols
+                scale_part = part.in_blocks(block, f"experts.{name}") if part else None
+                scale_loader = expert_loader(scale_part)
+                scale = new_parameter((num_experts, *blocks), torch.float32, scale_loader)
                 self.register_parameter(f"{name}_weight_scale_inv", scale)
 
     def dense(self, name: str) -> torch.Tensor:
@@ -62,9 +85,11 @@ class Experts(nn.Module):
 
 
 class SparseMoE(nn.Module):
-    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
+    def __init__(
+        self, config: ModelConfig, dtype: torch.dtype, tp: TensorParallel = SINGLE
+    ) -> None:
         super().__init__()
-        c = config
+        c, self.tp = config, tp
         self.top_k = c.num_experts_per_tok
         self.gate = RouterGate(c.num_experts, c.hidden_size)
         self.e_score_correction_bias = new_parameter((c.num_experts,), torch.float32)
@@ -74,8 +99,9 @@ class SparseMoE(nn.Module):
             c.intermediate_size,
             dtype,
             c.fp8_for("block_sparse_moe.experts"),
+            tp,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights, expert_ids = route(x, self.gate.weight, self.e_score_correction_bias, self.top_k)
-        return self.experts(x, weights, expert_ids)
+        return self.tp.all_reduce(self.experts(x, weights, expert_ids))

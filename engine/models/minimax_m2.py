@@ -1,7 +1,8 @@
 """The MiniMax-M2 decoder: pre-norm blocks of attention and sparse MoE, then the LM head.
 
-Reads as single-device code; parallelism belongs in the layers. Parameter names follow the
-published checkpoint (`model.layers.N.self_attn.q_proj.weight`, ...), so loading is one table.
+Reads as single-device code; tensor parallelism belongs in the layers (each takes `tp`).
+Parameter names follow the published checkpoint (`model.layers.N.self_attn.q_proj.weight`,
+...), so loading is one table.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from m2agent.engine.distributed.parallel import SINGLE, TensorParallel
 from m2agent.engine.forward_batch import ForwardBatch
 from m2agent.engine.layers.attention import Attention
 from m2agent.engine.layers.embedding import Embedding, LMHead
@@ -19,12 +21,12 @@ from m2agent.engine.model_config import ModelConfig
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, tp: TensorParallel) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-        self.self_attn = Attention(config, dtype)
+        self.self_attn = Attention(config, dtype, tp)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-        self.block_sparse_moe = SparseMoE(config, dtype)
+        self.block_sparse_moe = SparseMoE(config, dtype, tp)
 
     def forward(
         self,
@@ -41,22 +43,24 @@ class DecoderLayer(nn.Module):
 class DecoderStack(nn.Module):
     """`model.*` in the checkpoint: embeddings, layers, final norm."""
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, tp: TensorParallel) -> None:
         super().__init__()
-        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, dtype)
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, dtype, tp)
         self.layers = nn.ModuleList(
-            DecoderLayer(config, dtype) for _ in range(config.num_hidden_layers)
+            DecoderLayer(config, dtype, tp) for _ in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
 
 
 class MiniMaxM2ForCausalLM(nn.Module):
-    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
+    def __init__(
+        self, config: ModelConfig, dtype: torch.dtype, tp: TensorParallel = SINGLE
+    ) -> None:
         super().__init__()
-        self.config = config
+        self.config, self.tp = config, tp
         self.rotary = PartialRotary(config.rotary_dim, config.rope_theta)
-        self.model = DecoderStack(config, dtype)
-        self.lm_head = LMHead(config.hidden_size, config.vocab_size, dtype)
+        self.model = DecoderStack(config, dtype, tp)
+        self.lm_head = LMHead(config.hidden_size, config.vocab_size, dtype, tp)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
@@ -64,7 +68,8 @@ class MiniMaxM2ForCausalLM(nn.Module):
         self, batch: ForwardBatch, k_caches: torch.Tensor, v_caches: torch.Tensor
     ) -> torch.Tensor:
         """Hidden states [T, C] after the final norm for the batch's tokens.
-        k_caches, v_caches: the paged cache of every layer, [L, N_blocks, block_size, Hkv, D]."""
+        k_caches, v_caches: the paged cache of every layer, [L, N_blocks, block_size, Hkv, D]
+        (Hkv: this rank's key/value heads)."""
         x = self.model.embed_tokens(batch.token_ids)
         rope = self.rotary.cos_sin(batch.positions, x.dtype)
         for i, layer in enumerate(self.model.layers):

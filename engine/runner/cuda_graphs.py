@@ -59,6 +59,15 @@ class DecodeGraphs:
         self.outputs: dict[int, torch.Tensor] = {}
         self._capture_all()
 
+    def release(self) -> None:
+        """Free the graphs now. Graphs that captured NCCL collectives must go before their
+        communicator is destroyed (NCCL waits for them otherwise)."""
+        torch.cuda.synchronize()
+        for graph in self.graphs.values():
+            graph.reset()
+        self.graphs.clear()
+        self.outputs.clear()
+
     @property
     def max_batch(self) -> int:
         return self.sizes[-1]

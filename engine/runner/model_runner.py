@@ -1,23 +1,50 @@
 """One device's model: the paged KV cache it owns, a forward pass per scheduled batch, and
-the sampling of each sequence's next token."""
+the sampling of each sequence's next token.
+
+Under tensor parallelism every rank has a `ModelRunner` over its slice of the model. Rank 0
+(the engine's) announces each collective call (`allocate_kv`, `capture_decode_graphs`,
+`measure_kv_budget`, `run`) to the other ranks before making it, so all ranks run the same
+kernels and collectives in the same order; only rank 0 samples."""
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 
+from m2agent.engine.distributed.parallel import SINGLE, TensorParallel
 from m2agent.engine.kernels import dispatch
 from m2agent.engine.layers.sampler import sample
 from m2agent.engine.model_config import ModelConfig
 from m2agent.engine.models.minimax_m2 import MiniMaxM2ForCausalLM
-from m2agent.engine.runner.batch_builder import build_forward_batch
+from m2agent.engine.runner.batch_builder import SeqStep, StepPlan, build_forward_batch
 from m2agent.engine.runner.cuda_graphs import DecodeGraphs
 from m2agent.engine.sampling import SamplingParams
 from m2agent.engine.scheduler import ScheduledSeq
 
 logger = logging.getLogger(__name__)
+
+Announce = Callable[[str, tuple[Any, ...]], None]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def collective(method: F) -> F:
+    """A call every rank makes: on the announcing rank, tell the others first."""
+
+    @functools.wraps(method)
+    def call(self: ModelRunner, *args: Any) -> Any:
+        if self.announce is not None:
+            self.announce(method.__name__, args)
+        return method(self, *args)
+
+    return call  # type: ignore[return-value]
+
+
+COLLECTIVE_METHODS = frozenset({"allocate_kv", "capture_decode_graphs", "measure_kv_budget", "run"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,34 +63,47 @@ class ModelRunner:
         block_size: int,
         device: torch.device,
         dtype: torch.dtype,
+        tp: TensorParallel = SINGLE,
+        announce: Announce | None = None,
     ) -> None:
         self.model, self.block_size, self.device, self.dtype = model, block_size, device, dtype
+        self.tp, self.announce = tp, announce
         self.config: ModelConfig = model.config
+        self.num_kv_heads = tp.split(self.config.num_key_value_heads, "num_key_value_heads")
         self.k_caches = torch.empty(0)
         self.v_caches = torch.empty(0)
         self.graphs: DecodeGraphs | None = None
 
     @property
     def kv_bytes_per_block(self) -> int:
+        """Bytes of one KV block on this rank (its heads only)."""
         c = self.config
-        per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim
+        per_token = 2 * c.num_hidden_layers * self.num_kv_heads * c.head_dim
         return per_token * self.block_size * torch.finfo(self.dtype).bits // 8
 
+    def release_graphs(self) -> None:
+        """Free the captured decode graphs (before the process group goes, under TP)."""
+        if self.graphs is not None:
+            self.graphs.release()
+            self.graphs = None
+
+    @collective
     def allocate_kv(self, num_blocks: int) -> None:
         """A pool of `num_blocks` blocks, plus one scratch block (the last) that padded rows of
         captured decode graphs write into."""
         c = self.config
-        self.graphs = None
+        self.release_graphs()
         shape = (
             c.num_hidden_layers,
             num_blocks + 1,
             self.block_size,
-            c.num_key_value_heads,
+            self.num_kv_heads,
             c.head_dim,
         )
         self.k_caches = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.v_caches = torch.zeros(shape, dtype=self.dtype, device=self.device)
 
+    @collective
     def capture_decode_graphs(self, max_batch: int, max_model_len: int) -> None:
         """Capture decode graphs (CUDA only; on CPU steps run eagerly)."""
         if self.device.type != "cuda":
@@ -82,25 +122,57 @@ class ModelRunner:
             scratch_block=self.k_caches.shape[1] - 1,
         )
 
-    @torch.inference_mode()
+    @collective
+    def measure_kv_budget(self, probe_tokens: int, utilization: float) -> int:
+        """Bytes left for KV on the tightest rank, after the weights and the activations of a
+        full-size step (`probe_tokens` in one prefill) measured by running one."""
+        device = self.device
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        probe_blocks = -(-probe_tokens // self.block_size)
+        self.allocate_kv.__wrapped__(self, probe_blocks)  # type: ignore[attr-defined]
+        probe = SeqStep([0] * probe_tokens, 0, True, list(range(probe_blocks)))
+        self.run.__wrapped__(self, StepPlan([probe]), False)  # type: ignore[attr-defined]
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - self.kv_bytes_per_block * probe_blocks
+        self.allocate_kv.__wrapped__(self, 0)  # type: ignore[attr-defined]
+        torch.cuda.empty_cache()
+        total = torch.cuda.get_device_properties(device).total_memory
+        budget = torch.tensor([max(0, int(total * utilization) - peak)], device=device)
+        if self.tp.size > 1:
+            torch.distributed.all_reduce(
+                budget, op=torch.distributed.ReduceOp.MIN, group=self.tp.group
+            )
+        return int(budget.item())
+
     def logits(self, entries: list[ScheduledSeq], *, all_logits: bool = False) -> torch.Tensor:
         """fp32 logits [S, V]: one row per sampling sequence (or per token with all_logits)."""
+        plan = StepPlan.of(entries, self.block_size, all_logits)
         graphs = self.graphs
-        if graphs and not all_logits and len(entries) <= graphs.max_batch and _is_decode(entries):
-            return self._replay(graphs, entries)
-        batch = build_forward_batch(entries, self.block_size, self.device, all_logits=all_logits)
+        replay = bool(
+            graphs and not all_logits and len(entries) <= graphs.max_batch and plan.is_decode
+        )
+        return self.run(plan, replay)
+
+    @collective
+    @torch.inference_mode()
+    def run(self, plan: StepPlan, replay: bool) -> torch.Tensor:
+        """One forward pass over `plan`: from a captured graph (`replay`, decode batches) or
+        eagerly. Every rank gets the logits."""
+        if replay:
+            assert self.graphs is not None
+            return self._replay(self.graphs, plan)
+        batch = build_forward_batch(plan, self.block_size, self.device)
         hidden = self.model(batch, self.k_caches, self.v_caches)
         return self.model.compute_logits(hidden[batch.logits_indices])
 
-    def _replay(self, graphs: DecodeGraphs, entries: list[ScheduledSeq]) -> torch.Tensor:
+    def _replay(self, graphs: DecodeGraphs, plan: StepPlan) -> torch.Tensor:
         bs = self.block_size
-        positions = [e.seq.num_computed_tokens for e in entries]
-        tables = [e.seq.block_table[: p // bs + 1] for e, p in zip(entries, positions, strict=True)]
         return graphs.run(
-            [e.seq.token_ids[p] for e, p in zip(entries, positions, strict=True)],
-            positions,
-            [t[p // bs] * bs + p % bs for t, p in zip(tables, positions, strict=True)],
-            tables,
+            [s.token_ids[0] for s in plan.seqs],
+            [s.start for s in plan.seqs],
+            [s.block_table[s.start // bs] * bs + s.start % bs for s in plan.seqs],
+            [s.block_table for s in plan.seqs],
         )
 
     def execute(self, entries: list[ScheduledSeq], samplers: list[SamplingState]) -> list[int]:
@@ -109,7 +181,3 @@ class ModelRunner:
         if all(s.params.is_greedy for s in samplers):
             return logits.argmax(dim=-1).tolist()
         return [sample(row, s.params, s.generator) for row, s in zip(logits, samplers, strict=True)]
-
-
-def _is_decode(entries: list[ScheduledSeq]) -> bool:
-    return all(e.num_tokens == 1 and e.samples for e in entries)

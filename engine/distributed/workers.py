@@ -1,0 +1,189 @@
+"""The processes of ranks 1..N-1, and the rank-0 side that starts, commands and watches them.
+
+Rank 0 (the process running `LLMEngine`) starts one worker per extra rank (`worker.py`). Each
+worker joins the process group, loads its slice of the model and then waits on a socket for
+the runner calls rank 0 announces (`ModelRunner`'s collective methods), making the same call
+on its own runner. A socket rather than a collective carries the calls: an idle server sends
+nothing, and a worker whose rank 0 is gone sees end-of-file and exits. A worker that dies
+leaves the other ranks blocked inside a collective, so rank 0 then exits too, saying which
+rank failed and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from multiprocessing.connection import Connection
+from typing import Any
+
+from m2agent.engine.errors import EngineError
+
+logger = logging.getLogger(__name__)
+
+# Collectives that take longer than this (a hung peer) fail instead of waiting forever.
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupAddress:
+    """Where the ranks meet (a TCP store on loopback) and how many there are."""
+
+    port: int
+    size: int
+    backend: str  # "nccl" on CUDA, "gloo" on CPU
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def join_group(address: GroupAddress, rank: int, device_type: str) -> Any:
+    """Join the process group as `rank`; returns the TensorParallel for this rank."""
+    import torch
+    import torch.distributed as dist
+
+    from m2agent.engine.distributed.parallel import TensorParallel
+
+    if device_type == "cuda":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(
+        address.backend,
+        init_method=f"tcp://127.0.0.1:{address.port}",
+        rank=rank,
+        world_size=address.size,
+        timeout=COLLECTIVE_TIMEOUT,
+    )
+    return TensorParallel(rank, address.size, dist.group.WORLD)
+
+
+def device_for(device_type: str, rank: int) -> str:
+    return f"cuda:{rank}" if device_type == "cuda" else "cpu"
+
+
+class Workers:
+    """Rank 0's handle on ranks 1..N-1: `python -m m2agent.engine.distributed.worker` each,
+    over a socket pair (a fresh interpreter: nothing of the caller's __main__ re-runs)."""
+
+    def __init__(self, config: Any, address: GroupAddress, device_type: str) -> None:
+        self.address = address
+        self._conns: list[Connection] = []
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._closing = False
+        for rank in range(1, address.size):
+            ours, theirs = socket.socketpair()
+            # -P as in this process: a source checkout in the cwd must not shadow the package.
+            flags = ["-P"] if sys.flags.safe_path else []
+            module = "m2agent.engine.distributed.worker"
+            proc = subprocess.Popen(
+                [sys.executable, *flags, "-m", module, str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+            theirs.close()
+            conn = Connection(ours.detach())
+            conn.send((config, address, rank, device_type, _log_setup()))
+            self._conns.append(conn)
+            self._procs.append(proc)
+            threading.Thread(
+                target=self._watch, args=(rank,), name=f"m2agent-tp{rank}-watch", daemon=True
+            ).start()
+
+    def announce(self, method: str, args: tuple[Any, ...]) -> None:
+        """Have every worker make the runner call `method(*args)`."""
+        message = pickle.dumps((method, args), protocol=pickle.HIGHEST_PROTOCOL)
+        for conn in self._conns:
+            conn.send_bytes(message)
+
+    def wait_ready(self) -> None:
+        """Block until every worker has loaded its slice; raise EngineError with the first
+        worker's error otherwise."""
+        for rank, conn in enumerate(self._conns, start=1):
+            try:
+                status, detail = conn.recv()
+            except (EOFError, OSError):
+                raise EngineError(f"tensor-parallel rank {rank} exited while loading") from None
+            if status != "ready":
+                raise EngineError(f"tensor-parallel rank {rank}: {detail}")
+
+    def close(self) -> None:
+        """Stop the workers (they exit when their connection closes)."""
+        self._closing = True
+        for conn in self._conns:
+            conn.close()
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def _watch(self, rank: int) -> None:
+        """A worker that exits before `close` leaves rank 0 blocked in its next collective:
+        report why and end this process."""
+        code = self._procs[rank - 1].wait()
+        if self._closing:
+            return
+        detail = ""
+        try:
+            conn = self._conns[rank - 1]
+            if conn.poll(0.5):
+                _, detail = conn.recv()
+        except (EOFError, OSError, ValueError):
+            pass
+        message = (
+            f"m2agent: tensor-parallel rank {rank} exited (code {code})"
+            + (f": {detail}" if detail else "")
+            + "; the other ranks cannot go on without it, so the engine stops"
+        )
+        logger.critical(message)
+        print(message, file=sys.stderr, flush=True)
+        os._exit(1)
+
+
+def _log_setup() -> tuple[str | None, int]:
+    """(log file, level) of this process, for the workers to log alike: a server started with
+    --log-file keeps all ranks' logs in that file (and off a pipe nobody may be reading)."""
+    root = logging.getLogger()
+    files = [h.baseFilename for h in root.handlers if isinstance(h, logging.FileHandler)]
+    return (files[0] if files else None), root.level
+
+
+def start(config: Any) -> tuple[Any, Workers, str]:
+    """Rank 0's start-up for `config.tensor_parallel_size` > 1: check that the model splits
+    that many ways, spawn the workers, join the group. Returns (TensorParallel, workers, this
+    rank's device)."""
+    import torch
+
+    from m2agent.engine.distributed.parallel import TensorParallel
+    from m2agent.engine.loader import resolve_device, resolve_dtype
+    from m2agent.engine.model_config import load_model_config
+    from m2agent.engine.models.minimax_m2 import MiniMaxM2ForCausalLM
+
+    size = config.tensor_parallel_size
+    device = resolve_device(config.device)
+    if device.index not in (None, 0):
+        raise EngineError("with tensor parallelism pass device 'cuda' (ranks use GPUs 0..N-1)")
+    if device.type == "cuda" and torch.cuda.device_count() < size:
+        raise EngineError(
+            f"tensor-parallel size {size} needs {size} GPUs; {torch.cuda.device_count()} visible "
+            "(check CUDA_VISIBLE_DEVICES)"
+        )
+    model_config = load_model_config(config.model)
+    with torch.device("meta"):  # every split checked before any process starts
+        MiniMaxM2ForCausalLM(
+            model_config, resolve_dtype(config.dtype, device), TensorParallel(0, size)
+        )
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    address = GroupAddress(free_port(), size, backend)
+    workers = Workers(config, address, device.type)
+    tp = join_group(address, 0, device.type)
+    return tp, workers, device_for(device.type, 0)
