@@ -31,6 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, default=8000, help="port (0 picks a free one; default 8000)"
     )
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument(
+        "--tp",
+        "--tensor-parallel-size",
+        dest="tp",
+        type=_positive_int,
+        default=1,
+        help="split the model over this many GPUs (GPUs 0..N-1, one process each; default 1)",
+    )
     parser.add_argument("--dtype", default="auto", help="auto, bfloat16 or float32")
     parser.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
     parser.add_argument(
@@ -104,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             max_num_batched_tokens=args.max_num_batched_tokens,
             enable_prefix_caching=not args.no_prefix_caching,
             gpu_memory_utilization=args.gpu_memory_utilization,
+            tensor_parallel_size=args.tp,
         )
         engine = LLMEngine(config)
     except (EngineError, ValueError) as e:
@@ -119,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"m2agent serve: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
         async_engine.stop()
+        engine.close()
         return 1
     port = sock.getsockname()[1]
     server = uvicorn.Server(
@@ -126,13 +136,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.idle_exit_s:
         _exit_when_idle(server, async_engine, args.idle_exit_s, log)
-    log.info("serving %s on %s:%d (%s)", name, args.host, port, device)
+    where = f"{device}, tensor-parallel {args.tp}" if args.tp > 1 else device
+    log.info("serving %s on %s:%d (%s)", name, args.host, port, where)
     print(f"m2agent serve: {name} at http://{args.host}:{port}/v1", file=sys.stderr, flush=True)
     try:
         server.run(sockets=[sock])
     finally:
         async_engine.stop()
+        engine.close()
     return 0
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
 
 
 def _exit_when_idle(server: Any, engine: Any, idle_s: float, log: logging.Logger) -> None:
