@@ -54,6 +54,10 @@ def root(
     endpoint: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL (…/v1).")] = None,
     api: Annotated[str | None, typer.Option(help="openai, completions or anthropic.")] = None,
     model: Annotated[str | None, typer.Option(help="Model name, or a local checkpoint.")] = None,
+    tp: Annotated[
+        int | None,
+        typer.Option("--tp", min=1, help="Embedded engine: split the model over N GPUs."),
+    ] = None,
     mode: Annotated[
         str | None, typer.Option(help="Approvals: read-only, ask, auto-edit or auto.")
     ] = None,
@@ -73,7 +77,7 @@ def root(
 
     workspace = Path.cwd()
     flags = {"endpoint": endpoint, "api": api, "model": model, "sandbox": sandbox,
-             "approval_mode": mode}  # fmt: skip
+             "approval_mode": mode, "tp": tp}  # fmt: skip
     try:
         settings = load_settings(workspace, flags)
         if prompt is not None or not sys.stdin.isatty():
@@ -122,6 +126,10 @@ def fix(
     model: Annotated[
         str | None,
         typer.Option(help="Model name on that server, or a local checkpoint folder (embedded)."),
+    ] = None,
+    tp: Annotated[
+        int | None,
+        typer.Option("--tp", min=1, help="Embedded engine: split the model over N GPUs."),
     ] = None,
     api_key: Annotated[str | None, typer.Option(help="API key (default: M2AGENT_API_KEY).")] = None,
     yes: Annotated[
@@ -180,7 +188,7 @@ def fix(
         raise typer.BadParameter("--commit needs --branch NAME (a new branch)")
     workspace = Path.cwd()
     flags = {
-        "endpoint": endpoint, "api": api, "model": model, "api_key": api_key,
+        "endpoint": endpoint, "api": api, "model": model, "api_key": api_key, "tp": tp,
         "max_steps": max_steps, "max_minutes": max_minutes, "sandbox": sandbox,
         "max_tokens": max_tokens, "max_total_tokens": max_total_tokens,
     }  # fmt: skip
@@ -223,6 +231,10 @@ def ci(
     endpoint: Annotated[str | None, typer.Option(help="Model endpoint (…/v1).")] = None,
     api: Annotated[str | None, typer.Option(help="openai, completions or anthropic.")] = None,
     model: Annotated[str | None, typer.Option(help="Model name, or a local checkpoint.")] = None,
+    tp: Annotated[
+        int | None,
+        typer.Option("--tp", min=1, help="Embedded engine: split the model over N GPUs."),
+    ] = None,
     max_steps: Annotated[int | None, typer.Option(min=1, help="Model turns at most.")] = None,
     max_minutes: Annotated[float | None, typer.Option(min=0.1, help="Wall time at most.")] = None,
     patch: Annotated[Path, typer.Option(help="Where to write the fix as a patch.")] = Path(
@@ -257,7 +269,7 @@ def ci(
     commit = commit or push or pr
     workspace = Path.cwd()
     flags = {"endpoint": endpoint, "api": api, "model": model, "max_steps": max_steps,
-             "max_minutes": max_minutes}  # fmt: skip
+             "max_minutes": max_minutes, "tp": tp}  # fmt: skip
     try:
         settings = load_settings(workspace, flags)
         result = run_ci(
@@ -397,6 +409,12 @@ ExpertsOption = Annotated[
     str, typer.Option(help="transformers' experts implementation for the baseline.")
 ]
 JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON.")]
+TpOption = Annotated[
+    int,
+    typer.Option(
+        "--tp", min=1, help="Tensor-parallel size: GPUs the model is split over (one process each)."
+    ),
+]
 
 
 def _run_bench(
@@ -435,17 +453,18 @@ def bench_latency(
     profile: Annotated[
         bool, typer.Option(help="Also print the CUDA kernels of a few decode steps.")
     ] = False,
+    tp: TpOption = 1,
     json_out: JsonOption = None,
 ) -> None:
     """Batch-1 decode tok/s and time to first token, against transformers and the bandwidth
-    bound of the same config."""
+    bound of the same config. With --tp N the baseline is our engine on one GPU."""
     from m2agent.engine.bench.latency import run_latency_bench
 
     def run(config: Path | None, report: Any) -> Any:
         return run_latency_bench(
             model_path=model, dummy_config=config, layers=layers, prompt_tokens=prompt_tokens,
             new_tokens=new_tokens, device=device, repeats=repeats, baseline=baseline,
-            experts_impl=experts_impl, profile=profile, report=report,
+            experts_impl=experts_impl, profile=profile, tp=tp, report=report,
         )  # fmt: skip
 
     _run_bench(model, dummy_config, run, json_out)
@@ -462,9 +481,11 @@ def bench_throughput(
     device: DeviceOption = "cuda",
     baseline: BaselineOption = True,
     experts_impl: ExpertsOption = "grouped_mm",
+    tp: TpOption = 1,
     json_out: JsonOption = None,
 ) -> None:
-    """Output tok/s with N concurrent streams, against transformers batching the same prompts."""
+    """Output tok/s with N concurrent streams, against transformers batching the same prompts
+    (no baseline with --tp N > 1: compare with a --tp 1 run)."""
     from m2agent.engine.bench.throughput import run_throughput_bench
 
     try:
@@ -480,7 +501,7 @@ def bench_throughput(
         return run_throughput_bench(
             model_path=model, dummy_config=config, layers=layers, streams=counts,
             prompt_tokens=prompt_tokens, new_tokens=new_tokens, device=device, baseline=baseline,
-            experts_impl=experts_impl, report=report,
+            experts_impl=experts_impl, tp=tp, report=report,
         )  # fmt: skip
 
     _run_bench(model, dummy_config, run, json_out)
@@ -497,6 +518,7 @@ def bench_agent(
     new_tokens: Annotated[int, typer.Option(min=1, help="New prompt tokens of the turn.")] = 512,
     device: DeviceOption = "cuda",
     repeats: Annotated[int, typer.Option(min=1, help="Cold/cached pairs (median).")] = 3,
+    tp: TpOption = 1,
     json_out: JsonOption = None,
 ) -> None:
     """Time to first token of an agent turn with its prefix cached, against a cold cache."""
@@ -505,7 +527,7 @@ def bench_agent(
     def run(config: Path | None, report: Any) -> Any:
         return run_agent_bench(
             model_path=model, dummy_config=config, layers=layers, prefix_tokens=prefix_tokens,
-            new_tokens=new_tokens, device=device, repeats=repeats, report=report,
+            new_tokens=new_tokens, device=device, repeats=repeats, tp=tp, report=report,
         )  # fmt: skip
 
     _run_bench(model, dummy_config, run, json_out)

@@ -70,10 +70,14 @@ def make_backend(
     if not settings.endpoint and settings.model and is_local_model(settings.model):
         if background:
             progress("starting the embedded engine in the background")
-            return BackgroundEngine(Path(settings.model), settings.state_dir, **limits)
+            return BackgroundEngine(
+                Path(settings.model), settings.state_dir, tp=settings.tp, **limits
+            )
         from m2agent.backends.completions import CompletionsBackend
 
-        url, name = ensure_engine(Path(settings.model), settings.state_dir, progress=progress)
+        url, name = ensure_engine(
+            Path(settings.model), settings.state_dir, tp=settings.tp, progress=progress
+        )
         return CompletionsBackend(url, name, **limits)
     if not settings.endpoint or not settings.model:
         raise UsageError(

@@ -29,6 +29,7 @@ class Settings:
     endpoint: str | None = None
     api: Api = "openai"
     model: str | None = None
+    tp: int = 1  # GPUs the embedded engine splits the model over (tensor parallelism)
     api_key: str | None = None
     sandbox: Literal["auto", "bwrap", "landlock", "off"] = "auto"
     allow_network: bool = False
@@ -92,9 +93,15 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         ("M2AGENT_API_KEY", "api_key"),
         ("M2AGENT_MODEL", "model"),
         ("M2AGENT_API", "api"),
+        ("M2AGENT_TP", "tp"),
     ):
         if env.get(name):
             out[key] = env[name]
+    if "tp" in out:
+        try:
+            out["tp"] = int(out["tp"])
+        except ValueError:
+            raise UsageError(f"M2AGENT_TP must be a positive integer, got {out['tp']!r}") from None
     return out
 
 
@@ -129,6 +136,10 @@ def _build(values: dict[str, Any]) -> Settings:
             "max_steps must be a positive integer",
         ),
         (settings.max_minutes > 0, "max_minutes must be positive"),
+        (
+            isinstance(settings.tp, int) and not isinstance(settings.tp, bool) and settings.tp > 0,
+            f"tp must be a positive integer (GPUs for the embedded engine), got {settings.tp!r}",
+        ),
     ]
     for ok, message in checks:
         if not ok:

@@ -1,5 +1,6 @@
 """The `embedded` backend: our own engine on this machine. Starts `m2agent serve` for a local
-checkpoint on a free loopback port (or reuses the one already running for that model), waits
+checkpoint on a free loopback port, over `tp` GPUs (or reuses the one already running for that
+model and tp), waits
 for it to be healthy, and talks to it with the `completions` transport. The server exits by
 itself after a quiet period, so nothing is left running for long."""
 
@@ -35,13 +36,15 @@ def ensure_engine(
     state_dir: Path,
     *,
     device: str | None = None,
+    tp: int = 1,
     idle_exit_s: float = IDLE_EXIT_S,
     start_timeout_s: float = 1800.0,
     progress: Callable[[str], None] = lambda _: None,
 ) -> tuple[str, str]:
     """(base URL ending in /v1, served model name) of a healthy engine serving `model_path`."""
     model_path = model_path.resolve()
-    key = hashlib.sha256(str(model_path).encode()).hexdigest()[:16]
+    identity = str(model_path) if tp == 1 else f"{model_path}\0tp={tp}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
     folder = state_dir / "engines"
     record_file = folder / f"{key}.json"
     name = model_path.name
@@ -59,7 +62,10 @@ def ensure_engine(
             "--idle-exit-s", str(idle_exit_s)]  # fmt: skip
     if device:
         argv += ["--device", device]
-    progress(f"starting the embedded engine for {model_path} (log: {log})")
+    if tp > 1:
+        argv += ["--tp", str(tp)]
+    on = f" on {tp} GPUs" if tp > 1 else ""
+    progress(f"starting the embedded engine for {model_path}{on} (log: {log})")
     process = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
@@ -85,7 +91,7 @@ def ensure_engine(
         if process.poll() is not None:
             raise BackendError(f"the embedded engine exited during start-up (see {log})")
         time.sleep(0.2)
-    record = {"url": url, "pid": process.pid, "model": str(model_path)}
+    record = {"url": url, "pid": process.pid, "model": str(model_path), "tp": tp}
     atomic_write(record_file, json.dumps(record))
     return url, name
 
@@ -103,8 +109,10 @@ class BackgroundEngine:
 
     name = "embedded"
 
-    def __init__(self, model_path: Path, state_dir: Path, **backend_options: Any) -> None:
-        self._options = backend_options
+    def __init__(
+        self, model_path: Path, state_dir: Path, *, tp: int = 1, **backend_options: Any
+    ) -> None:
+        self._options, self._tp = backend_options, tp
         self._backend: Any = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(
@@ -119,7 +127,7 @@ class BackgroundEngine:
         from m2agent.backends.completions import CompletionsBackend
 
         try:
-            url, name = ensure_engine(model_path, state_dir)
+            url, name = ensure_engine(model_path, state_dir, tp=self._tp)
             self._backend = CompletionsBackend(url, name, **self._options)
         except BaseException as e:  # reported on the first request, on the caller's thread
             self._error = e

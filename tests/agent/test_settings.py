@@ -68,3 +68,20 @@ def test_project_state_lives_outside_the_repository(tmp_path: Path) -> None:
     s = load_settings(tmp_path, {}, env_for(tmp_path / "home"))
     assert not s.project_dir(tmp_path).is_relative_to(tmp_path / "ws")
     assert s.project_dir(tmp_path).is_relative_to(tmp_path / "home")
+
+
+def test_tensor_parallel_size_from_config_env_and_flags(tmp_path: Path) -> None:
+    home, ws = tmp_path / "home", tmp_path / "ws"
+    assert load_settings(ws, {}, env_for(home)).tp == 1
+    write(home / "cfg/m2agent/config.toml", "tp = 2\n")
+    assert load_settings(ws, {}, env_for(home)).tp == 2
+    assert load_settings(ws, {}, env_for(home, M2AGENT_TP="4")).tp == 4
+    assert load_settings(ws, {"tp": 8}, env_for(home, M2AGENT_TP="4")).tp == 8
+    with pytest.raises(UsageError, match="M2AGENT_TP must be a positive integer, got 'two'"):
+        load_settings(ws, {}, env_for(home, M2AGENT_TP="two"))
+    for bad in ("0", "-1"):
+        with pytest.raises(UsageError, match="tp must be a positive integer"):
+            load_settings(ws, {}, env_for(home, M2AGENT_TP=bad))
+    write(home / "cfg/m2agent/config.toml", 'tp = "2"\n')
+    with pytest.raises(UsageError, match=r"tp must be a positive integer .* got '2'"):
+        load_settings(ws, {}, env_for(home))

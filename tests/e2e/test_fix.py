@@ -343,3 +343,34 @@ def test_background_engine_returns_at_once_then_serves(tmp_path: Path) -> None:
     assert backend.ready and isinstance(events[-1], TurnDone)
     engines = list((tmp_path / "state" / "engines").glob("*.json"))
     os.kill(json.loads(engines[0].read_text())["pid"], signal.SIGTERM)
+
+
+def test_embedded_engine_over_two_processes_is_started_once_per_tp(tmp_path: Path) -> None:
+    """`--tp 2`: the engine runs split over two ranks (CPU here); asking again for tp 2 reuses
+    it, asking for tp 1 starts a separate engine."""
+    import httpx
+
+    from m2agent.backends.embedded import ensure_engine
+    from m2agent.engine.models.tiny import TinySpec, write_tiny_checkpoint
+
+    checkpoint = write_tiny_checkpoint(tmp_path / "tiny", TinySpec(max_positions=4096))
+    state = tmp_path / "state"
+    pids = []
+    try:
+        url, name = ensure_engine(checkpoint, state, tp=2)
+        records = [json.loads(f.read_text()) for f in (state / "engines").glob("*.json")]
+        pids = [r["pid"] for r in records]
+        assert [r["tp"] for r in records] == [2] and name == "tiny"
+        reply = httpx.post(
+            f"{url}/completions", json={"model": name, "prompt": "hi", "max_tokens": 4}, timeout=60
+        )
+        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 4
+        log = next((state / "engines").glob("*.log")).read_text()
+        assert "tensor-parallel 2" in log
+        assert ensure_engine(checkpoint, state, tp=2)[0] == url
+        single, _ = ensure_engine(checkpoint, state, tp=1)
+        pids = [json.loads(f.read_text())["pid"] for f in (state / "engines").glob("*.json")]
+        assert single != url and len(pids) == 2
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
