@@ -6,7 +6,9 @@
 # (see docs/architecture.md, "GPU runs"); elsewhere, install the project with [engine,dev].
 # `python3 -P` keeps the source folder m2agent/ (the cwd) from shadowing the installed package.
 #
-# Knobs: SKIP_TESTS=1, BENCHES="latency throughput agent", BENCH_LAYERS=6, BENCH_REPEATS=7.
+# Knobs: SKIP_TESTS=1, TESTS="tests/engine/gpu" (paths), BENCHES="latency throughput agent",
+# BENCH_LAYERS=6, BENCH_REPEATS=7, BENCH_TP=1 (tensor-parallel size; >1 times our engine on one
+# GPU too, as the baseline), BENCH_EXTRA="..." (more bench arguments).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-/tmp/m2agent-gpu}
@@ -23,16 +25,18 @@ python3 -c 'import sys, torch, transformers, triton; print(sys.version.split()[0
 
 status=0
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  python3 -P -m pytest -m gpu tests/engine/gpu -q -p no:cacheprovider -o addopts="" \
+  python3 -P -m pytest -m gpu ${TESTS:-tests/engine/gpu} -q -p no:cacheprovider -o addopts="" \
     --import-mode=importlib 2>&1 | tee "$OUT/gpu-tests.log" || status=1
 fi
 
 layers=${BENCH_LAYERS:-6}
 bench() {  # name, then its arguments
-  local name=$1
+  local name=$1 tag=${BENCH_TP:-1}
   shift
+  [ "$tag" = 1 ] && tag="" || tag="-tp$tag"
   python3 -P -m m2agent bench "$name" --dummy-config minimax-m2 --layers "$layers" \
-    --json "$OUT/bench-$name.json" "$@" 2>&1 | tee "$OUT/bench-$name.log" || status=1
+    --tp "${BENCH_TP:-1}" --json "$OUT/bench-$name$tag.json" "$@" ${BENCH_EXTRA:-} 2>&1 \
+    | tee "$OUT/bench-$name$tag.log" || status=1
 }
 for name in ${BENCHES:-latency throughput agent}; do
   case $name in

@@ -66,6 +66,7 @@ def run_agent_bench(
     new_tokens: int,
     device: str,
     repeats: int,
+    tp: int = 1,
     report: Report = print,
 ) -> AgentReport:
     with tempfile.TemporaryDirectory(prefix="m2agent-bench-") as tmp:
@@ -80,6 +81,7 @@ def run_agent_bench(
             max_model_len=prefix_tokens + new_tokens + 64,
             block_size=16,
             num_kv_blocks=2 * (-(-(prefix_tokens + 2 * new_tokens) // 16)) + 8,
+            tensor_parallel_size=tp,
         )
         vocab = llm.config.vocab_size
         prefix = random_prompt(vocab, prefix_tokens, seed=1)
@@ -95,6 +97,8 @@ def run_agent_bench(
             warms.append(warm)
             report(f"  run {i + 1}/{repeats}: cold {cold:.1f} ms, cached {warm:.1f} ms")
         name = torch.cuda.get_device_name(llm.device) if llm.device.type == "cuda" else "cpu"
+        name += f" x{tp}" if tp > 1 else ""
+        llm.close()
         return AgentReport(
             name,
             llm.config.num_hidden_layers,

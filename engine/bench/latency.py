@@ -3,6 +3,10 @@ transformers' MiniMaxM2ForCausalLM on the same weights, beside the bandwidth flo
 
 Full width, reduced depth: the published config with fewer layers, bf16 dummy weights (or a
 real checkpoint). Random routing is near uniform: right for speed, meaningless for quality.
+
+With tensor parallelism (`tp` > 1) the baseline is our own engine on one GPU, timed in the
+same run after the parallel one (transformers has no tensor parallelism to compare), and the
+bound is that of `tp` GPUs reading their slices at once.
 """
 
 from __future__ import annotations
@@ -49,13 +53,16 @@ class LatencyReport:
     bound_tok_s: float
     timings: list[Timing]
     decode_graph_gpu_ms: float | None = None  # one captured decode step, GPU time alone
+    tensor_parallel_size: int = 1
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
     def table(self) -> str:
         lines = [
-            f"device: {self.device}; {self.layers} layers, prompt {self.prompt_tokens}, "
+            f"device: {self.device}"
+            + (f" x{self.tensor_parallel_size}" if self.tensor_parallel_size > 1 else "")
+            + f"; {self.layers} layers, prompt {self.prompt_tokens}, "
             f"{self.new_tokens} new tokens, batch 1",
             f"{'':28} {'TTFT ms':>10} {'decode tok/s':>14}",
         ]
@@ -64,7 +71,8 @@ class LatencyReport:
             lines.append(f"{t.name:28} {t.ttft_ms:10.1f} {t.decode_tok_s:14.1f}   (runs {spread})")
         lines.append(
             f"{'bandwidth bound':28} {'':>10} {self.bound_tok_s:14.1f}   "
-            f"({self.bytes_per_token / 1e9:.2f} GB/token at {self.copy_bandwidth_gb_s:.0f} GB/s)"
+            f"({self.bytes_per_token / 1e9:.2f} GB/token at {self.copy_bandwidth_gb_s:.0f} GB/s"
+            + (f" x {self.tensor_parallel_size} GPUs)" if self.tensor_parallel_size > 1 else ")")
         )
         if self.decode_graph_gpu_ms is not None:
             lines.append(
@@ -75,7 +83,12 @@ class LatencyReport:
 
 
 def time_engine(
-    llm: LLM, prompt: list[int], new_tokens: int, repeats: int, report: Report
+    llm: LLM,
+    prompt: list[int],
+    new_tokens: int,
+    repeats: int,
+    report: Report,
+    name: str = "m2agent engine",
 ) -> Timing:
     params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
     warm_up = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
@@ -93,10 +106,8 @@ def time_engine(
                 first = last
         ttfts.append((first - started) * 1e3)
         rates.append((count - 1) / (last - first))
-        report(f"  m2agent engine run {i + 1}/{repeats}: {ttfts[-1]:.1f} ms, {rates[-1]:.1f} tok/s")
-    return Timing(
-        "m2agent engine", statistics.median(ttfts), statistics.median(rates), repeats, rates
-    )
+        report(f"  {name} run {i + 1}/{repeats}: {ttfts[-1]:.1f} ms, {rates[-1]:.1f} tok/s")
+    return Timing(name, statistics.median(ttfts), statistics.median(rates), repeats, rates)
 
 
 def graph_step_ms(llm: LLM, replays: int = 50) -> float | None:
@@ -165,21 +176,35 @@ def run_latency_bench(
     baseline: bool,
     experts_impl: str = "grouped_mm",
     profile: bool = False,
+    tp: int = 1,
     report: Report = print,
 ) -> LatencyReport:
     with tempfile.TemporaryDirectory(prefix="m2agent-bench-") as tmp:
         blocks = -(-(prompt_tokens + new_tokens) // 16) + 4
+        options: dict[str, Any] = dict(max_num_seqs=1, num_kv_blocks=blocks, block_size=16)
         llm, folder = open_model(
             model_path, dummy_config, layers, device, Path(tmp), report,
-            max_num_seqs=1, num_kv_blocks=blocks, block_size=16,
+            tensor_parallel_size=tp, **options,
         )  # fmt: skip
         prompt_ids = random_prompt(llm.config.vocab_size, prompt_tokens, seed=0)
-        report("timing the m2agent engine ...")
-        timings = [time_engine(llm, prompt_ids, new_tokens, repeats, report)]
-        graph_ms = graph_step_ms(llm) if llm.device.type == "cuda" else None
+        name = f"m2agent engine, tp {tp}" if tp > 1 else "m2agent engine"
+        report(f"timing the {name} ...")
+        timings = [time_engine(llm, prompt_ids, new_tokens, repeats, report, name)]
+        # Replaying rank 0's graph alone would wait forever on the other ranks' collectives.
+        graph_ms = graph_step_ms(llm) if llm.device.type == "cuda" and tp == 1 else None
         if profile:
             profile_decode(llm, prompt_ids, report)
-        if baseline:
+        if baseline and tp > 1:
+            llm.close()
+            del llm
+            torch.cuda.empty_cache()
+            single = Path(tmp) / "single"
+            single.mkdir()
+            llm, _ = open_model(model_path, dummy_config, layers, device, single, report, **options)
+            timings.append(
+                time_engine(llm, prompt_ids, new_tokens, repeats, report, "m2agent engine, 1 GPU")
+            )
+        elif baseline:
             report(f"building transformers' MiniMaxM2ForCausalLM ({experts_impl} experts) ...")
             reference = build_transformers_model(llm, Path(folder), experts_impl)
             name = f"transformers ({experts_impl})"
@@ -192,6 +217,7 @@ def run_latency_bench(
         context = prompt_tokens + new_tokens // 2
         per_token = decode_bytes_per_token(llm.config, weight_bytes=2, context_tokens=context)
         name = torch.cuda.get_device_name(llm.device) if llm.device.type == "cuda" else "cpu"
+        llm.close()
         return LatencyReport(
             device=name,
             layers=llm.config.num_hidden_layers,
@@ -199,7 +225,8 @@ def run_latency_bench(
             new_tokens=new_tokens,
             bytes_per_token=per_token,
             copy_bandwidth_gb_s=bandwidth / 1e9,
-            bound_tok_s=bandwidth / per_token,
+            bound_tok_s=bandwidth * tp / per_token,
             timings=timings,
             decode_graph_gpu_ms=graph_ms,
+            tensor_parallel_size=tp,
         )

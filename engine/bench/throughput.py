@@ -124,24 +124,32 @@ def run_throughput_bench(
     device: str,
     baseline: bool,
     experts_impl: str = "grouped_mm",
+    tp: int = 1,
     report: Report = print,
 ) -> ThroughputReport:
+    """With tp > 1 the transformers baseline is skipped: it has no tensor parallelism, and its
+    one-GPU numbers are in the tp 1 report."""
     with tempfile.TemporaryDirectory(prefix="m2agent-bench-") as tmp:
         blocks = max(streams) * -(-(prompt_tokens + new_tokens) // 16) + 8
         llm, folder = open_model(
             model_path, dummy_config, layers, device, Path(tmp), report,
             max_num_seqs=max(streams), num_kv_blocks=blocks, block_size=16,
+            tensor_parallel_size=tp,
         )  # fmt: skip
         vocab = llm.config.vocab_size
         all_prompts = [random_prompt(vocab, prompt_tokens, seed=i) for i in range(max(streams))]
-        engine_round(llm, all_prompts[:2], new_tokens)  # warm-up at full length
+        # Warm-up at the largest batch: every prefill chunk size and decode graph the timed
+        # rounds use (first use of a shape compiles kernels and sizes NCCL buffers).
+        engine_round(llm, all_prompts, min(new_tokens, 8))
         rounds = {}
         for n in streams:
             llm.engine.blocks.reset_prefix_cache()  # distinct prompts anyway; keep runs cold
             rounds[n] = engine_round(llm, all_prompts[:n], new_tokens)
             report(f"  m2agent engine, {n} streams: {n * new_tokens / rounds[n].total_s:.1f} tok/s")
         baseline_times: dict[int, float] = {}
-        if baseline:
+        if baseline and tp > 1:
+            report("no transformers baseline with tensor parallelism: compare with --tp 1")
+        elif baseline:
             report(f"building transformers' MiniMaxM2ForCausalLM ({experts_impl} experts) ...")
             model = build_transformers_model(llm, folder, experts_impl)
             baseline_round(model, all_prompts[:2], new_tokens)  # warm-up at full length
@@ -162,4 +170,6 @@ def run_throughput_bench(
             for n in streams
         ]
         name = torch.cuda.get_device_name(llm.device) if llm.device.type == "cuda" else "cpu"
+        name += f" x{tp}" if tp > 1 else ""
+        llm.close()
         return ThroughputReport(name, llm.config.num_hidden_layers, prompt_tokens, new_tokens, rows)
