@@ -338,6 +338,9 @@ def undo(
 def doctor(
     endpoint: Annotated[str | None, typer.Option(help="Endpoint to check.")] = None,
     model: Annotated[str | None, typer.Option(help="Model name or local checkpoint.")] = None,
+    tp: Annotated[
+        int | None, typer.Option("--tp", min=1, help="GPUs the embedded engine would split over.")
+    ] = None,
 ) -> None:
     """Check Python, git, the sandbox, the model endpoint (and its reasoning style) and the
     engine; say how to fix what is missing. Exits 1 when something needed is missing."""
@@ -347,7 +350,7 @@ def doctor(
 
     workspace = Path.cwd()
     try:
-        settings = load_settings(workspace, {"endpoint": endpoint, "model": model})
+        settings = load_settings(workspace, {"endpoint": endpoint, "model": model, "tp": tp})
     except M2AgentError as e:
         typer.echo(f"[MISSING] config: {e.message}")
         raise typer.Exit(1) from None

@@ -35,7 +35,7 @@ def run_checks(settings: Settings, workspace: Path) -> list[Check]:
         _git(),
         _sandbox(settings),
         _model(settings),
-        _engine(),
+        _engine(settings),
     ]
     return checks
 
@@ -123,7 +123,8 @@ def _reasoning_style(base: str, model: str, api_key: str | None) -> str:
     return f"in the `{backend.style.reasoning_field}` field"
 
 
-def _engine() -> Check:
+def _engine(settings: Settings) -> Check:
+    embedded = not settings.endpoint and bool(settings.model)
     if importlib.util.find_spec("torch") is None:
         return Check(
             "engine",
@@ -134,9 +135,21 @@ def _engine() -> Check:
         )
     import torch
 
-    if torch.cuda.is_available():
-        gpus = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-        return Check("engine", True, f"torch {torch.__version__}, GPUs: {gpus}", needed=False)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if settings.tp > 1 and count and count < settings.tp:
+        return Check(
+            "engine",
+            False,
+            f"tp {settings.tp} splits the embedded engine over {settings.tp} GPUs; {count} visible",
+            f"pass --tp {count} or less (or set tp in the config), or check CUDA_VISIBLE_DEVICES",
+            needed=embedded,
+        )
+    if count:
+        gpus = ", ".join(torch.cuda.get_device_name(i) for i in range(count))
+        split = f"; tp {settings.tp}" if settings.tp > 1 else ""
+        return Check(
+            "engine", True, f"torch {torch.__version__}, GPUs: {gpus}{split}", needed=False
+        )
     return Check(
         "engine",
         True,

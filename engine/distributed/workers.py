@@ -40,14 +40,18 @@ class GroupAddress:
     backend: str  # "nccl" on CUDA, "gloo" on CPU
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def open_store(size: int) -> Any:
+    """Rank 0's rendezvous store on a loopback port the OS picks (no port race)."""
+    import torch.distributed as dist
+
+    return dist.TCPStore(
+        "127.0.0.1", 0, size, is_master=True, timeout=COLLECTIVE_TIMEOUT, wait_for_workers=False
+    )
 
 
-def join_group(address: GroupAddress, rank: int, device_type: str) -> Any:
-    """Join the process group as `rank`; returns the TensorParallel for this rank."""
+def join_group(address: GroupAddress, rank: int, device_type: str, store: Any = None) -> Any:
+    """Join the process group as `rank` (rank 0 passes its store; the others connect to it);
+    returns the TensorParallel for this rank."""
     import torch
     import torch.distributed as dist
 
@@ -55,9 +59,13 @@ def join_group(address: GroupAddress, rank: int, device_type: str) -> Any:
 
     if device_type == "cuda":
         torch.cuda.set_device(rank)
+    if store is None:
+        store = dist.TCPStore(
+            "127.0.0.1", address.port, address.size, is_master=False, timeout=COLLECTIVE_TIMEOUT
+        )
     dist.init_process_group(
         address.backend,
-        init_method=f"tcp://127.0.0.1:{address.port}",
+        store=store,
         rank=rank,
         world_size=address.size,
         timeout=COLLECTIVE_TIMEOUT,
@@ -183,7 +191,8 @@ def start(config: Any) -> tuple[Any, Workers, str]:
             model_config, resolve_dtype(config.dtype, device), TensorParallel(0, size)
         )
     backend = "nccl" if device.type == "cuda" else "gloo"
-    address = GroupAddress(free_port(), size, backend)
+    store = open_store(size)
+    address = GroupAddress(store.port, size, backend)
     workers = Workers(config, address, device.type)
-    tp = join_group(address, 0, device.type)
+    tp = join_group(address, 0, device.type, store)
     return tp, workers, device_for(device.type, 0)
