@@ -88,11 +88,10 @@ class Workers:
         self._closing = False
         for rank in range(1, address.size):
             ours, theirs = socket.socketpair()
-            # -P as in this process: a source checkout in the cwd must not shadow the package.
-            flags = ["-P"] if sys.flags.safe_path else []
+            # -P: a source checkout in the cwd must not shadow the installed package.
             module = "m2agent.engine.distributed.worker"
             proc = subprocess.Popen(
-                [sys.executable, *flags, "-m", module, str(theirs.fileno())],
+                [sys.executable, "-P", "-m", module, str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
             )

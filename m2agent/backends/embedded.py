@@ -57,8 +57,9 @@ def ensure_engine(
             pass
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / f"{key}.log"
-    argv = [sys.executable, "-m", "m2agent", "serve", "--model", str(model_path), "--port", "0",
-            "--served-model-name", name, "--log-file", str(log),
+    # -P: run from inside a source checkout of m2agent, the cwd must not shadow the package.
+    argv = [sys.executable, "-P", "-m", "m2agent", "serve", "--model", str(model_path),
+            "--port", "0", "--served-model-name", name, "--log-file", str(log),
             "--idle-exit-s", str(idle_exit_s)]  # fmt: skip
     if device:
         argv += ["--device", device]
