@@ -169,6 +169,7 @@ def start(config: Any) -> tuple[Any, Workers, str]:
     that many ways, spawn the workers, join the group. Returns (TensorParallel, workers, this
     rank's device)."""
     import torch
+    import torch.distributed as dist
 
     from m2agent.engine.distributed.parallel import TensorParallel
     from m2agent.engine.loader import resolve_device, resolve_dtype
@@ -176,6 +177,11 @@ def start(config: Any) -> tuple[Any, Workers, str]:
     from m2agent.engine.models.minimax_m2 import MiniMaxM2ForCausalLM
 
     size = config.tensor_parallel_size
+    if dist.is_available() and dist.is_initialized():
+        raise EngineError(
+            "a tensor-parallel engine is already running in this process: close it first "
+            "(LLM.close() or a `with` block); one per process"
+        )
     device = resolve_device(config.device)
     if device.index not in (None, 0):
         raise EngineError("with tensor parallelism pass device 'cuda' (ranks use GPUs 0..N-1)")
@@ -193,5 +199,9 @@ def start(config: Any) -> tuple[Any, Workers, str]:
     store = open_store(size)
     address = GroupAddress(store.port, size, backend)
     workers = Workers(config, address, device.type)
-    tp = join_group(address, 0, device.type, store)
+    try:
+        tp = join_group(address, 0, device.type, store)
+    except BaseException:
+        workers.close()
+        raise
     return tp, workers, device_for(device.type, 0)

@@ -11,7 +11,7 @@ import torch
 
 from m2agent.engine import LLM, SamplingParams
 from m2agent.engine.distributed.parallel import TensorParallel
-from m2agent.engine.errors import CheckpointError, ConfigError
+from m2agent.engine.errors import CheckpointError, ConfigError, EngineError
 from m2agent.engine.layers.loading import Slice, copy_slice
 from m2agent.engine.models.tiny import TinySpec, write_tiny_checkpoint
 
@@ -61,6 +61,17 @@ def test_split_fp8_checkpoint_equals_single(tmp_path: Path) -> None:
             torch.testing.assert_close(
                 split.prompt_logits(ids), single.prompt_logits(ids), atol=1e-4, rtol=1e-4
             )
+
+
+def test_one_tensor_parallel_engine_per_process(tmp_path: Path) -> None:
+    folder = write_tiny_checkpoint(tmp_path / "tiny")
+    with (
+        LLM(folder, tensor_parallel_size=2),
+        pytest.raises(EngineError, match="already running in this process"),
+    ):
+        LLM(folder, tensor_parallel_size=2)
+    with LLM(folder, tensor_parallel_size=2) as again:  # closed: a new one can start
+        assert again.generate([[1, 2, 3]], SamplingParams(max_tokens=2))[0].token_ids
 
 
 def test_shapes_that_do_not_split_are_refused_before_any_process(tmp_path: Path) -> None:
