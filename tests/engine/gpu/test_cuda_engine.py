@@ -28,14 +28,6 @@ pytestmark = [
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(autouse=True)
-def no_tf32() -> Any:
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
 def oracle(folder: Path, dtype: torch.dtype) -> Any:
     model = transformers.MiniMaxM2ForCausalLM.from_pretrained(
         str(folder), dtype=dtype, attn_implementation="eager", device_map="cuda"

@@ -9,28 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from m2agent.engine import LLM, SamplingParams
+from m2agent.engine import LLM
 from m2agent.engine.kernels import reference
+
+from .conftest import GREEDY, PROMPTS
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-
-PROMPTS = [
-    "]~!b[]~b]user\nWrite a function that adds two numbers[e~[\n]~b]ai\n<think>\n",
-    "]~!b[]~b]user\nFix the failing test[e~[\n]~b]ai\n<think>\n",
-    "def add(a, b):\n    return",
-]
-GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
-
-
-@pytest.fixture(autouse=True)
-def no_tf32() -> object:
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = old
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

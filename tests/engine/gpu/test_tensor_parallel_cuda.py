@@ -8,27 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from m2agent.engine import LLM, SamplingParams
+from m2agent.engine import LLM
+
+from .conftest import GREEDY, PROMPTS
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs"),
 ]
-
-PROMPTS = [
-    "]~!b[]~b]user\nWrite a function that adds two numbers[e~[\n]~b]ai\n<think>\n",
-    "]~!b[]~b]user\nFix the failing test[e~[\n]~b]ai\n<think>\n",
-    "def add(a, b):\n    return",
-]
-GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
-
-
-@pytest.fixture(autouse=True)
-def no_tf32() -> object:
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def test_tp2_on_cuda_equals_one_gpu(tiny_m2_checkpoint: Path) -> None:
