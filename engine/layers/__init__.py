@@ -1,2 +1,2 @@
-"""Model building blocks. Each parameter carries a `weight_loader(param, tensor, shard)` so that
-tensor or expert parallelism can later load a slice without the model changing."""
+"""Model building blocks. Each parameter carries a `weight_loader(param, tensor, shard)`, so a
+tensor-parallel rank loads its own slice of each checkpoint tensor without the model changing."""

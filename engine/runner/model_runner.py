@@ -32,8 +32,12 @@ Announce = Callable[[str, tuple[Any, ...]], None]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+COLLECTIVE_METHODS: set[str] = set()  # what a worker may be asked to call (filled below)
+
+
 def collective(method: F) -> F:
     """A call every rank makes: on the announcing rank, tell the others first."""
+    COLLECTIVE_METHODS.add(method.__name__)
 
     @functools.wraps(method)
     def call(self: ModelRunner, *args: Any) -> Any:
@@ -42,9 +46,6 @@ def collective(method: F) -> F:
         return method(self, *args)
 
     return call  # type: ignore[return-value]
-
-
-COLLECTIVE_METHODS = frozenset({"allocate_kv", "capture_decode_graphs", "measure_kv_budget", "run"})
 
 
 @dataclass(frozen=True, slots=True)
