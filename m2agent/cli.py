@@ -32,6 +32,12 @@ bench_app = typer.Typer(
 app.add_typer(bench_app, name="bench")
 
 
+EngineTpOption = Annotated[
+    int | None,
+    typer.Option("--tp", min=1, help="Embedded engine: split the model over N GPUs."),
+]
+
+
 def _print_version(value: bool) -> None:
     if value:
         typer.echo(f"m2agent {__version__}")
@@ -54,10 +60,7 @@ def root(
     endpoint: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL (…/v1).")] = None,
     api: Annotated[str | None, typer.Option(help="openai, completions or anthropic.")] = None,
     model: Annotated[str | None, typer.Option(help="Model name, or a local checkpoint.")] = None,
-    tp: Annotated[
-        int | None,
-        typer.Option("--tp", min=1, help="Embedded engine: split the model over N GPUs."),
-    ] = None,
+    tp: EngineTpOption = None,
     mode: Annotated[
         str | None, typer.Option(help="Approvals: read-only, ask, auto-edit or auto.")
     ] = None,
@@ -127,10 +130,7 @@ def fix(
         str | None,
         typer.Option(help="Model name on that server, or a local checkpoint folder (embedded)."),
     ] = None,
-    tp: Annotated[
-        int | None,
-        typer.Option("--tp", min=1, help="Embedded engine: split the model over N GPUs."),
-    ] = None,
+    tp: EngineTpOption = None,
     api_key: Annotated[str | None, typer.Option(help="API key (default: M2AGENT_API_KEY).")] = None,
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Approve every tool call (inside the sandbox).")
@@ -231,10 +231,7 @@ def ci(
     endpoint: Annotated[str | None, typer.Option(help="Model endpoint (…/v1).")] = None,
     api: Annotated[str | None, typer.Option(help="openai, completions or anthropic.")] = None,
     model: Annotated[str | None, typer.Option(help="Model name, or a local checkpoint.")] = None,
-    tp: Annotated[
-        int | None,
-        typer.Option("--tp", min=1, help="Embedded engine: split the model over N GPUs."),
-    ] = None,
+    tp: EngineTpOption = None,
     max_steps: Annotated[int | None, typer.Option(min=1, help="Model turns at most.")] = None,
     max_minutes: Annotated[float | None, typer.Option(min=0.1, help="Wall time at most.")] = None,
     patch: Annotated[Path, typer.Option(help="Where to write the fix as a patch.")] = Path(
@@ -338,9 +335,7 @@ def undo(
 def doctor(
     endpoint: Annotated[str | None, typer.Option(help="Endpoint to check.")] = None,
     model: Annotated[str | None, typer.Option(help="Model name or local checkpoint.")] = None,
-    tp: Annotated[
-        int | None, typer.Option("--tp", min=1, help="GPUs the embedded engine would split over.")
-    ] = None,
+    tp: EngineTpOption = None,
 ) -> None:
     """Check Python, git, the sandbox, the model endpoint (and its reasoning style) and the
     engine; say how to fix what is missing. Exits 1 when something needed is missing."""
