@@ -5,6 +5,7 @@ and the tail. If no sandbox works and the user did not opt out, commands are ref
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -12,15 +13,16 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from m2agent.tools.base import ToolAnnotations, ToolError, ToolResult
-from m2agent.tools.sandbox import bwrap
+from m2agent.tools.sandbox import bwrap, launcher, privileges, seccomp
 from m2agent.tools.sandbox.policy import SandboxPolicy, command_environment
+from m2agent.tools.sandbox.privileges import Limits
 
 DEFAULT_TIMEOUT_S = 120
 MAX_TIMEOUT_S = 600
@@ -36,6 +38,10 @@ class CommandResult:
     output: str  # stdout and stderr, interleaved, capped
     timed_out: bool
     duration_s: float
+    # Every process the command started is gone (a sandbox backend saw to it); False with the
+    # sandbox off, where only the command's process group is killed.
+    contained: bool = True
+    notes: tuple[str, ...] = ()  # what the runner undid after the command, in words
 
 
 class SandboxUnavailable(ToolError):
@@ -47,6 +53,10 @@ class CommandRunner:
 
     def __init__(self, policy: SandboxPolicy, mode: SandboxMode = "auto") -> None:
         self.policy, self.mode = policy, mode
+        if sys.platform == "linux" and mode != "off":
+            # The agent's own environment holds the keys it scrubbed from commands: make its
+            # /proc/PID/environ and memory unreadable to them (and to its user's other tools).
+            privileges.set_dumpable(False)
 
     def backend(self) -> str:
         """The backend commands run under ("bwrap", "landlock" or "off"); fails closed."""
@@ -67,25 +77,50 @@ class CommandRunner:
         argv = ["/bin/bash", "-c", command]
         env = command_environment(self.policy)
         backend = self.backend()
-        private_tmp = None
-        if backend == "bwrap":
-            binary = bwrap.find_bwrap()
-            assert binary is not None
-            argv = bwrap.bwrap_argv(binary, self.policy, argv, cwd)
-        elif backend == "landlock":
-            private_tmp = tempfile.mkdtemp(prefix="m2agent-cmd-")
-            env["TMPDIR"] = private_tmp
-            launcher = [sys.executable, "-m", "m2agent.tools.sandbox.launcher"]
-            launcher += ["--workspace", str(self.policy.workspace), "--tmp", private_tmp]
-            argv = [*launcher, *(["--network"] if self.policy.allow_network else []), "--", *argv]
+        missing = [p for p in self.policy.read_only_paths if not os.path.lexists(p)]
+        private_tmp, filter_fd = None, None
+        popen_cwd = cwd
+        pass_fds: tuple[int, ...] = ()
         try:
-            return self._run(argv, cwd, env, timeout_s)
+            if backend == "bwrap":
+                binary = bwrap.find_bwrap()
+                assert binary is not None
+                filter_fd = _filter_fd(self.policy)
+                pass_fds = (filter_fd,)
+                limited = _with_limits(argv, self.policy.limits)
+                argv = bwrap.bwrap_argv(binary, self.policy, limited, cwd, filter_fd)
+            elif backend == "landlock":
+                private_tmp = tempfile.mkdtemp(prefix="m2agent-cmd-")
+                env["TMPDIR"] = private_tmp
+                spec = launcher.LaunchSpec(
+                    str(self.policy.workspace),
+                    private_tmp,
+                    str(cwd),
+                    self.policy.allow_network,
+                    tuple(str(p) for p in self.policy.hidden),
+                    limits=self.policy.limits,
+                )
+                # -I -S and `/` as the working directory: nothing from the workspace (or from
+                # PYTHON* variables, or site-packages) runs before the sandbox is in place.
+                python = [sys.executable, "-I", "-S", launcher.script_path()]
+                argv = [*python, spec.to_json(), "--", *argv]
+                popen_cwd = Path("/")
+            result = self._run(argv, popen_cwd, env, timeout_s, pass_fds)
         finally:
             if private_tmp is not None:
                 shutil.rmtree(private_tmp, ignore_errors=True)
+            if filter_fd is not None:
+                os.close(filter_fd)
+        notes = _remove_created(missing) if backend != "off" else ()
+        return replace(result, contained=backend != "off", notes=notes)
 
     def _run(
-        self, argv: list[str], cwd: Path, env: dict[str, str], timeout_s: float
+        self,
+        argv: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        timeout_s: float,
+        pass_fds: tuple[int, ...] = (),
     ) -> CommandResult:
         started = time.monotonic()
         process = subprocess.Popen(
@@ -96,6 +131,7 @@ class CommandRunner:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            pass_fds=pass_fds,
         )
         capture = _CappedCapture(MAX_OUTPUT_CHARS)
         reader = threading.Thread(target=capture.read_all, args=(process.stdout,), daemon=True)
@@ -105,10 +141,10 @@ class CommandRunner:
             process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             timed_out = True
-            _kill_group(process)
+            _stop(process)
         finally:
             if process.poll() is None:
-                _kill_group(process)
+                _stop(process)
         reader.join(timeout=5)
         return CommandResult(
             None if timed_out else process.returncode,
@@ -118,16 +154,74 @@ class CommandRunner:
         )
 
 
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    """TERM the process group, then KILL it after a grace period."""
+def _filter_fd(policy: SandboxPolicy) -> int:
+    """The seccomp filter in a memfd, for bubblewrap's --seccomp (AF_UNIX stays: bubblewrap
+    hides /run and /tmp, and its network namespace separates abstract sockets)."""
+    families = seccomp.denied_families(allow_network=policy.allow_network, deny_unix=False)
+    fd = os.memfd_create("m2agent-seccomp", 0)  # no CLOEXEC: bubblewrap reads it
+    os.write(fd, seccomp.program(families))
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _with_limits(argv: list[str], limits: Limits) -> list[str]:
+    """`ulimit` soft and hard (no child can raise them), then the command. RLIMIT_NPROC counts
+    every process of the user, so the cap is on top of what already runs."""
+    wanted = [
+        ("-u", resource.RLIMIT_NPROC, limits.processes, 1),
+        ("-d", resource.RLIMIT_DATA, limits.memory_bytes, 1024),
+        ("-f", resource.RLIMIT_FSIZE, limits.file_bytes, 1024),
+        ("-n", resource.RLIMIT_NOFILE, limits.open_files, 1),
+    ]
+    flags = []
+    for flag, which, value, unit in wanted:
+        if value is None:
+            continue
+        if which == resource.RLIMIT_NPROC:
+            value += privileges.processes_of(os.getuid())
+        hard = resource.getrlimit(which)[1]
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)
+        flags.append(f"{flag} {max(value // unit, 1)}")
+    if not flags:
+        return argv
+    script = f'ulimit -S -H {" ".join(flags)} || exit 126; exec "$@"'
+    return ["/bin/bash", "-c", script, "m2agent-limits", *argv]
+
+
+def _remove_created(missing: list[Path]) -> tuple[str, ...]:
+    """Commands may not create .git or .m2agent (a planted core.fsmonitor runs on the user's
+    next `git status`; a planted config changes the agent): what one created is removed."""
+    notes = []
+    for path in missing:
+        if not os.path.lexists(path):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        notes.append(f"{path.name} was created by the command and has been removed: commands "
+                     f"may not create {path.name} (protected)")  # fmt: skip
+    return tuple(notes)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """TERM the sandbox's top process first (the launcher then kills every descendant; killing
+    bwrap ends its PID namespace), then the process group, then KILL after a grace period."""
+    try:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=KILL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
     for sig, wait_s in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(process.pid, sig)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):
             return
         try:
             process.wait(timeout=wait_s)
-            return
+            if sig == signal.SIGKILL:
+                return
         except subprocess.TimeoutExpired:
             continue
 
@@ -198,15 +292,21 @@ class BashTool:
         timeout_s = (args.timeout or DEFAULT_TIMEOUT_S * 1000) / 1000
         result = self.runner.run(args.command, timeout_s)
         output = result.output.rstrip("\n") or "(no output)"
+        output += "".join(f"\n[{note}]" for note in result.notes)
         meta = {
             "exit_code": result.exit_code,
             "timed_out": result.timed_out,
             "duration_s": result.duration_s,
         }
         if result.timed_out:
+            killed = (
+                "the command and every process it started were killed"
+                if result.contained
+                else "the command's process group was killed (the sandbox is off: processes "
+                "that left the group may still run)"
+            )
             return ToolResult(
-                f"{output}\n[timed out after {timeout_s:g}s: the command and its children "
-                "were killed]",
+                f"{output}\n[timed out after {timeout_s:g}s: {killed}]",
                 is_error=True,
                 metadata=meta,
             )

@@ -5,6 +5,7 @@ seccomp (no namespaces needed) when bubblewrap cannot run."""
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -16,10 +17,22 @@ from m2agent.tools.sandbox.policy import SandboxPolicy
 SYSTEM_BWRAP = ("/usr/bin/bwrap", "/usr/local/bin/bwrap", "/bin/bwrap")
 
 
-def bwrap_argv(bwrap: str, policy: SandboxPolicy, command: list[str], cwd: Path) -> list[str]:
-    """Read-only root, private /tmp, writable workspace with read-only protected folders, all
-    namespaces unshared (no network unless allowed), dies with its parent, new session."""
+def bwrap_argv(
+    bwrap: str,
+    policy: SandboxPolicy,
+    command: list[str],
+    cwd: Path,
+    seccomp_fd: int | None = None,
+) -> list[str]:
+    """Read-only root, private /tmp, /run hidden but for what name resolution and the loader
+    need, writable workspace with read-only protected folders, secrets hidden, every
+    capability dropped (root included), all namespaces unshared (no network unless allowed),
+    the seccomp filter read from `seccomp_fd`, dies with its parent, new session."""
     argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    argv += ["--tmpfs", "/run"]
+    for path in needed_under_run():
+        argv += ["--ro-bind", str(path), str(path)]
+    argv += ["--remount-ro", "/run"]
     for path in policy.keep_visible:
         if not policy.workspace.is_relative_to(path):
             argv += ["--ro-bind", str(path), str(path)]
@@ -27,11 +40,33 @@ def bwrap_argv(bwrap: str, policy: SandboxPolicy, command: list[str], cwd: Path)
     for path in policy.read_only_paths:
         if path.exists():
             argv += ["--ro-bind", str(path), str(path)]
-    argv += ["--unshare-all"]
+    for path in policy.hidden:
+        if path.is_relative_to("/tmp") or path.is_relative_to("/run"):
+            continue  # already private
+        if path.is_dir() and not path.is_symlink():
+            argv += ["--tmpfs", str(path), "--remount-ro", str(path)]
+        else:
+            argv += ["--ro-bind", "/dev/null", str(path)]
+    argv += ["--unshare-all", "--cap-drop", "ALL"]
     if policy.allow_network:
         argv += ["--share-net"]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     argv += ["--die-with-parent", "--new-session", "--chdir", str(cwd), "--", *command]
     return argv
+
+
+def needed_under_run() -> list[Path]:
+    """What must stay visible in /run: the targets of /etc's name-resolution and loader files
+    (systemd-resolved's stub resolv.conf lives there) and PATH entries (NixOS)."""
+    wanted = [Path(p) for p in ("/etc/resolv.conf", "/etc/hosts", "/etc/ld.so.cache")]
+    wanted += [Path(p) for p in os.environ.get("PATH", "").split(os.pathsep) if p]
+    found: list[Path] = []
+    for path in wanted:
+        real = Path(os.path.realpath(path))
+        if real.is_relative_to("/run") and real.exists() and real not in found:
+            found.append(real)
+    return found
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,14 @@
-"""The Landlock + seccomp backend, for machines where namespaces are blocked (Docker's default
-profile, GitHub runners): applied in a small launcher process just before `exec`.
+"""Landlock, for the fallback backend on machines where namespaces are blocked (Docker's default
+profile, GitHub runners): applied by the launcher (`launcher.py`) to itself before it starts
+the command, together with the seccomp filter and dropped privileges.
 
-Landlock rules only add rights, so the workspace's `.git` and `.m2agent` stay read-only by
+Landlock rules only add rights. So the workspace's `.git` and `.m2agent` stay read-only by
 granting write access to every *other* child of the workspace (and to a private temp folder),
 never to the workspace folder itself: a command can change files in existing folders and
-top-level files, but cannot create new top-level entries. Network: Landlock (ABI >= 4) denies
-TCP bind/connect, and a seccomp filter refuses AF_INET/AF_INET6 sockets, which also closes UDP.
-Linux only; plain ctypes, no dependency.
+top-level files, but cannot create or delete top-level entries. Secrets are hidden the same
+way: read access goes to everything around them (`read_grants`). Network: Landlock (ABI >= 4)
+denies TCP bind/connect; ABI >= 6 also scopes abstract unix sockets and signals to the sandbox.
+Linux only; plain ctypes, stdlib only (the launcher loads it without site-packages).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import ctypes
 import errno
 import os
 import platform
+import stat
 import struct
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,8 +30,6 @@ _SYSCALLS = {  # landlock_create_ruleset, landlock_add_rule, landlock_restrict_s
 _CREATE_RULESET_VERSION = 1
 _RULE_PATH_BENEATH = 1
 _PR_SET_NO_NEW_PRIVS = 38
-_PR_SET_SECCOMP = 22
-_SECCOMP_MODE_FILTER = 2
 
 # Filesystem access rights by the ABI that introduced them.
 _FS_RIGHTS = [
@@ -40,8 +41,10 @@ _FS_RIGHTS = [
     (5, "IOCTL_DEV", 1 << 15),
 ]  # fmt: skip
 _READ = (1 << 0) | (1 << 2) | (1 << 3)  # execute, read file, read dir
+_LIST = 1 << 3  # read dir only: the ancestors of hidden paths
 _FILE_ONLY = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 14) | (1 << 15)
 _NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1
+_SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1 << 0, 1 << 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -58,9 +61,11 @@ def abi_version() -> int:
     return max(0, version)
 
 
-def restrict(writable: Iterable[Path], *, allow_network: bool) -> None:
-    """Confine this process and its future children: read and execute anywhere, write only
-    beneath `writable`, and no IP networking unless allowed. Irreversible."""
+def restrict(writable: Iterable[Path], hidden: Iterable[Path] = (), *, allow_network: bool) -> None:
+    """Confine this process and its future children: read and execute anywhere except the
+    `hidden` paths, write only beneath `writable`, no TCP unless allowed (ABI >= 4), no signals
+    to and no abstract unix sockets of processes outside the sandbox (ABI >= 6). Irreversible.
+    The caller adds the seccomp filter (`seccomp.install`)."""
     abi = abi_version()
     if abi < 1:
         raise LandlockError(errno.ENOSYS, "Landlock is not available in this kernel")
@@ -69,16 +74,24 @@ def restrict(writable: Iterable[Path], *, allow_network: bool) -> None:
         if version <= abi:
             handled |= bit
     net = 0 if allow_network or abi < 4 else _NET_BIND_TCP | _NET_CONNECT_TCP
-    attr = struct.pack("QQQ", handled, net, 0) if abi >= 4 else struct.pack("Q", handled)
+    if abi >= 6:
+        attr = struct.pack("QQQ", handled, net, _SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL)
+    elif abi >= 4:
+        attr = struct.pack("QQ", handled, net)
+    else:
+        attr = struct.pack("Q", handled)
     ruleset = _libc.syscall(_SYSCALLS["create"], attr, ctypes.c_size_t(len(attr)), 0)
     if ruleset < 0:
         _raise("landlock_create_ruleset")
     try:
-        _add_path(ruleset, Path("/"), _READ & handled)
+        readable, listable = read_grants(hidden)
+        for path in listable:
+            _add_path(ruleset, path, _LIST & handled)
+        for path in readable:
+            _add_path(ruleset, path, _READ & handled)
         for path in writable:
-            rights = handled if path.is_dir() else _FILE_ONLY & handled
-            _add_path(ruleset, path, rights)
-        for device in ("/dev/null", "/dev/zero", "/dev/tty", "/dev/urandom"):
+            _add_path(ruleset, path, handled)
+        for device in ("/dev/null", "/dev/zero", "/dev/tty", "/dev/urandom", "/dev/random"):
             if Path(device).exists():
                 _add_path(ruleset, Path(device), ((1 << 1) | (1 << 2)) & handled)
         if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
@@ -87,50 +100,50 @@ def restrict(writable: Iterable[Path], *, allow_network: bool) -> None:
             _raise("landlock_restrict_self")
     finally:
         os.close(ruleset)
-    if not allow_network:
-        _deny_ip_sockets()
+
+
+def read_grants(hidden: Iterable[Path]) -> tuple[list[Path], list[Path]]:
+    """Landlock rules only add rights, so hiding a path means granting read to everything
+    around it: every sibling of the hidden path and of each of its ancestors, and listing (not
+    reading) to the ancestors themselves. Returns (read grants, list-only grants); with nothing
+    to hide, the one grant is `/`. Symlinked siblings get no rule: their targets are governed
+    where they really are."""
+    targets = {Path(os.path.realpath(p)) for p in hidden if os.path.lexists(p)}
+    if not targets:
+        return [Path("/")], []
+    ancestors = {parent for target in targets for parent in target.parents}
+    readable: list[Path] = []
+    todo = [Path("/")]
+    while todo:
+        folder = todo.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            if path in targets or entry.is_symlink():
+                continue
+            if path in ancestors and entry.is_dir(follow_symlinks=False):
+                todo.append(path)
+            else:
+                readable.append(path)
+    return readable, sorted(ancestors)
 
 
 def _add_path(ruleset: int, path: Path, rights: int) -> None:
-    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return  # gone since it was listed
+    try:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            rights &= _FILE_ONLY
         rule = struct.pack("=Qi", rights, fd)  # struct landlock_path_beneath_attr (packed)
         if _libc.syscall(_SYSCALLS["add"], ruleset, _RULE_PATH_BENEATH, rule, 0) != 0:
             _raise(f"landlock_add_rule({path})")
     finally:
         os.close(fd)
-
-
-def _deny_ip_sockets() -> None:
-    """seccomp: socket(AF_INET | AF_INET6, ...) fails with EACCES; everything else runs."""
-    known = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}
-    if platform.machine() not in known:
-        raise LandlockError(errno.ENOSYS, f"no seccomp filter for {platform.machine()}")
-    arch, socket_nr = known[platform.machine()]
-
-    def op(code: int, jt: int, jf: int, k: int) -> bytes:
-        return struct.pack("HBBI", code, jt, jf, k)
-
-    ld, jeq, ret = 0x20, 0x15, 0x06  # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K
-    allow, deny = 0x7FFF0000, 0x00050000 | errno.EACCES  # SECCOMP_RET_ALLOW, RET_ERRNO|EACCES
-    program = b"".join(
-        [
-            op(ld, 0, 0, 4),  # seccomp_data.arch
-            op(jeq, 1, 0, arch),
-            op(ret, 0, 0, allow),  # another ABI (e.g. 32-bit): leave it to Landlock
-            op(ld, 0, 0, 0),  # seccomp_data.nr
-            op(jeq, 0, 3, socket_nr),  # not socket(): allow
-            op(ld, 0, 0, 16),  # seccomp_data.args[0] (low 32 bits): the address family
-            op(jeq, 2, 0, 2),  # AF_INET
-            op(jeq, 1, 0, 10),  # AF_INET6
-            op(ret, 0, 0, allow),
-            op(ret, 0, 0, deny),
-        ]
-    )
-    buffer = ctypes.create_string_buffer(program)
-    fprog = struct.pack("HxxxxxxQ", len(program) // 8, ctypes.addressof(buffer))
-    if _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.c_char_p(fprog), 0, 0) != 0:
-        _raise("prctl(SECCOMP)")
 
 
 def _raise(what: str) -> None:

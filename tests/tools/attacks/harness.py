@@ -1,0 +1,134 @@
+"""Running attacks in the sandbox as root or as an unprivileged user (see conftest.py for the
+threat model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from m2agent.tools.sandbox import bwrap, landlock
+
+NOBODY = 65534
+BACKENDS = ["bwrap", "landlock"]
+USERS = ["root", "nobody"]
+
+
+def require_backend(backend: str) -> None:
+    if backend == "bwrap":
+        probe = bwrap.probe_bwrap()
+        if not probe.works:
+            pytest.skip(f"bubblewrap does not work here: {probe.diagnosis}")
+    elif landlock.abi_version() < 1:
+        pytest.skip("Landlock is not available in this kernel")
+
+
+def require_user(user: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip(f"runs as {user} only when the tests run as root (setpriv switches user)")
+    if user == "nobody" and shutil.which("setpriv") is None:
+        pytest.skip("setpriv is not installed: cannot switch to an unprivileged user")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    exit_code: int | None
+    output: str
+    timed_out: bool
+    notes: list[str]
+
+
+_RUNNER_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from m2agent.tools.sandbox.policy import SandboxPolicy
+    from m2agent.tools.sandbox.privileges import Limits
+    from m2agent.tools.shell import CommandRunner
+    spec = json.loads(sys.argv[1])
+    policy = SandboxPolicy.for_workspace(
+        Path(spec["workspace"]), limits=Limits(**spec["limits"]), **spec["policy"]
+    )
+    runner = CommandRunner(policy, spec["backend"])
+    out = []
+    for command in spec["commands"]:
+        r = runner.run(command, spec["timeout_s"])
+        out.append({"exit_code": r.exit_code, "output": r.output, "timed_out": r.timed_out,
+                    "notes": list(r.notes)})
+    print(json.dumps(out))
+    """
+)
+
+
+@dataclass
+class Attacker:
+    """Runs commands in the sandbox as `user` on `backend`, in a workspace that user owns."""
+
+    backend: str
+    user: str
+    workspace: Path
+    home: Path
+    public: Path  # a folder outside the workspace that both users may write
+
+    def run(
+        self,
+        *commands: str,
+        timeout_s: float = 20,
+        limits: dict[str, Any] | None = None,
+        **policy: Any,
+    ) -> list[Outcome]:
+        from m2agent.tools.sandbox.privileges import Limits
+
+        spec = {
+            "workspace": str(self.workspace),
+            "backend": self.backend,
+            "commands": list(commands),
+            "timeout_s": timeout_s,
+            "limits": limits if limits is not None else _limits_dict(Limits()),
+            "policy": policy,
+        }
+        env = {**os.environ, "HOME": str(self.home)}
+        argv = [sys.executable, "-I", "-c", _RUNNER_SCRIPT, json.dumps(spec)]
+        if self.user == "nobody":
+            argv = [
+                "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv,
+            ]  # fmt: skip
+        done = subprocess.run(
+            argv, capture_output=True, text=True, env=env, cwd=self.public, timeout=300
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return [Outcome(**o) for o in json.loads(done.stdout.splitlines()[-1])]
+
+    def one(self, command: str, **kwargs: Any) -> Outcome:
+        return self.run(command, **kwargs)[0]
+
+
+def _limits_dict(limits: Any) -> dict[str, Any]:
+    return {
+        "processes": limits.processes,
+        "memory_bytes": limits.memory_bytes,
+        "file_bytes": limits.file_bytes,
+        "open_files": limits.open_files,
+    }
+
+
+def make_attacker(backend: str, user: str, public: Path) -> Attacker:
+    require_backend(backend)
+    require_user(user)
+    workspace, home = public / "ws", public / "home"
+    for folder in (workspace, home):
+        folder.mkdir()
+    subprocess.run(["git", "init", "-q", str(workspace)], check=True)
+    (workspace / "README.md").write_text("hello\n")
+    if user == "nobody":
+        for path in (workspace, home, *workspace.rglob("*")):
+            os.lchown(path, NOBODY, NOBODY)
+    return Attacker(backend, user, workspace, home, public)

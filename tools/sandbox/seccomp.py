@@ -1,0 +1,97 @@
+"""The seccomp filter every sandboxed command runs under (both backends): a classic BPF program,
+built here as bytes (pure) and installed by the launcher or handed to bubblewrap's `--seccomp`.
+
+What it refuses (EACCES, the process keeps running):
+- every syscall of a non-native ABI: 32-bit `int 0x80` and x32 on x86_64, AArch32 on arm64
+  (their socket calls would bypass the checks below);
+- `socket()` of AF_PACKET (raw frames: sniffing loopback) and AF_NETLINK (the host's routes,
+  addresses, firewall), always;
+- `socket()` of AF_INET/AF_INET6 when the network is off (this also closes UDP);
+- `socket()` of AF_UNIX when asked (the Landlock backend with the network off: Landlock cannot
+  tell a socket in the workspace from /run/docker.sock; `socketpair()` keeps working);
+- `io_uring_setup` (io_uring opens sockets without the `socket()` syscall).
+Stdlib only: the launcher loads it without site-packages.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import struct
+
+AF_UNIX, AF_INET, AF_NETLINK, AF_INET6, AF_PACKET = 1, 2, 16, 10, 17
+_X32_BIT = 0x40000000
+# machine -> (AUDIT_ARCH of the native ABI, socket nr, io_uring_setup nr, refuse x32 numbers)
+_ARCHES = {
+    "x86_64": (0xC000003E, 41, 425, True),
+    "aarch64": (0xC00000B7, 198, 425, False),
+}
+_PR_SET_NO_NEW_PRIVS, _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 38, 22, 2
+_LD, _JEQ, _JGE, _RET = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, JMP|JEQ|K, JMP|JGE|K, RET|K
+_ALLOW = 0x7FFF0000
+_DENY = 0x00050000 | errno.EACCES  # SECCOMP_RET_ERRNO | EACCES
+
+
+class SeccompError(OSError):
+    """The filter could not be built or installed; the command must not run."""
+
+
+def supported() -> bool:
+    return platform.system() == "Linux" and platform.machine() in _ARCHES
+
+
+def denied_families(*, allow_network: bool, deny_unix: bool) -> tuple[int, ...]:
+    families = [AF_PACKET, AF_NETLINK]
+    if not allow_network:
+        families += [AF_INET, AF_INET6]
+    if deny_unix:
+        families.append(AF_UNIX)
+    return tuple(families)
+
+
+def program(families: tuple[int, ...], machine: str | None = None) -> bytes:
+    """The filter as `struct sock_filter[]` bytes, for this machine (or `machine`)."""
+    machine = machine or platform.machine()
+    if machine not in _ARCHES:
+        raise SeccompError(errno.ENOSYS, f"no seccomp filter for {machine}")
+    arch, socket_nr, io_uring_nr, x32 = _ARCHES[machine]
+
+    def op(code: int, jt: int, jf: int, k: int) -> bytes:
+        return struct.pack("HBBI", code, jt, jf, k)
+
+    deny_family = [op(_JEQ, len(families) - i, 0, family) for i, family in enumerate(families)]
+    body = [
+        op(_LD, 0, 0, 4),  # seccomp_data.arch
+        op(_JEQ, 1, 0, arch),
+        op(_RET, 0, 0, _DENY),  # another ABI: refused whole
+        op(_LD, 0, 0, 0),  # seccomp_data.nr
+        *([op(_JGE, 0, 1, _X32_BIT), op(_RET, 0, 0, _DENY)] if x32 else []),
+        op(_JEQ, 0, 1, io_uring_nr),
+        op(_RET, 0, 0, _DENY),
+        op(_JEQ, 1, 0, socket_nr),
+        op(_RET, 0, 0, _ALLOW),  # not socket(): allowed
+        op(_LD, 0, 0, 16),  # seccomp_data.args[0], low 32 bits: the address family
+        *deny_family,
+        op(_RET, 0, 0, _ALLOW),
+        op(_RET, 0, 0, _DENY),
+    ]
+    return b"".join(body)
+
+
+def install(filter_bytes: bytes) -> None:
+    """Load the filter into this process (inherited by every child, irreversible); sets
+    no_new_privs first, as the kernel requires of an unprivileged caller."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        _raise(libc, "prctl(NO_NEW_PRIVS)")
+    buffer = ctypes.create_string_buffer(filter_bytes, len(filter_bytes))
+    fprog = struct.pack("HxxxxxxQ", len(filter_bytes) // 8, ctypes.addressof(buffer))
+    if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.c_char_p(fprog), 0, 0) != 0:
+        _raise(libc, "prctl(SECCOMP)")
+
+
+def _raise(libc: ctypes.CDLL, what: str) -> None:
+    code = ctypes.get_errno()
+    raise SeccompError(code, f"{what} failed: {os.strerror(code)}")
