@@ -41,8 +41,9 @@ def bwrap_argv(
         if path.exists():
             argv += ["--ro-bind", str(path), str(path)]
     for path in policy.hidden:
-        if path.is_relative_to("/tmp") or path.is_relative_to("/run"):
-            continue  # already private
+        private = path.is_relative_to("/tmp") or path.is_relative_to("/run")
+        if private and not path.is_relative_to(policy.workspace):
+            continue  # not visible anyway
         if path.is_dir() and not path.is_symlink():
             argv += ["--tmpfs", str(path), "--remount-ro", str(path)]
         else:

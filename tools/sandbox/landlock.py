@@ -6,7 +6,7 @@ Landlock rules only add rights. So the workspace's `.git` and `.m2agent` stay re
 granting write access to every *other* child of the workspace (and to a private temp folder),
 never to the workspace folder itself: a command can change files in existing folders and
 top-level files, but cannot create or delete top-level entries. Secrets are hidden the same
-way: read access goes to everything around them (`read_grants`). Network: Landlock (ABI >= 4)
+way: read access goes to everything around them (`split_around`). Network: Landlock (ABI >= 4)
 denies TCP bind/connect; ABI >= 6 also scopes abstract unix sockets and signals to the sandbox.
 Linux only; plain ctypes, stdlib only (the launcher loads it without site-packages).
 """
@@ -42,6 +42,7 @@ _FS_RIGHTS = [
 ]  # fmt: skip
 _READ = (1 << 0) | (1 << 2) | (1 << 3)  # execute, read file, read dir
 _LIST = 1 << 3  # read dir only: the ancestors of hidden paths
+_CONTENTS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 14) | (1 << 15)  # execute, read/write file...
 _FILE_ONLY = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 14) | (1 << 15)
 _NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1
 _SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1 << 0, 1 << 1
@@ -84,11 +85,15 @@ def restrict(writable: Iterable[Path], hidden: Iterable[Path] = (), *, allow_net
     if ruleset < 0:
         _raise("landlock_create_ruleset")
     try:
-        readable, listable = read_grants(hidden)
+        hidden = list(hidden)
+        readable, listable = split_around([Path("/")], hidden)
         for path in listable:
             _add_path(ruleset, path, _LIST & handled)
         for path in readable:
             _add_path(ruleset, path, _READ & handled)
+        writable, around = split_around(writable, hidden)
+        for path in around:
+            _add_path(ruleset, path, handled & ~_CONTENTS)
         for path in writable:
             _add_path(ruleset, path, handled)
         for device in ("/dev/null", "/dev/zero", "/dev/tty", "/dev/urandom", "/dev/random"):
@@ -102,33 +107,31 @@ def restrict(writable: Iterable[Path], hidden: Iterable[Path] = (), *, allow_net
         os.close(ruleset)
 
 
-def read_grants(hidden: Iterable[Path]) -> tuple[list[Path], list[Path]]:
-    """Landlock rules only add rights, so hiding a path means granting read to everything
-    around it: every sibling of the hidden path and of each of its ancestors, and listing (not
-    reading) to the ancestors themselves. Returns (read grants, list-only grants); with nothing
-    to hide, the one grant is `/`. Symlinked siblings get no rule: their targets are governed
-    where they really are."""
+def split_around(roots: Iterable[Path], hidden: Iterable[Path]) -> tuple[list[Path], list[Path]]:
+    """Landlock rules only add rights, so hiding a path beneath a granted root means granting
+    everything around it instead: each sibling of the hidden path and of each of its ancestors
+    up to the root. Returns (the paths to grant whole, the ancestors of hidden paths, which get
+    only the rights that do not reach file contents). Symlinked siblings get no rule: their
+    targets are governed where they really are."""
     targets = {Path(os.path.realpath(p)) for p in hidden if os.path.lexists(p)}
-    if not targets:
-        return [Path("/")], []
     ancestors = {parent for target in targets for parent in target.parents}
-    readable: list[Path] = []
-    todo = [Path("/")]
+    whole: list[Path] = []
+    split: list[Path] = []
+    todo = [Path(r) for r in roots if Path(r) not in targets]
     while todo:
-        folder = todo.pop()
+        path = todo.pop()
+        if path not in ancestors or path.is_symlink() or not path.is_dir():
+            whole.append(path)
+            continue
+        split.append(path)
         try:
-            entries = list(os.scandir(folder))
+            children = list(os.scandir(path))
         except OSError:
             continue
-        for entry in entries:
-            path = Path(entry.path)
-            if path in targets or entry.is_symlink():
-                continue
-            if path in ancestors and entry.is_dir(follow_symlinks=False):
-                todo.append(path)
-            else:
-                readable.append(path)
-    return readable, sorted(ancestors)
+        todo += [
+            Path(c.path) for c in children if Path(c.path) not in targets and not c.is_symlink()
+        ]
+    return whole, split
 
 
 def _add_path(ruleset: int, path: Path, rights: int) -> None:

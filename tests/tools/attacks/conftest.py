@@ -36,8 +36,9 @@ from harness import BACKENDS, USERS, Attacker, make_attacker
 
 @pytest.fixture
 def public() -> Iterator[Path]:
-    """A folder every user can traverse (pytest's own tmp folders are private to root)."""
-    folder = Path(tempfile.mkdtemp(prefix="m2agent-attack-", dir="/tmp"))
+    """A folder every user can traverse (pytest's own tmp folders are private to root), outside
+    /tmp (which bubblewrap replaces), as a home folder would be."""
+    folder = Path(tempfile.mkdtemp(prefix="m2agent-attack-", dir="/var/tmp"))
     folder.chmod(0o777)
     try:
         yield folder
