@@ -18,7 +18,6 @@ from m2agent.settings import Settings
 from m2agent.tools.checkpoints import Checkpoints
 from m2agent.tools.files import atomic_write
 from m2agent.tools.run_tests import detect_test_command, run_tests
-from m2agent.tools.sandbox.policy import SandboxPolicy
 from m2agent.tools.shell import CommandRunner, SandboxUnavailable
 from m2agent.ui.headless import OutputFormat
 
@@ -80,7 +79,7 @@ def run_ci(
     command = test_cmd or detect_test_command(workspace)
     if not command:
         raise UsageError("no test command found here: pass --test-cmd 'pytest -q'")
-    policy = SandboxPolicy.for_workspace(workspace, allow_network=settings.allow_network)
+    policy = settings.sandbox_policy(workspace)
     runner = CommandRunner(policy, settings.sandbox)
     try:
         before = run_tests(runner, command)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import platform
 import shutil
 import subprocess
@@ -34,6 +35,7 @@ def run_checks(settings: Settings, workspace: Path) -> list[Check]:
         ),
         _git(),
         _sandbox(settings),
+        _protections(settings, workspace),
         _model(settings),
         _engine(settings),
     ]
@@ -59,6 +61,60 @@ def _sandbox(settings: Settings) -> Check:
     if probe.works:
         return Check("sandbox", True, f"{probe.backend}: {probe.diagnosis}")
     return Check("sandbox", False, probe.diagnosis, probe.advice or "see SANDBOX notes in README")
+
+
+def _protections(settings: Settings, workspace: Path) -> Check:
+    """Which of the sandbox's protections are in force here, in words."""
+    from m2agent.tools.sandbox import bwrap, landlock, seccomp
+
+    if settings.sandbox == "off":
+        return Check("protections", True, "none: the sandbox is off", needed=False)
+    probe = bwrap.probe() if settings.sandbox == "auto" else None
+    backend = probe.backend if probe is not None else settings.sandbox
+    abi = landlock.abi_version()
+    policy = settings.sandbox_policy(workspace)
+    active = [
+        "writes only in the workspace (.git and .m2agent read-only, never created)",
+        f"{len(policy.hidden)} secret paths hidden (deny_read/allow_read adjust)",
+        "credentials scrubbed from the environment"
+        + (f" (kept: {', '.join(policy.env_allow)})" if policy.env_allow else ""),
+        "network " + ("allowed" if policy.allow_network else "off"),
+        "no capabilities, no_new_privs",
+    ]
+    missing = []
+    if seccomp.supported():
+        active.append("seccomp: no 32-bit/x32 syscalls, raw or netlink sockets, io_uring")
+    else:
+        missing.append("no seccomp filter for this machine")
+    if backend == "bwrap":
+        active.append("PID namespace: no process outlives its command; /run hidden")
+    elif backend == "landlock":
+        active.append(f"Landlock ABI {abi}; subreaper kills every leftover process")
+        if abi >= 6:
+            active.append("signals and abstract unix sockets scoped to the sandbox")
+        else:
+            missing.append("Landlock ABI < 6: host processes can be signalled")
+        missing.append("new top-level workspace entries cannot be created (Landlock)")
+        if os.geteuid() == 0:
+            missing.append("as root, root-owned files outside can be chmod'ed (Landlock)")
+    if os.geteuid() == 0:
+        missing.append("as root the process count is not limited (the kernel exempts uid 0)")
+    limits = policy.limits
+    active.append(
+        "limits: "
+        + ", ".join(
+            f"{name} {value}"
+            for name, value in (
+                ("processes +", limits.processes),
+                ("memory MiB", limits.memory_bytes and limits.memory_bytes >> 20),
+                ("file MiB", limits.file_bytes and limits.file_bytes >> 20),
+                ("open files", limits.open_files),
+            )
+            if value
+        )
+    )
+    detail = "; ".join(active) + ("" if not missing else ". Not here: " + "; ".join(missing))
+    return Check("protections", probe is None or probe.works, detail, needed=False)
 
 
 def _model(settings: Settings) -> Check:

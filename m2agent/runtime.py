@@ -14,7 +14,6 @@ from m2agent.errors import SandboxError
 from m2agent.settings import Settings
 from m2agent.tools.checkpoints import Checkpoints
 from m2agent.tools.defaults import default_tools
-from m2agent.tools.sandbox.policy import SandboxPolicy
 from m2agent.tools.shell import CommandRunner, SandboxUnavailable
 from m2agent.tools.todo import TodoList
 from m2agent.tools.workspace import Workspace
@@ -40,7 +39,7 @@ def build_runtime(
     ask: Ask | None,
 ) -> Runtime:
     """Raises SandboxError when commands could not run safely here."""
-    policy = SandboxPolicy.for_workspace(workspace, allow_network=settings.allow_network)
+    policy = settings.sandbox_policy(workspace)
     runner = CommandRunner(policy, settings.sandbox)
     try:
         runner.backend()
@@ -49,9 +48,7 @@ def build_runtime(
     project = settings.project_dir(workspace)
     checkpoints = Checkpoints(workspace, project / "snapshots.git")
     todos = TodoList()
-    tools = default_tools(
-        Workspace(workspace), todos, sandbox=settings.sandbox, allow_network=settings.allow_network
-    )
+    tools = default_tools(Workspace(workspace), todos, runner=runner)
     approvals = ApprovalPolicy(mode, RuleStore(project / "approvals.json"), ask)
     return Runtime(
         Agent(backend, tools, approvals, checkpoints), runner, checkpoints, todos, project

@@ -14,14 +14,22 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from m2agent.errors import UsageError
 
+if TYPE_CHECKING:
+    from m2agent.tools.sandbox.policy import SandboxPolicy
+
 Api = Literal["openai", "completions", "anthropic"]
+# What only the user's own config (or a trusted project's) may set: where keys go, how far the
+# agent may act on its own, what the sandbox lets through, and how long it may run.
 SENSITIVE = frozenset(
-    {"endpoint", "api_key", "api", "sandbox", "allow_network", "github_token", "github_api_url"}
-)
+    {"endpoint", "api_key", "api", "sandbox", "allow_network", "github_token", "github_api_url",
+     "approval_mode", "state_dir", "max_steps", "max_minutes", "max_tokens", "max_total_tokens",
+     "allow_read", "env_allow", "limit_processes", "limit_memory_mb", "limit_file_mb",
+     "limit_open_files"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +52,45 @@ class Settings:
     github_repository: str | None = None  # owner/name (GITHUB_REPOSITORY in Actions)
     github_event_path: str | None = None  # the Actions event payload (fork detection)
     state_dir: Path = Path("~/.local/state/m2agent")
+    config_dir: Path = Path("~/.config/m2agent")  # where the user's config.toml lives (derived)
+    # The sandbox: paths hidden from commands on top of the built-in secrets, paths made
+    # readable again, environment variables kept although their names look secret, and
+    # per-command limits (0: none).
+    deny_read: tuple[str, ...] = ()
+    allow_read: tuple[str, ...] = ()
+    env_allow: tuple[str, ...] = ()
+    limit_processes: int = 1024
+    limit_memory_mb: int = 8192
+    limit_file_mb: int = 4096
+    limit_open_files: int = 4096
 
     def project_dir(self, workspace: Path) -> Path:
         """Where this project's snapshots, sessions and approvals live (never in the repo)."""
         digest = hashlib.sha256(str(workspace.resolve()).encode()).hexdigest()[:16]
         return self.state_dir / "projects" / f"{workspace.name}-{digest}"
+
+    def sandbox_policy(self, workspace: Path) -> SandboxPolicy:
+        """What commands may do in `workspace`: m2agent's own config and state are hidden from
+        them too (the config may hold `api_key`; the state holds sessions and snapshots)."""
+        from m2agent.tools.sandbox.policy import SandboxPolicy
+        from m2agent.tools.sandbox.privileges import Limits
+
+        mib = 1 << 20
+        limits = Limits(
+            processes=self.limit_processes or None,
+            memory_bytes=self.limit_memory_mb * mib or None,
+            file_bytes=self.limit_file_mb * mib or None,
+            open_files=self.limit_open_files or None,
+        )
+        return SandboxPolicy.for_workspace(
+            workspace,
+            allow_network=self.allow_network,
+            deny_read=self.deny_read,
+            allow_read=self.allow_read,
+            env_allow=self.env_allow,
+            limits=limits,
+            own_dirs=(self.config_dir, self.state_dir),
+        )
 
 
 def load_settings(
@@ -70,9 +112,11 @@ def load_settings(
                 f"{config_home / 'm2agent/config.toml'} if you trust it"
             )
     values: dict[str, Any] = {"state_dir": state_home / "m2agent"}
+    if "config_dir" in user or "config_dir" in project:
+        raise UsageError("config_dir is where config.toml is found; it cannot be set in one")
     for layer in (user, project, _from_env(env), {k: v for k, v in flags.items() if v is not None}):
         values.update(layer)
-    return _build(values)
+    return replace(_build(values), config_dir=config_home / "m2agent")
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -141,6 +185,22 @@ def _build(values: dict[str, Any]) -> Settings:
             f"tp must be a positive integer (GPUs for the embedded engine), got {settings.tp!r}",
         ),
     ]
+    lists: dict[str, tuple[str, ...]] = {}
+    for name in ("deny_read", "allow_read", "env_allow"):
+        value = getattr(settings, name)
+        if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+            raise UsageError(f"{name} must be a list of strings, got {value!r}")
+        lists[name] = tuple(value)
+    settings = replace(
+        settings,
+        deny_read=lists["deny_read"],
+        allow_read=lists["allow_read"],
+        env_allow=lists["env_allow"],
+    )
+    for name in ("limit_processes", "limit_memory_mb", "limit_file_mb", "limit_open_files"):
+        value = getattr(settings, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise UsageError(f"{name} must be a whole number >= 0 (0: no limit), got {value!r}")
     for ok, message in checks:
         if not ok:
             raise UsageError(message)

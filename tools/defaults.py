@@ -17,10 +17,13 @@ def default_tools(
     *,
     sandbox: SandboxMode = "auto",
     allow_network: bool = False,
+    runner: CommandRunner | None = None,
 ) -> ToolRegistry:
-    """Read, Write, Edit, Bash, Grep, Glob and TodoWrite, in Claude Code's vocabulary."""
-    policy = SandboxPolicy.for_workspace(workspace.path, allow_network=allow_network)
-    runner = CommandRunner(policy, sandbox)
+    """Read, Write, Edit, Bash, Grep, Glob and TodoWrite, in Claude Code's vocabulary. Bash runs
+    through `runner` when given (its policy), else a default policy for the workspace."""
+    if runner is None:
+        policy = SandboxPolicy.for_workspace(workspace.path, allow_network=allow_network)
+        runner = CommandRunner(policy, sandbox)
     return ToolRegistry(
         [
             ReadTool(workspace),

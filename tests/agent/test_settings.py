@@ -23,7 +23,8 @@ def test_precedence_flags_env_project_user(tmp_path: Path) -> None:
     home, ws = tmp_path / "home", tmp_path / "ws"
     write(
         home / "cfg/m2agent/config.toml",
-        'model = "user-model"\nmax_steps = 7\nendpoint = "http://user/v1"\n',
+        'model = "user-model"\nmax_steps = 7\nendpoint = "http://user/v1"\n'
+        f"trusted_projects = [{str(ws)!r}]\n",
     )
     write(ws / ".m2agent/config.toml", "max_steps = 9\n")
     s = load_settings(ws, {}, env_for(home))

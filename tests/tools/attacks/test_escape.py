@@ -292,3 +292,56 @@ def test_existing_git_stays_read_only(attacker: Attacker) -> None:
     assert result.exit_code == 0
     config = (attacker.workspace / ".git/config").read_text()
     assert "fsmonitor" not in config and not (attacker.workspace / ".git/hooks/pre-commit").exists()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'approval_mode = "auto"', 'state_dir = "/tmp/evil"', "max_steps = 100000",
+        "max_minutes = 100000.0", 'allow_read = ["~/.ssh"]', 'env_allow = ["*"]',
+        "limit_processes = 0", "allow_network = true", 'sandbox = "off"',
+    ],
+)  # fmt: skip
+def test_untrusted_project_config_cannot_loosen_anything(tmp_path: Path, line: str) -> None:
+    from m2agent.errors import UsageError
+    from m2agent.settings import load_settings
+
+    home, ws = tmp_path / "home", tmp_path / "ws"
+    (ws / ".m2agent").mkdir(parents=True)
+    (ws / ".m2agent/config.toml").write_text(line + "\n")
+    env = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / "cfg")}
+    with pytest.raises(UsageError, match="which only a trusted project may"):
+        load_settings(ws, {}, env)
+    (home / "cfg/m2agent").mkdir(parents=True)
+    (home / "cfg/m2agent/config.toml").write_text(f"trusted_projects = [{str(ws)!r}]\n")
+    load_settings(ws, {}, env)  # a trusted project may
+
+
+def test_settings_reach_the_sandbox_policy(tmp_path: Path) -> None:
+    from m2agent.settings import load_settings
+
+    home, ws = tmp_path / "home", tmp_path / "ws"
+    (home / ".ssh").mkdir(parents=True)
+    (home / "cfg/m2agent").mkdir(parents=True)
+    ws.mkdir()
+    (ws / ".m2agent").mkdir()
+    (ws / ".m2agent/config.toml").write_text(f'deny_read = ["{home}/notes"]\n')  # tighter: fine
+    (home / "notes").write_text("x")
+    (home / "cfg/m2agent/config.toml").write_text('env_allow = ["CI_*"]\nlimit_file_mb = 0\n')
+    env = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / "cfg")}
+    settings = load_settings(ws, {}, env)
+    policy = settings.sandbox_policy(ws)
+    assert (home / "notes").resolve() in policy.hidden
+    assert (home / "cfg/m2agent").resolve() in policy.hidden  # m2agent's own config
+    assert policy.env_allow == ("CI_*",) and policy.limits.file_bytes is None
+
+
+def test_doctor_reports_the_active_protections(tmp_path: Path) -> None:
+    from m2agent.doctor import render, run_checks
+    from m2agent.settings import load_settings
+
+    settings = load_settings(tmp_path, {"sandbox": "landlock", "endpoint": "http://127.0.0.1:9"})
+    text = render(run_checks(settings, tmp_path))
+    assert "protections:" in text and "secret paths hidden" in text
+    if landlock.abi_version() >= 6:
+        assert "signals and abstract unix sockets scoped" in text
