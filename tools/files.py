@@ -13,6 +13,14 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from m2agent.tools.base import ToolAnnotations, ToolError, ToolResult
+from m2agent.tools.textfile import (
+    TextFormat,
+    decode,
+    head_beneath,
+    read_beneath,
+    shown_text,
+    write_beneath,
+)
 from m2agent.tools.workspace import Workspace
 
 MAX_LINES = 2000
@@ -63,8 +71,8 @@ class ReadTool:
 
     def run(self, args: ReadArgs) -> ToolResult:
         path = self.workspace.resolve_read(args.file_path)
-        text = read_text(path, args.file_path)
-        lines = text.splitlines()
+        text, fmt = read_text(self.workspace, path, args.file_path)
+        lines = shown_text(text).splitlines()
         start = (args.offset or 1) - 1
         limit = args.limit or MAX_LINES
         if start >= max(len(lines), 1) and lines:
@@ -82,7 +90,8 @@ class ReadTool:
         rest = len(lines) - (start + len(shown))
         if rest > 0:
             out.append(f"[... {rest} more lines: read on with offset={start + len(shown) + 1}]")
-        return ToolResult("\n".join(out), metadata={"path": str(path), "lines": len(shown)})
+        meta = {"path": str(path), "lines": len(shown), "format": fmt.describe()}
+        return ToolResult("\n".join(out), metadata=meta)
 
 
 class WriteTool:
@@ -101,17 +110,28 @@ class WriteTool:
         path = self.workspace.resolve_write(args.file_path)
         if path.is_dir():
             raise ToolError(f"{args.file_path} is a directory")
-        existed = path.exists()
-        old = read_text(path, args.file_path) if existed else ""
-        atomic_write(path, args.content)
+        head = head_beneath(self.workspace.path, path, 1 << 16)
+        old, fmt, content, large = "", TextFormat(), args.content, False
+        if head is not None:  # keep the file's encoding, BOM and line endings
+            large = path.stat().st_size > MAX_FILE_BYTES
+            if not large:
+                old, fmt = read_text(self.workspace, path, args.file_path)
+            else:  # too big to diff: its format from its first bytes
+                fmt = decode(head[: head.rfind(b"\n") + 1] or head, args.file_path)[1]
+            if "\r\n" not in content:
+                content = fmt.with_newlines(content)
+        data = fmt.encode(content, args.file_path)
+        existed = write_beneath(self.workspace.path, path, data, args.file_path)
         rel = self.workspace.relative(path)
         verb = "Updated" if existed else "Created"
         lines = args.content.count("\n") + (
             0 if args.content.endswith("\n") or not args.content else 1
         )
+        diff = (
+            "(diff omitted: large file)" if large else unified_diff(shown_text(old), content, rel)
+        )
         return ToolResult(
-            f"{verb} {rel} ({lines} lines)",
-            metadata={"path": str(path), "diff": unified_diff(old, args.content, rel)},
+            f"{verb} {rel} ({lines} lines)", metadata={"path": str(path), "diff": diff}
         )
 
 
@@ -135,59 +155,70 @@ class EditTool:
             raise ToolError("old_string is empty; use Write to replace a whole file")
         if args.old_string == args.new_string:
             raise ToolError("old_string and new_string are identical: nothing to change")
-        text = read_text(path, args.file_path)
-        count = text.count(args.old_string)
+        text, fmt = read_text(self.workspace, path, args.file_path)
+        old_string, new_string = args.old_string, args.new_string
+        count = text.count(old_string)
+        if count == 0 and fmt.newline != "\n":  # copied from Read's output, which shows lines
+            old_string, new_string = fmt.with_newlines(old_string), fmt.with_newlines(new_string)
+            count = text.count(old_string)
+        elif fmt.newline != "\n" and "\r\n" not in new_string:
+            new_string = fmt.with_newlines(new_string)
         if count == 0:
-            raise ToolError(no_match_message(text, args.old_string, args.file_path))
+            raise ToolError(no_match_message(shown_text(text), args.old_string, args.file_path))
         if count > 1 and not args.replace_all:
-            where = ", ".join(str(n) for n in match_lines(text, args.old_string)[:10])
+            where = ", ".join(str(n) for n in match_lines(text, old_string)[:10])
             raise ToolError(
                 f"old_string occurs {count} times in {args.file_path} (lines {where}); add "
                 "surrounding context to make it unique, or set replace_all"
             )
-        new = text.replace(args.old_string, args.new_string)
-        atomic_write(path, new)
+        new = text.replace(old_string, new_string)
+        write_beneath(self.workspace.path, path, fmt.encode(new, args.file_path), args.file_path)
         rel = self.workspace.relative(path)
-        diff = unified_diff(text, new, rel)
+        diff = unified_diff(shown_text(text), shown_text(new), rel)
         done = f"replaced {count} occurrences" if count > 1 else "edited"
         return ToolResult(f"{rel}: {done}\n{diff}", metadata={"path": str(path), "diff": diff})
 
 
-def read_text(path: Path, shown: str) -> str:
-    if not path.exists():
-        raise ToolError(f"{shown} does not exist")
-    if path.is_dir():
-        raise ToolError(f"{shown} is a directory (use Glob to list files)")
+def read_text(workspace: Workspace, path: Path, shown: str) -> tuple[str, TextFormat]:
+    """A text file's content and storage format, read without following symlinks."""
     if path.suffix.lower() in IMAGE_SUFFIXES:
         raise ToolError(f"{shown} is an image or PDF: this tool reads text files only")
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise ToolError(
-            f"{shown} is {size >> 20} MiB: too large to read (limit {MAX_FILE_BYTES >> 20} MiB)"
-        )
-    data = path.read_bytes()
-    if b"\0" in data[:8192]:
-        raise ToolError(f"{shown} looks binary (NUL bytes): this tool reads text files only")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
+    data = read_beneath(workspace.root_of(path), path, shown, MAX_FILE_BYTES)
+    return decode(data, shown)
 
 
-def atomic_write(path: Path, content: str) -> None:
-    """Write via a temp file in the same folder and rename over the target (keeps its mode)."""
+def atomic_write(path: Path, content: str | bytes) -> None:
+    """Write via a temp file in the same folder and rename over the target, keeping an existing
+    file's mode (and owner, when allowed); a new file follows the umask. For the agent's own
+    files; the file tools use `textfile.write_beneath`, which also refuses symlinks."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o7777 if path.exists() else None
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    old = path.stat() if path.exists() else None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(content)
-        if mode is not None:
-            os.chmod(tmp, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            if old is not None:
+                os.fchmod(fd, old.st_mode & 0o7777)
+                if os.geteuid() == 0:
+                    os.fchown(fd, old.st_uid, old.st_gid)
+            else:
+                os.fchmod(fd, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
 
 
 def unified_diff(old: str, new: str, name: str, context: int = 2) -> str:

@@ -44,6 +44,13 @@ class Workspace:
             "allowance from the user"
         )
 
+    def root_of(self, path: Path) -> Path:
+        """The root (the workspace or an extra read root) that a resolved path lies under."""
+        for root in (self.path, *self.extra_read_roots):
+            if path == root or path.is_relative_to(root):
+                return root
+        raise ToolError(f"{path}: outside the workspace {self.path}")
+
     def resolve_write(self, file_path: str) -> Path:
         """A path the model may write: inside the workspace after following symlinks, and not
         in a protected folder."""

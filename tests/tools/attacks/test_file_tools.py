@@ -1,0 +1,188 @@
+"""Findings 5 and 11-13 of issue 13: Write/Edit/Read redirected by a swapped symlink, and edits
+that corrupt files (encoding, BOM, line endings, mode, owner, umask, size). The file tools run
+in the agent process, not in the sandbox: the same on both backends."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import NOBODY
+
+from m2agent.tools import ToolRegistry, Workspace
+from m2agent.tools.base import ToolError
+from m2agent.tools.files import EditTool, ReadTool, WriteTool
+from m2agent.tools.textfile import read_beneath, write_beneath
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    folder = tmp_path / "ws"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def tools(root: Path) -> ToolRegistry:
+    ws = Workspace(root)
+    return ToolRegistry([ReadTool(ws), WriteTool(ws), EditTool(ws)])
+
+
+def edit(tools: ToolRegistry, path: str, old: str, new: str) -> str:
+    result = tools.call("Edit", {"file_path": path, "old_string": old, "new_string": new})
+    assert not result.is_error, result.content
+    return result.content
+
+
+# Finding 5: a symlink swapped in while the tools work.
+def test_writes_never_follow_a_symlink_swapped_in(root: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "sub").mkdir()
+    (root / "sub/f.txt").write_text("a\n")
+    with pytest.raises(ToolError, match="symlink"):  # deterministic: swapped after resolving
+        (root / "sub/f.txt").unlink()
+        (root / "sub").rmdir()
+        (root / "sub").symlink_to(outside)
+        write_beneath(root, root / "sub/f.txt", b"pwned\n", "sub/f.txt")
+    (root / "sub").unlink()
+    (root / "sub").mkdir()
+    (root / "link.txt").symlink_to(outside / "target.txt")
+    with pytest.raises(ToolError, match="symlink"):
+        write_beneath(root, root / "link.txt", b"pwned\n", "link.txt")
+    with pytest.raises(ToolError):
+        read_beneath(root, root / "link.txt", "link.txt", 1 << 20)
+    assert list(outside.iterdir()) == []
+
+
+@pytest.fixture
+def swapper(root: Path, tmp_path: Path) -> Iterator[Path]:
+    """A background process's worth of racing: `sub` flips between a folder and a symlink to
+    a folder outside, as fast as it can."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    real = root / "real"
+    real.mkdir()
+    (real / "f.txt").write_text("x = 1\n")
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            link = root / "sub"
+            try:
+                link.symlink_to(real)
+                link.unlink()
+                link.symlink_to(outside)
+                link.unlink()
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=swap, daemon=True)
+    thread.start()
+    try:
+        yield outside
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_racing_symlink_swaps_never_redirect_write_or_edit(
+    tools: ToolRegistry, swapper: Path
+) -> None:
+    for i in range(300):
+        tools.call("Write", {"file_path": "sub/f.txt", "content": f"x = {i}\n"})
+        tools.call("Edit", {"file_path": "sub/f.txt", "old_string": "x =", "new_string": "y ="})
+    assert list(swapper.iterdir()) == [], "a write went through the swapped symlink"
+
+
+# Finding 11: encodings, BOM, trailing newline.
+def test_latin1_edit_changes_only_the_replaced_bytes(tools: ToolRegistry, root: Path) -> None:
+    (root / "old.py").write_bytes(b"name = 'caf\xe9'\nx = 2\n")
+    edit(tools, "old.py", "x = 2", "x = 3")
+    assert (root / "old.py").read_bytes() == b"name = 'caf\xe9'\nx = 3\n"
+    edit(tools, "old.py", "x = 3", "y = 'd\xe9j\xe0'")
+    assert (root / "old.py").read_bytes() == b"name = 'caf\xe9'\ny = 'd\xe9j\xe0'\n"
+    refused = tools.call("Edit", {"file_path": "old.py", "old_string": "y", "new_string": "\u0142"})
+    assert refused.is_error and "Latin-1" in refused.content
+    assert (root / "old.py").read_bytes() == b"name = 'caf\xe9'\ny = 'd\xe9j\xe0'\n"
+    shown = tools.call("Read", {"file_path": "old.py"}).content
+    assert "caf\xe9" in shown
+
+
+def test_stray_byte_in_utf8_is_kept_and_nothing_is_double_encoded(
+    tools: ToolRegistry, root: Path
+) -> None:
+    original = "naïve = '日本'\n".encode() + b"bad = '\xff'\nx = 2\n"
+    (root / "mixed.py").write_bytes(original)
+    edit(tools, "mixed.py", "x = 2", "x = 'ü'")
+    assert (root / "mixed.py").read_bytes() == original.replace(b"x = 2", "x = 'ü'".encode())
+    assert "\ufffd" in tools.call("Read", {"file_path": "mixed.py"}).content
+
+
+@pytest.mark.parametrize(
+    "bom, encoding", [(b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le")], ids=["utf8", "utf16"]
+)
+def test_bom_encoding_and_missing_final_newline_are_kept(
+    tools: ToolRegistry, root: Path, bom: bytes, encoding: str
+) -> None:
+    (root / "b.txt").write_bytes(bom + "first\nlast line, no newline".encode(encoding))
+    edit(tools, "b.txt", "first", "premier")
+    assert (root / "b.txt").read_bytes() == bom + "premier\nlast line, no newline".encode(encoding)
+    tools.call("Write", {"file_path": "b.txt", "content": "all new"})
+    assert (root / "b.txt").read_bytes() == bom + b"all new".decode().encode(encoding)
+
+
+# Finding 12: CRLF.
+def test_crlf_files_keep_their_line_endings(tools: ToolRegistry, root: Path) -> None:
+    (root / "w.bat").write_bytes(b"@echo off\r\necho one\r\necho two\r\n")
+    shown = tools.call("Read", {"file_path": "w.bat"}).content
+    copied = "\n".join(line.split("\t", 1)[1] for line in shown.splitlines()[1:3])
+    edit(tools, "w.bat", copied, "echo 1\necho 2\necho 3")
+    assert (root / "w.bat").read_bytes() == b"@echo off\r\necho 1\r\necho 2\r\necho 3\r\n"
+    edit(tools, "w.bat", "echo 3", "echo 3\necho 4")
+    assert b"echo 3\r\necho 4\r\n" in (root / "w.bat").read_bytes()
+    tools.call("Write", {"file_path": "w.bat", "content": "@echo off\necho new\n"})
+    assert (root / "w.bat").read_bytes() == b"@echo off\r\necho new\r\n"
+
+
+# Finding 13: read-only files, owner, umask, size.
+def test_read_only_files_are_refused(tools: ToolRegistry, root: Path) -> None:
+    locked = root / "locked.txt"
+    locked.write_text("keep\n")
+    locked.chmod(0o444)
+    for name, args in (
+        ("Write", {"file_path": "locked.txt", "content": "new\n"}),
+        ("Edit", {"file_path": "locked.txt", "old_string": "keep", "new_string": "lost"}),
+    ):
+        result = tools.call(name, args)
+        assert result.is_error and "read-only (mode 0444)" in result.content
+    assert locked.read_text() == "keep\n" and locked.stat().st_mode & 0o777 == 0o444
+
+
+def test_edit_keeps_owner_and_new_files_follow_the_umask(tools: ToolRegistry, root: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("keeping another user's ownership needs root")
+    theirs = root / "theirs.py"
+    theirs.write_text("x = 1\n")
+    os.chown(theirs, NOBODY, NOBODY)
+    theirs.chmod(0o640)
+    edit(tools, "theirs.py", "x = 1", "x = 2")
+    info = theirs.stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (NOBODY, NOBODY, 0o640)
+    previous = os.umask(0o002)
+    try:
+        tools.call("Write", {"file_path": "pkg/new.py", "content": "y = 1\n"})
+    finally:
+        os.umask(previous)
+    assert (root / "pkg/new.py").stat().st_mode & 0o777 == 0o664
+    assert (root / "pkg").stat().st_mode & 0o777 == 0o775
+
+
+def test_write_replaces_a_file_over_10_mib(tools: ToolRegistry, root: Path) -> None:
+    (root / "big.log").write_bytes(b"line\n" * (3 << 20))  # 15 MiB
+    result = tools.call("Write", {"file_path": "big.log", "content": "short\n"})
+    assert not result.is_error, result.content
+    assert (root / "big.log").read_bytes() == b"short\n"
