@@ -214,16 +214,20 @@ def test_socketpair_and_pipes_still_work(attacker: Attacker) -> None:
 
 # Finding 4: nothing outlives its command.
 def test_background_children_die_with_the_command(attacker: Attacker) -> None:
+    out = attacker.workspace / "out"
+    out.mkdir()
+    if attacker.user == "nobody":
+        os.chown(out, NOBODY, NOBODY)
     result = attacker.one(
-        "(sleep 1; echo alive > bg.txt) & "
-        "setsid bash -c 'sleep 1; echo alive > setsid.txt' & "
-        "bash -c '(sleep 1; echo alive > double.txt) &' ; "
-        "nohup bash -c 'trap \"\" TERM HUP; sleep 1; echo alive > nohup.txt' >/dev/null 2>&1 & "
+        "(sleep 1; echo alive > out/bg.txt) & "
+        "setsid bash -c 'sleep 1; echo alive > out/setsid.txt' & "
+        "bash -c '(sleep 1; echo alive > out/double.txt) &' ; "
+        "nohup bash -c 'trap \"\" TERM HUP; sleep 1; echo alive > out/nohup.txt' >/dev/null 2>&1 & "
         "echo started"
     )
     assert result.exit_code == 0 and "started" in result.output
     time.sleep(2)
-    left = [p.name for p in attacker.workspace.glob("*.txt")]
+    left = [p.name for p in out.iterdir()]
     assert left == [], f"processes outlived their command and wrote {left}"
 
 
