@@ -72,8 +72,7 @@ class Settings:
     def sandbox_policy(self, workspace: Path) -> SandboxPolicy:
         """What commands may do in `workspace`: m2agent's own config and state are hidden from
         them too (the config may hold `api_key`; the state holds sessions and snapshots)."""
-        from m2agent.tools.sandbox.policy import SandboxPolicy
-        from m2agent.tools.sandbox.privileges import Limits
+        from m2agent.tools.sandbox.policy import Limits, SandboxPolicy
 
         mib = 1 << 20
         limits = Limits(

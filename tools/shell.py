@@ -21,8 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from m2agent.tools.base import ToolAnnotations, ToolError, ToolResult
 from m2agent.tools.sandbox import bwrap, launcher, privileges, seccomp
-from m2agent.tools.sandbox.policy import SandboxPolicy, command_environment
-from m2agent.tools.sandbox.privileges import Limits
+from m2agent.tools.sandbox.policy import Limits, SandboxPolicy, command_environment
 
 DEFAULT_TIMEOUT_S = 120
 MAX_TIMEOUT_S = 600
@@ -92,18 +91,25 @@ class CommandRunner:
             elif backend == "landlock":
                 private_tmp = tempfile.mkdtemp(prefix="m2agent-cmd-")
                 env["TMPDIR"] = private_tmp
-                spec = launcher.LaunchSpec(
+                limits = self.policy.limits
+                flags = launcher.options(
                     str(self.policy.workspace),
                     private_tmp,
                     str(cwd),
-                    self.policy.allow_network,
-                    tuple(str(p) for p in self.policy.hidden),
-                    limits=self.policy.limits,
+                    allow_network=self.policy.allow_network,
+                    hidden=[str(p) for p in self.policy.hidden],
+                    deny_unix=True,
+                    limits={
+                        "processes": limits.processes,
+                        "memory_bytes": limits.memory_bytes,
+                        "file_bytes": limits.file_bytes,
+                        "open_files": limits.open_files,
+                    },
                 )
                 # -I -S and `/` as the working directory: nothing from the workspace (or from
                 # PYTHON* variables, or site-packages) runs before the sandbox is in place.
                 python = [sys.executable, "-I", "-S", launcher.script_path()]
-                argv = [*python, spec.to_json(), "--", *argv]
+                argv = [*python, *flags, "--", *argv]
                 popen_cwd = Path("/")
             result = self._run(argv, popen_cwd, env, timeout_s, pass_fds)
         finally:

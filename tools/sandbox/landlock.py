@@ -16,11 +16,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import stat
 import struct
 from collections.abc import Iterable
-from pathlib import Path
 
 _SYSCALLS = {  # landlock_create_ruleset, landlock_add_rule, landlock_restrict_self (same on arm64)
     "create": 444,
@@ -56,13 +54,13 @@ class LandlockError(OSError):
 
 def abi_version() -> int:
     """The kernel's Landlock ABI, 0 when Landlock is unavailable."""
-    if platform.system() != "Linux":
+    if os.uname().sysname != "Linux":
         return 0
     version = _libc.syscall(_SYSCALLS["create"], None, ctypes.c_size_t(0), _CREATE_RULESET_VERSION)
     return max(0, version)
 
 
-def restrict(writable: Iterable[Path], hidden: Iterable[Path] = (), *, allow_network: bool) -> None:
+def restrict(writable: Iterable[str], hidden: Iterable[str] = (), *, allow_network: bool) -> None:
     """Confine this process and its future children: read and execute anywhere except the
     `hidden` paths, write only beneath `writable`, no TCP unless allowed (ABI >= 4), no signals
     to and no abstract unix sockets of processes outside the sandbox (ABI >= 6). Irreversible.
@@ -86,19 +84,19 @@ def restrict(writable: Iterable[Path], hidden: Iterable[Path] = (), *, allow_net
         _raise("landlock_create_ruleset")
     try:
         hidden = list(hidden)
-        readable, listable = split_around([Path("/")], hidden)
+        readable, listable = split_around(["/"], hidden)
         for path in listable:
             _add_path(ruleset, path, _LIST & handled)
         for path in readable:
             _add_path(ruleset, path, _READ & handled)
-        writable, around = split_around(writable, hidden)
+        granted, around = split_around(writable, hidden)
         for path in around:
             _add_path(ruleset, path, handled & ~_CONTENTS)
-        for path in writable:
+        for path in granted:
             _add_path(ruleset, path, handled)
         for device in ("/dev/null", "/dev/zero", "/dev/tty", "/dev/urandom", "/dev/random"):
-            if Path(device).exists():
-                _add_path(ruleset, Path(device), ((1 << 1) | (1 << 2)) & handled)
+            if os.path.exists(device):
+                _add_path(ruleset, device, ((1 << 1) | (1 << 2)) & handled)
         if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             _raise("prctl(NO_NEW_PRIVS)")
         if _libc.syscall(_SYSCALLS["restrict"], ruleset, 0) != 0:
@@ -107,20 +105,28 @@ def restrict(writable: Iterable[Path], hidden: Iterable[Path] = (), *, allow_net
         os.close(ruleset)
 
 
-def split_around(roots: Iterable[Path], hidden: Iterable[Path]) -> tuple[list[Path], list[Path]]:
+def split_around(roots: Iterable[str], hidden: Iterable[str]) -> tuple[list[str], list[str]]:
     """Landlock rules only add rights, so hiding a path beneath a granted root means granting
     everything around it instead: each sibling of the hidden path and of each of its ancestors
     up to the root. Returns (the paths to grant whole, the ancestors of hidden paths, which get
     only the rights that do not reach file contents). Symlinked siblings get no rule: their
-    targets are governed where they really are."""
-    targets = {Path(os.path.realpath(p)) for p in hidden if os.path.lexists(p)}
-    ancestors = {parent for target in targets for parent in target.parents}
-    whole: list[Path] = []
-    split: list[Path] = []
-    todo = [Path(r) for r in roots if Path(r) not in targets]
+    targets are governed where they really are. Paths are strings (no pathlib: the launcher
+    starts before every command and imports as little as it can)."""
+    targets = {os.path.realpath(p) for p in hidden if os.path.lexists(p)}
+    ancestors: set[str] = set()
+    for target in targets:
+        parent = os.path.dirname(target)
+        while parent not in ancestors:
+            ancestors.add(parent)
+            if parent == "/":
+                break
+            parent = os.path.dirname(parent)
+    whole: list[str] = []
+    split: list[str] = []
+    todo = [os.path.normpath(r) for r in roots if os.path.normpath(r) not in targets]
     while todo:
         path = todo.pop()
-        if path not in ancestors or path.is_symlink() or not path.is_dir():
+        if path not in ancestors or os.path.islink(path) or not os.path.isdir(path):
             whole.append(path)
             continue
         split.append(path)
@@ -128,13 +134,11 @@ def split_around(roots: Iterable[Path], hidden: Iterable[Path]) -> tuple[list[Pa
             children = list(os.scandir(path))
         except OSError:
             continue
-        todo += [
-            Path(c.path) for c in children if Path(c.path) not in targets and not c.is_symlink()
-        ]
+        todo += [c.path for c in children if c.path not in targets and not c.is_symlink()]
     return whole, split
 
 
-def _add_path(ruleset: int, path: Path, rights: int) -> None:
+def _add_path(ruleset: int, path: str, rights: int) -> None:
     try:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:

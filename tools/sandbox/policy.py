@@ -12,8 +12,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from m2agent.tools.sandbox.privileges import DEFAULT_LIMITS, Limits
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-command resource limits (rlimits, soft = hard, inherited by every child). None: no
+    limit. `processes` counts on top of what the user already runs (RLIMIT_NPROC is per user,
+    and the kernel never applies it to root)."""
+
+    processes: int | None = 1024
+    memory_bytes: int | None = 8 << 30  # RLIMIT_DATA: heap and private writable mappings
+    file_bytes: int | None = 4 << 30  # RLIMIT_FSIZE: the largest file a command may write
+    open_files: int | None = 4096  # RLIMIT_NOFILE
+
+
+DEFAULT_LIMITS = Limits()
 PROTECTED_NAMES = (".git", ".m2agent")
 
 # Hidden from every command by default, relative to $HOME (then the absolute ones).

@@ -1,6 +1,7 @@
 """Process-level hardening with prctl/capset: drop every capability (the bounding set included),
-no_new_privs, non-dumpable, child subreaper, resource limits. Stdlib only (ctypes): the
-launcher loads it without site-packages. Linux only; each call fails loudly."""
+no_new_privs, non-dumpable, child subreaper, resource limits. Stdlib only (ctypes), and few
+imports: the launcher loads it, without site-packages, before every command. Linux only; each
+call fails loudly."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import ctypes
 import os
 import resource
 import struct
-from dataclasses import dataclass
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
@@ -27,20 +27,6 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 class PrivilegeError(OSError):
     """A hardening step failed; the command must not run."""
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Per-command resource limits (rlimits, soft = hard, inherited by every child). None: no
-    limit. `processes` counts on top of what the user already runs (RLIMIT_NPROC is per user)."""
-
-    processes: int | None = 1024
-    memory_bytes: int | None = 8 << 30  # RLIMIT_DATA: heap and private writable mappings
-    file_bytes: int | None = 4 << 30  # RLIMIT_FSIZE: the largest file a command may write
-    open_files: int | None = 4096  # RLIMIT_NOFILE
-
-
-DEFAULT_LIMITS = Limits()
 
 
 def drop_capabilities() -> None:
@@ -100,13 +86,19 @@ def processes_of(uid: int) -> int:
     return count
 
 
-def apply_limits(limits: Limits, running: int) -> None:
-    """Set the rlimits on this process (soft = hard, so no child can raise them)."""
+def apply_limits(
+    processes: int | None, memory_bytes: int | None, file_bytes: int | None, open_files: int | None
+) -> None:
+    """Set rlimits on this process, soft = hard (so no child can raise them), never above the
+    current hard limit. `processes` counts on top of what the user already runs (RLIMIT_NPROC
+    is per user). None: leave that limit alone."""
+    if processes is not None:
+        processes += processes_of(os.getuid())
     wanted = [
-        (resource.RLIMIT_NPROC, None if limits.processes is None else running + limits.processes),
-        (resource.RLIMIT_DATA, limits.memory_bytes),
-        (resource.RLIMIT_FSIZE, limits.file_bytes),
-        (resource.RLIMIT_NOFILE, limits.open_files),
+        (resource.RLIMIT_NPROC, processes),
+        (resource.RLIMIT_DATA, memory_bytes),
+        (resource.RLIMIT_FSIZE, file_bytes),
+        (resource.RLIMIT_NOFILE, open_files),
     ]
     for which, value in wanted:
         if value is None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import struct
 
 AF_UNIX, AF_INET, AF_NETLINK, AF_INET6, AF_PACKET = 1, 2, 16, 10, 17
@@ -39,7 +38,8 @@ class SeccompError(OSError):
 
 
 def supported() -> bool:
-    return platform.system() == "Linux" and platform.machine() in _ARCHES
+    uname = os.uname()
+    return uname.sysname == "Linux" and uname.machine in _ARCHES
 
 
 def denied_families(*, allow_network: bool, deny_unix: bool) -> tuple[int, ...]:
@@ -53,7 +53,7 @@ def denied_families(*, allow_network: bool, deny_unix: bool) -> tuple[int, ...]:
 
 def program(families: tuple[int, ...], machine: str | None = None) -> bytes:
     """The filter as `struct sock_filter[]` bytes, for this machine (or `machine`)."""
-    machine = machine or platform.machine()
+    machine = machine or os.uname().machine
     if machine not in _ARCHES:
         raise SeccompError(errno.ENOSYS, f"no seccomp filter for {machine}")
     arch, socket_nr, io_uring_nr, x32 = _ARCHES[machine]

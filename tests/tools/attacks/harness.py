@@ -51,7 +51,7 @@ _RUNNER_SCRIPT = textwrap.dedent(
     import json, sys
     from pathlib import Path
     from m2agent.tools.sandbox.policy import SandboxPolicy
-    from m2agent.tools.sandbox.privileges import Limits
+    from m2agent.tools.sandbox.policy import Limits
     from m2agent.tools.shell import CommandRunner
     spec = json.loads(sys.argv[1])
     policy = SandboxPolicy.for_workspace(
@@ -85,7 +85,7 @@ class Attacker:
         limits: dict[str, Any] | None = None,
         **policy: Any,
     ) -> list[Outcome]:
-        from m2agent.tools.sandbox.privileges import Limits
+        from m2agent.tools.sandbox.policy import Limits
 
         spec = {
             "workspace": str(self.workspace),
