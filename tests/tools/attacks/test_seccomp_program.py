@@ -1,0 +1,56 @@
+"""The seccomp filter's decisions, checked by running its BPF program in a small interpreter:
+for the ABIs this kernel may not even have (i386 `int 0x80`, x32, AArch32), where the live
+attacks in test_escape.py are skipped."""
+
+from __future__ import annotations
+
+import errno
+import struct
+
+import pytest
+
+from m2agent.tools.sandbox import seccomp
+
+X86_64, I386, AARCH64, ARM = 0xC000003E, 0x40000003, 0xC00000B7, 0x40000028
+ALLOW, DENY = 0x7FFF0000, 0x00050000 | errno.EACCES
+
+
+def run(program: bytes, arch: int, nr: int, *args: int) -> int:
+    """Classic BPF over struct seccomp_data {int nr; u32 arch; u64 ip; u64 args[6]}."""
+    data = struct.pack("<iIQ6Q", nr, arch, 0, *(list(args) + [0] * (6 - len(args))))
+    ops = [struct.unpack("HBBI", program[i : i + 8]) for i in range(0, len(program), 8)]
+    acc, pc = 0, 0
+    while True:
+        code, jt, jf, k = ops[pc]
+        if code == 0x20:  # ld [k]
+            acc = struct.unpack_from("<I", data, k)[0]
+        elif code == 0x15:  # jeq
+            pc += jt if acc == k else jf
+        elif code == 0x35:  # jge
+            pc += jt if acc >= k else jf
+        elif code == 0x06:  # ret
+            return k
+        else:
+            raise AssertionError(f"unexpected BPF op {code:#x}")
+        pc += 1
+
+
+@pytest.mark.parametrize(
+    "machine, native, foreign", [("x86_64", X86_64, I386), ("aarch64", AARCH64, ARM)]
+)
+def test_decisions(machine: str, native: int, foreign: int) -> None:
+    socket_nr = {"x86_64": 41, "aarch64": 198}[machine]
+    closed = seccomp.program(seccomp.denied_families(allow_network=False, deny_unix=True), machine)
+    opened = seccomp.program(seccomp.denied_families(allow_network=True, deny_unix=False), machine)
+    assert run(closed, foreign, 102, 1) == DENY  # any syscall of another ABI (socketcall here)
+    assert run(opened, foreign, 359, 2) == DENY
+    for family in (2, 10, 1, 16, 17):  # inet, inet6, unix, netlink, packet
+        assert run(closed, native, socket_nr, family) == DENY
+    assert run(opened, native, socket_nr, 2) == run(opened, native, socket_nr, 1) == ALLOW
+    assert run(opened, native, socket_nr, 16) == run(opened, native, socket_nr, 17) == DENY
+    assert run(closed, native, 425) == DENY  # io_uring_setup
+    assert run(closed, native, 0) == ALLOW  # read
+    assert run(closed, native, socket_nr, 2 | (1 << 32)) == DENY  # only the low 32 bits count
+    if machine == "x86_64":
+        assert run(opened, native, 0x40000000 | socket_nr, 2) == DENY  # x32
+        assert run(opened, native, 0x40000000) == DENY
