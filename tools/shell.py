@@ -20,7 +20,7 @@ from typing import BinaryIO, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from m2agent.tools.base import ToolAnnotations, ToolError, ToolResult
-from m2agent.tools.sandbox import bwrap, launcher, privileges, seccomp
+from m2agent.tools.sandbox import bwrap, launcher, privileges, reaper, seccomp
 from m2agent.tools.sandbox.policy import Limits, SandboxPolicy, command_environment
 
 DEFAULT_TIMEOUT_S = 120
@@ -111,14 +111,15 @@ class CommandRunner:
                 python = [sys.executable, "-I", "-S", launcher.script_path()]
                 argv = [*python, *flags, "--", *argv]
                 popen_cwd = Path("/")
-            result = self._run(argv, popen_cwd, env, timeout_s, pass_fds)
+            watch = self.policy.limits.processes if os.geteuid() == 0 and backend != "off" else None
+            result = self._run(argv, popen_cwd, env, timeout_s, pass_fds, watch)
         finally:
             if private_tmp is not None:
                 shutil.rmtree(private_tmp, ignore_errors=True)
             if filter_fd is not None:
                 os.close(filter_fd)
         notes = _remove_created(missing) if backend != "off" else ()
-        return replace(result, contained=backend != "off", notes=notes)
+        return replace(result, contained=backend != "off", notes=result.notes + notes)
 
     def _run(
         self,
@@ -127,6 +128,7 @@ class CommandRunner:
         env: dict[str, str],
         timeout_s: float,
         pass_fds: tuple[int, ...] = (),
+        max_processes: int | None = None,
     ) -> CommandResult:
         started = time.monotonic()
         process = subprocess.Popen(
@@ -143,8 +145,16 @@ class CommandRunner:
         reader = threading.Thread(target=capture.read_all, args=(process.stdout,), daemon=True)
         reader.start()
         timed_out = False
+        notes: tuple[str, ...] = ()
         try:
-            process.wait(timeout=timeout_s)
+            if max_processes is None:
+                process.wait(timeout=timeout_s)
+            elif _watch_processes(process, max_processes, started + timeout_s):
+                notes = (
+                    f"stopped: the command ran more than {max_processes} processes "
+                    "(limit_processes); all of them were killed",
+                )
+                _stop(process)
         except subprocess.TimeoutExpired:
             timed_out = True
             _stop(process)
@@ -153,11 +163,38 @@ class CommandRunner:
                 _stop(process)
         reader.join(timeout=5)
         return CommandResult(
-            None if timed_out else process.returncode,
+            None if timed_out or notes else process.returncode,
             capture.text(),
             timed_out,
             time.monotonic() - started,
+            notes=notes,
         )
+
+
+def _watch_processes(process: subprocess.Popen[bytes], limit: int, deadline: float) -> bool:
+    """Wait for the command, counting its processes: True (and the caller stops it) when it
+    runs more than `limit`. For root, whom the kernel exempts from RLIMIT_NPROC. Cheap: the
+    system's process count (/proc/loadavg) is read every 50 ms, the command's own tree is
+    counted only when the system grew by more than `limit`. TimeoutExpired at the deadline."""
+    baseline = _system_processes()
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise subprocess.TimeoutExpired(process.args, 0)
+        try:
+            process.wait(timeout=min(0.05, remaining))
+            return False
+        except subprocess.TimeoutExpired:
+            pass
+        if _system_processes() - baseline > limit:
+            if len(reaper.descendants(process.pid)) > limit:
+                return True
+            baseline = _system_processes()  # others grew, not the command
+
+
+def _system_processes() -> int:
+    with open("/proc/loadavg") as loadavg:
+        return int(loadavg.read().split()[3].split("/")[1])
 
 
 def _filter_fd(policy: SandboxPolicy) -> int:
@@ -316,6 +353,8 @@ class BashTool:
                 is_error=True,
                 metadata=meta,
             )
+        if result.exit_code is None:  # stopped by a limit: the notes say which
+            return ToolResult(output, is_error=True, metadata=meta)
         if result.exit_code != 0:
             return ToolResult(
                 f"{output}\n[exit code {result.exit_code}]", is_error=True, metadata=meta
