@@ -199,7 +199,18 @@ def candidate_files(workspace: Workspace, target: Path, glob: str | None) -> lis
             for f in files
             if fnmatch.fnmatch(f.name, glob) or fnmatch.fnmatch(str(f.relative_to(target)), glob)
         ]
-    return sorted(f for f in files if f.is_file())
+    return sorted(f for f in files if f.is_file() and _stays_inside(workspace, f))
+
+
+def _stays_inside(workspace: Workspace, file: Path) -> bool:
+    """A symlink leading out of the workspace (to ~/.ssh/id_ed25519, say) is not searched."""
+    if not file.is_symlink():
+        return True
+    try:
+        workspace.root_of(file.resolve())
+    except ToolError:
+        return False
+    return True
 
 
 def _git_files(target: Path) -> list[Path] | None:

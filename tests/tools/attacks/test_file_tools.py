@@ -186,3 +186,16 @@ def test_write_replaces_a_file_over_10_mib(tools: ToolRegistry, root: Path) -> N
     result = tools.call("Write", {"file_path": "big.log", "content": "short\n"})
     assert not result.is_error, result.content
     assert (root / "big.log").read_bytes() == b"short\n"
+
+
+@pytest.mark.parametrize("ripgrep", ["auto", None], ids=["ripgrep", "python"])
+def test_grep_does_not_follow_symlinks_out(root: Path, tmp_path: Path, ripgrep: str | None) -> None:
+    from m2agent.tools.search import GrepTool
+
+    secret = tmp_path / "id_ed25519"
+    secret.write_text("PRIVATE-KEY-5d1\n")
+    (root / "notes.txt").write_text("nothing here\n")
+    (root / "leak.txt").symlink_to(secret)
+    tools = ToolRegistry([GrepTool(Workspace(root), ripgrep=ripgrep)])
+    result = tools.call("Grep", {"pattern": "PRIVATE", "output_mode": "content"})
+    assert "5d1" not in result.content and "leak" not in result.content
