@@ -35,7 +35,7 @@ class Workspace:
 
     def resolve_read(self, file_path: str) -> Path:
         """A path the model may read: inside the workspace or an allowed extra root."""
-        path = self._absolute(file_path).resolve()
+        path = _resolve(self._absolute(file_path), file_path)
         for root in (self.path, *self.extra_read_roots):
             if path == root or path.is_relative_to(root):
                 return path
@@ -55,7 +55,7 @@ class Workspace:
         """A path the model may write: inside the workspace after following symlinks, and not
         in a protected folder."""
         raw = self._absolute(file_path)
-        path = raw.resolve()  # follows symlinks, also of missing leaves' parents
+        path = _resolve(raw, file_path)  # follows symlinks, also of missing leaves' parents
         if not (path == self.path or path.is_relative_to(self.path)):
             why = " (through a symlink)" if raw.absolute() != path else ""
             raise ToolError(f"{file_path}: outside the workspace {self.path}{why}; not writable")
@@ -75,3 +75,10 @@ class Workspace:
             raise ToolError("file_path must be a non-empty path")
         path = Path(os.path.expanduser(file_path))
         return path if path.is_absolute() else self.path / path
+
+
+def _resolve(path: Path, shown: str) -> Path:
+    try:
+        return path.resolve()
+    except OSError as e:  # a symlink loop, or a path changing while it is resolved
+        raise ToolError(f"{shown}: cannot resolve the path ({e.strerror or e})") from None

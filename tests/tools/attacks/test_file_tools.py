@@ -58,6 +58,39 @@ def test_writes_never_follow_a_symlink_swapped_in(root: Path, tmp_path: Path) ->
     assert list(outside.iterdir()) == []
 
 
+def test_a_symlink_swapped_in_after_the_check_is_not_followed(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race made deterministic: the folder becomes a symlink right after the tool checked
+    the path (what a background process can do at any moment)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "sub").mkdir()
+    (root / "sub/f.txt").write_text("x = 1\n")
+    ws = Workspace(root)
+    checked = Workspace.resolve_write
+
+    def check_then_swap(self: Workspace, file_path: str) -> Path:
+        path = checked(self, file_path)
+        if (root / "sub").is_dir() and not (root / "sub").is_symlink():
+            (root / "sub/f.txt").rename(outside / "f.txt")
+            (root / "sub").rmdir()
+            (root / "sub").symlink_to(outside)
+        return path
+
+    monkeypatch.setattr(Workspace, "resolve_write", check_then_swap)
+    tools = ToolRegistry([WriteTool(ws), EditTool(ws)])
+    wrote = tools.call("Write", {"file_path": "sub/f.txt", "content": "pwned\n"})
+    assert wrote.is_error and "symlink" in wrote.content
+    assert (outside / "f.txt").read_text() == "x = 1\n", "Write went through the symlink"
+    (root / "sub").unlink()
+    (root / "sub").mkdir()
+    (outside / "f.txt").rename(root / "sub/f.txt")
+    edited = tools.call("Edit", {"file_path": "sub/f.txt", "old_string": "x", "new_string": "y"})
+    assert edited.is_error
+    assert (outside / "f.txt").read_text() == "x = 1\n", "Edit went through the symlink"
+
+
 @pytest.fixture
 def swapper(root: Path, tmp_path: Path) -> Iterator[Path]:
     """A background process's worth of racing: `sub` flips between a folder and a symlink to
