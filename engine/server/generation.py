@@ -164,9 +164,9 @@ class Generation:
                 skip_special_tokens=sampling.skip_special_tokens,
             )
         except ValueError as e:
-            field_name = str(e).split(" ", 1)[0]
-            param = field_name if field_name in SamplingParams.__dataclass_fields__ else None
-            raise APIError(400, str(e), param=param) from None
+            first_word = str(e).split(" ", 1)[0]
+            known = first_word in SamplingParams.__dataclass_fields__
+            raise APIError(400, str(e), param=first_word if known else None) from None
 
     async def generate(
         self,
