@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 SIGNATURE_PREFIX = "m2-sha256:"
 IMAGE_PLACEHOLDER = "[image omitted: this model reads text only]"
+BILLING_HEADER = "x-anthropic-billing-header:"
+ROLES = ("user", "assistant", "system")
 
 
 class MessagesRequest(BaseModel):
@@ -104,15 +106,21 @@ def to_conversation(
     call_order: list[str] = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
-        if not isinstance(message, Mapping) or message.get("role") not in ("user", "assistant"):
-            raise APIError(400, f"{where}.role must be 'user' or 'assistant'", param=where)
+        if not isinstance(message, Mapping) or message.get("role") not in ROLES:
+            raise APIError(400, f"{where}.role must be one of {', '.join(ROLES)}", param=where)
         blocks = _blocks(message.get("content"), where)
         if message["role"] == "assistant":
             assistant = _assistant_message(blocks, where)
             call_order = [c["id"] for c in assistant.get("tool_calls", [])]
             out.append(assistant)
+        elif message["role"] == "system":  # mid-conversation system text (Claude Code sends it)
+            _fold_text(out, _system_text(list(blocks)))
         else:
-            out += _user_messages(blocks, where, call_order)
+            for message_out in _user_messages(blocks, where, call_order):
+                if message_out["role"] == "user" and out[-1:] and out[-1]["role"] == "tool":
+                    _fold_text(out, message_out["content"])
+                else:
+                    out.append(message_out)
     if out[-1]["role"] == "assistant":
         raise APIError(
             400,
@@ -123,15 +131,27 @@ def to_conversation(
     return Conversation(out, _tools(tools, ignored), ignored)
 
 
-def _system_text(system: str | list[dict[str, Any]] | None) -> str:
+def _system_text(system: str | Sequence[Mapping[str, Any]] | None) -> str:
     if system is None or isinstance(system, str):
         return system or ""
     texts = []
     for j, block in enumerate(system):
         if block.get("type") != "text" or not isinstance(block.get("text"), str):
             raise APIError(400, f"system[{j}] must be a text block", param=f"system[{j}]")
-        texts.append(block["text"])
+        # Claude Code's per-request billing line would change the prompt's first tokens on
+        # every request and defeat the prefix cache; it means nothing to the model.
+        if not block["text"].startswith(BILLING_HEADER):
+            texts.append(block["text"])
     return "\n\n".join(texts)
+
+
+def _fold_text(out: list[dict[str, Any]], text: str) -> None:
+    """Add user-side text after `out`: appended to a trailing tool result or user message (a
+    new user turn after tool results would drop the task's reasoning from the prompt)."""
+    if out and out[-1]["role"] in ("tool", "user") and isinstance(out[-1]["content"], str):
+        out[-1]["content"] += "\n\n" + text
+    else:
+        out.append({"role": "user", "content": text})
 
 
 def _blocks(content: Any, where: str) -> list[Mapping[str, Any]]:
@@ -208,9 +228,7 @@ def _user_messages(
             )
     # M2 matches results to calls by order: put them in the order the calls were made.
     messages = [message for _, message in sorted(results, key=lambda r: r[0])]
-    if messages and texts:
-        messages[-1]["content"] += "\n\n" + "\n\n".join(texts)
-    elif texts or not messages:
+    if texts or not messages:
         messages.append({"role": "user", "content": "\n\n".join(texts)})
     return messages
 
