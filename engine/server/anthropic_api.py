@@ -271,8 +271,8 @@ def forced_call(
         return None
     if not tools:
         raise APIError(400, f"tool_choice {kind!r} needs tools", param="tool_choice")
-    if kind == "any":
-        return ForcedCall()
+    if kind == "any":  # with one tool, that tool
+        return ForcedCall(tools[0]["function"]["name"] if len(tools) == 1 else None)
     if kind == "tool":
         name = (tool_choice or {}).get("name")
         if name not in [t["function"]["name"] for t in tools]:

@@ -47,8 +47,8 @@ def forced_call(tool_choice: Any, tools: list[dict[str, Any]] | None) -> ForcedC
     if not tools:
         raise APIError(400, "tool_choice needs tools", param="tool_choice")
     names = [(t.get("function") or t).get("name") for t in tools if isinstance(t, dict)]
-    if tool_choice == "required":
-        return ForcedCall()
+    if tool_choice == "required":  # with one tool, that tool
+        return ForcedCall(names[0] if len(names) == 1 else None)
     if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
         name = (tool_choice.get("function") or tool_choice).get("name")
         if name not in names:
