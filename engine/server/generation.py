@@ -115,8 +115,7 @@ class Generation:
                 "send valid Unicode",
                 param=param,
             ) from None
-        tokenizer = self.tokenizer
-        return await asyncio.to_thread(tokenizer.encode, text)
+        return await asyncio.to_thread(self.tokenizer.encode_releasing_gil, text)
 
     def sampling_params(
         self,

@@ -3,6 +3,7 @@ Wire models live in `openai_api.py`, message translation in `chat.py`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -10,7 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from m2agent.engine.engine import RequestDelta
 from m2agent.engine.errors import EngineError
@@ -80,7 +81,7 @@ def sse(body: dict[str, Any], event: str | None = None) -> str:
 
 def add_openai_routes(app: FastAPI, gen: Generation, reasoning_mode: ReasoningMode) -> None:
     @app.post("/tokenize")
-    async def tokenize(raw: Request) -> JSONResponse:
+    async def tokenize(raw: Request) -> Response:
         req, ignored = await read_model(raw, TokenizeRequest)
         gen.check_model(req.model)
         if (req.prompt is None) == (req.messages is None):
@@ -91,7 +92,8 @@ def add_openai_routes(app: FastAPI, gen: Generation, reasoning_mode: ReasoningMo
             text = req.prompt or ""
         tokens = await gen.encode(text, "messages" if req.messages is not None else "prompt")
         body = {"count": len(tokens), "max_model_len": gen.max_model_len, "tokens": tokens}
-        return JSONResponse(body, headers=ignored_header(ignored))
+        rendered = await asyncio.to_thread(json.dumps, body)  # a million ids take a while
+        return Response(rendered, media_type="application/json", headers=ignored_header(ignored))
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(raw: Request) -> Any:
