@@ -92,28 +92,35 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
         # Claude Code probes `HEAD /` for connectivity before its first request.
         return {"status": "ok", "models": list(settings.served_model_names[:1])}
 
+    def model_card() -> dict[str, Any]:
+        name = settings.served_model_names[0]
+        return {
+            "id": name,
+            "object": "model",
+            "created": created,
+            "owned_by": "m2agent",
+            "max_model_len": gen.max_model_len,
+            # Anthropic's model listing reads these three.
+            "type": "model",
+            "display_name": name,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
+        }
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         name = settings.served_model_names[0]
         return {
             "object": "list",
-            "data": [
-                {
-                    "id": name,
-                    "object": "model",
-                    "created": created,
-                    "owned_by": "m2agent",
-                    "max_model_len": gen.max_model_len,
-                    # Anthropic's model listing reads these two.
-                    "type": "model",
-                    "display_name": name,
-                    "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
-                }
-            ],
+            "data": [model_card()],
             "has_more": False,
             "first_id": name,
             "last_id": name,
         }
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict[str, Any]:
+        gen.check_model(model_id)
+        return model_card()
 
     add_openai_routes(app, gen, settings.reasoning_mode)
     add_anthropic_routes(app, gen)

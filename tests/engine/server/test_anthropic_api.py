@@ -351,3 +351,10 @@ def test_conversation_folds_text_into_tool_results_in_call_order() -> None:
     assert json.dumps(conversation.tools[0]["function"]["parameters"]) == json.dumps(
         TOOLS[0]["input_schema"]
     )
+
+
+def test_models_answer_both_sdks(server: Server) -> None:
+    assert [m.id for m in client(server).models.list().data] == ["tiny-m2"]
+    assert client(server).models.retrieve("tiny-m2").display_name == "tiny-m2"
+    with pytest.raises(anthropic.NotFoundError):
+        client(server).models.retrieve("claude-opus")
