@@ -14,6 +14,9 @@ from m2agent.engine.errors import ConfigError
 from m2agent.engine.jsonfile import read_json_object
 
 MINIMAX_DEFAULTS = {"temperature": 1.0, "top_p": 0.95, "top_k": 40}
+MIN_TEMPERATURE = 1e-5  # below this (and above 0) logits / temperature overflows fp32
+MIN_TOP_P = 1e-5  # below this top_p rounds to 0 in fp32 and no token survives
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes unsigned 64-bit seeds
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +45,18 @@ class SamplingParams:
         if not _is_sequence_of(self.stop_token_ids, int):
             problems.append("stop_token_ids must be a list of integers")
         t = self.temperature
-        if t is not None and (not math.isfinite(t) or t < 0):
-            problems.append(f"temperature must be >= 0, got {t}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
+        if t is not None and (not math.isfinite(t) or t < 0 or 0 < t < MIN_TEMPERATURE):
+            problems.append(
+                f"temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE}, got {t}"
+            )
+        if self.top_p is not None and not MIN_TOP_P <= self.top_p <= 1:
+            problems.append(f"top_p must be in [{MIN_TOP_P}, 1], got {self.top_p}")
+        if self.seed is not None and (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or not 0 <= self.seed <= MAX_SEED
+        ):
+            problems.append(f"seed must be an integer in [0, 2**64 - 1], got {self.seed}")
         if self.top_k is not None and (self.top_k < -1 or isinstance(self.top_k, bool)):
             problems.append(f"top_k must be -1, 0 (off) or positive, got {self.top_k}")
         if not 0 <= self.min_p <= 1:

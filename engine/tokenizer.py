@@ -56,6 +56,12 @@ class Tokenizer:
         nothing is prepended: the prompt carries its own `]~!b[`)."""
         return self._backend.encode(text, add_special_tokens=False).ids
 
+    def encode_releasing_gil(self, text: str) -> list[int]:
+        """The same ids as `encode`, with the GIL released while the tokenizer works (the
+        library's batch path releases it; its single-text path does not): for a worker thread
+        that must not stall the threads around it, such as the server's event loop."""
+        return self._backend.encode_batch([text], add_special_tokens=False)[0].ids
+
     def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._backend.decode(token_ids, skip_special_tokens=skip_special_tokens)
 

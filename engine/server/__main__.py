@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--served-model-name", default=None, help="model id clients use (default: the folder name)"
     )
-    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' (or 'x-api-key: KEY'); visible in ps: prefer "
+        f"--api-key-file or the {API_KEY_ENV} environment variable",
+    )
+    parser.add_argument(
+        "--api-key-file", type=Path, default=None, help="read the API key from this file"
+    )
+    parser.add_argument(
+        "--max-request-bytes",
+        type=_positive_int,
+        default=32 * 1024 * 1024,
+        help="refuse request bodies larger than this with 413 (default 32 MiB)",
+    )
     parser.add_argument(
         "--max-model-len", type=int, default=None, help="context length (default: the model's)"
     )
@@ -81,8 +97,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+API_KEY_ENV = "M2AGENT_SERVE_API_KEY"
+SHUTDOWN_GRACE_S = 2  # SIGTERM: requests in flight get this long, then the server exits
+
+
+def resolve_api_key(args: argparse.Namespace, env: Mapping[str, str]) -> str | None:
+    """--api-key, else --api-key-file, else $M2AGENT_SERVE_API_KEY; at most one may be given."""
+    given = [
+        name
+        for name, value in (
+            ("--api-key", args.api_key),
+            ("--api-key-file", args.api_key_file),
+            (API_KEY_ENV, env.get(API_KEY_ENV)),
+        )
+        if value
+    ]
+    if len(given) > 1:
+        raise ValueError(f"give the API key one way only, not {' and '.join(given)}")
+    if args.api_key_file:
+        try:
+            key = args.api_key_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read --api-key-file {args.api_key_file}: {e}") from None
+        if not key:
+            raise ValueError(f"--api-key-file {args.api_key_file} is empty")
+        return key
+    return args.api_key or env.get(API_KEY_ENV) or None
+
+
+def check_max_model_len(model: Path, max_model_len: int | None) -> None:
+    """--max-model-len above the model's context is an error, not a silent clamp."""
+    if max_model_len is None:
+        return
+    from m2agent.engine.model_config import load_model_config
+
+    limit = load_model_config(model).max_position_embeddings
+    if max_model_len > limit:
+        raise ValueError(
+            f"--max-model-len {max_model_len} is more than this model's context of {limit} tokens "
+            "(max_position_embeddings)"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        api_key = resolve_api_key(args, os.environ)
+    except ValueError as e:
+        print(f"m2agent serve: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -101,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
+        check_max_model_len(args.model, args.max_model_len)
         config = EngineConfig(
             model=args.model,
             device=device,
@@ -122,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     names = (name, str(args.model))
     async_engine = AsyncEngine(engine)
     async_engine.start()
-    app = create_app(async_engine, ServerSettings(names, args.api_key, args.reasoning_mode))
+    settings = ServerSettings(names, api_key, args.reasoning_mode, args.max_request_bytes)
+    app = create_app(async_engine, settings)
     try:  # bind first, so --port 0 can report the port it got
         sock = socket.create_server((args.host, args.port))
     except OSError as e:
@@ -132,7 +197,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     port = sock.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(app, log_config=None, log_level=args.log_level, access_log=False)
+        uvicorn.Config(
+            app,
+            log_config=None,
+            log_level=args.log_level,
+            access_log=False,  # the Guard middleware logs each request, tokens included
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        )
     )
     if args.idle_exit_s:
         _exit_when_idle(server, async_engine, args.idle_exit_s, log)
@@ -142,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.run(sockets=[sock])
     finally:
-        async_engine.stop()
+        async_engine.stop(timeout_s=SHUTDOWN_GRACE_S)
         engine.close()
     return 0
 

@@ -50,14 +50,14 @@ class AsyncEngine:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 10.0) -> None:
         self._stopping.set()
         self._commands.put(None)
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=timeout_s)
 
     @property
     def is_alive(self) -> bool:
-        return self._thread.is_alive() and self.error is None
+        return self._thread.is_alive() and self.error is None and not self._stopping.is_set()
 
     async def generate(
         self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams
@@ -67,6 +67,9 @@ class AsyncEngine:
         self._commands.put(
             _Add(request_id, list(prompt_ids), params, asyncio.get_running_loop(), outbox)
         )
+        # Checked after queueing: a loop that ends later fails every queued request itself.
+        if not self.is_alive:
+            raise EngineError(self._stopped_reason())
         finished = False
         try:
             while not finished:
@@ -87,11 +90,25 @@ class AsyncEngine:
                 self._drain_commands(block=not self.engine.has_unfinished_requests())
                 if self.engine.has_unfinished_requests():
                     self._step()
-        except BaseException as e:  # the loop itself broke: report it, fail everyone
+        except BaseException as e:  # the loop itself broke: report it
             logger.exception("engine loop died")
             self.error = e
+        finally:  # nobody waits forever: fail the requests in flight and those still queued
+            self._stopping.set()
+            failure = EngineError(self._stopped_reason())
             for add in list(self._outboxes.values()):
-                self._send(add, EngineError(f"the engine stopped: {e}"))
+                self._send(add, failure)
+            self._outboxes.clear()
+            while True:
+                try:
+                    command = self._commands.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(command, _Add):
+                    self._send(command, failure)
+
+    def _stopped_reason(self) -> str:
+        return f"the engine stopped: {self.error}" if self.error else "the server is shutting down"
 
     def _drain_commands(self, block: bool) -> None:
         try:
@@ -105,6 +122,10 @@ class AsyncEngine:
                     self._outboxes[command.request_id] = command
                 except EngineError as e:
                     self._send(command, e)
+                except Exception as e:  # a bug in one request fails that request only
+                    logger.exception("could not add request %s", command.request_id)
+                    self.engine.abort(command.request_id)
+                    self._send(command, EngineError(f"the request could not start: {e}"))
             else:
                 if self.engine.abort(command.request_id):
                     self.num_aborted += 1

@@ -1,7 +1,8 @@
 """Pydantic models of the OpenAI wire format the server accepts, and its error body.
 
-Unknown fields are rejected (a silently ignored parameter is a bug report waiting to happen);
-fields that are accepted but change nothing are listed as such.
+Unknown fields are ignored, as vLLM does: the route logs them and names them in the
+`X-M2Agent-Ignored-Fields` response header (see `body.py`). Fields whose meaning we cannot
+honour and that would change the result (`n > 1`, `logprobs`, penalties) are clear 400s.
 """
 
 from __future__ import annotations
@@ -42,9 +43,27 @@ class APIError(Exception):
             }
         }
 
+    def anthropic_body(self) -> dict[str, Any]:
+        """The same error in the Anthropic Messages API's shape."""
+        kind = ANTHROPIC_ERROR_TYPES.get(self.status, "api_error" if self.status >= 500 else None)
+        return {"type": "error", "error": {"type": kind or self.type, "message": self.message}}
+
+
+ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    499: "invalid_request_error",
+    503: "overloaded_error",
+}
+
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")
     include_usage: bool = False
     continuous_usage_stats: bool = False
 
@@ -52,7 +71,7 @@ class StreamOptions(BaseModel):
 class _Sampling(BaseModel):
     """Fields shared by chat and completions requests."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")
 
     model: str
     max_tokens: int | None = None
@@ -127,13 +146,6 @@ class ChatCompletionRequest(_Sampling):
 
     def reject_unsupported(self) -> None:
         super().reject_unsupported()
-        if self.tool_choice not in (None, "auto", "none"):
-            raise APIError(
-                400,
-                "tool_choice must be 'auto' or 'none' (the model decides when to call tools)",
-                param="tool_choice",
-                code="unsupported_parameter",
-            )
         if self.response_format and self.response_format.get("type") not in (None, "text"):
             raise APIError(
                 400,
@@ -180,7 +192,7 @@ class CompletionRequest(_Sampling):
 
 
 class TokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")
     model: str | None = None
     prompt: str | None = None
     messages: list[dict[str, Any]] | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from m2agent.engine.models.tiny import write_tiny_checkpoint
+from m2agent.engine.models.tiny import TinySpec, write_tiny_checkpoint
 
 
 @dataclass(frozen=True)
@@ -97,3 +98,27 @@ def split_server(
         "split",
         api_key="sekrit",
     )
+
+
+@pytest.fixture(scope="session")
+def eager_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny checkpoint whose generation_config.json lists a quarter of the ordinary tokens as
+    end-of-turn tokens, so the random model ends its turns within a few tokens (as a real model
+    does) and agents driven by it finish their runs. Context 32k, for agents' long prompts."""
+    folder = write_tiny_checkpoint(
+        tmp_path_factory.mktemp("eager") / "tiny", TinySpec(max_positions=32768)
+    )
+    added = json.loads((folder / "tokenizer.json").read_text())["added_tokens"]
+    first_added = min(token["id"] for token in added)
+    config_file = folder / "generation_config.json"
+    config = json.loads(config_file.read_text())
+    config["eos_token_id"] = [config["eos_token_id"], *range(0, first_added, 4)]
+    config_file.write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def eager_server(
+    eager_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    yield from _serve(eager_checkpoint, tmp_path_factory.mktemp("log"))

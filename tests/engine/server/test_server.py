@@ -237,8 +237,7 @@ def test_disconnect_mid_stream_aborts_the_request(server: Server) -> None:
         ({"model": "nope", "messages": MESSAGES}, 404, "does not exist"),
         ({"model": "tiny-m2", "messages": MESSAGES, "n": 2}, 400, "n=1"),
         ({"model": "tiny-m2", "messages": MESSAGES, "logprobs": True}, 400, "logprobs"),
-        ({"model": "tiny-m2", "messages": MESSAGES, "frobnicate": 1}, 400, "unsupported parameter"),
-        ({"model": "tiny-m2", "messages": MESSAGES, "tool_choice": "required"}, 400, "tool_choice"),
+        ({"model": "tiny-m2", "messages": MESSAGES, "tool_choice": "required"}, 400, "tools"),
         ({"model": "tiny-m2", "messages": MESSAGES, "temperature": -1}, 400, "temperature"),
         (
             {"model": "tiny-m2", "messages": [{"role": "user", "content": "word " * 1500}]},
