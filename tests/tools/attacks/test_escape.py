@@ -69,6 +69,22 @@ def test_root_cannot_make_devices_or_take_files(root_attacker: Attacker) -> None
     assert outside.stat().st_uid == NOBODY and outside.stat().st_mode & 0o777 == 0o600
 
 
+def test_no_setuid_programs_can_be_made(attacker: Attacker) -> None:
+    (attacker.workspace / "bin").mkdir()
+    if attacker.user == "nobody":
+        os.chown(attacker.workspace / "bin", NOBODY, NOBODY)
+    result = attacker.one(
+        "cp /bin/true bin/t && chmod 755 bin/t && echo EXEC; "
+        "chmod u+s bin/t && echo SETUID; chmod g+s bin/t && echo SETGID; "
+        "python3 -c \"import os; os.chmod('bin/t', 0o4755); print('PYSETUID')\"; true"
+    )
+    assert "EXEC" in result.output, result.output
+    for word in ("\nSETUID", "SETGID", "PYSETUID"):
+        assert word not in result.output, result.output
+    if (attacker.workspace / "bin/t").exists():
+        assert not (attacker.workspace / "bin/t").stat().st_mode & 0o6000
+
+
 def test_the_agents_environment_cannot_be_read(
     root_attacker: Attacker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
