@@ -83,7 +83,7 @@ def protections_check(settings: Settings, workspace: Path) -> Check:
     ]
     missing = []
     if seccomp.supported():
-        active.append("seccomp: no 32-bit/x32 syscalls, raw or netlink sockets, io_uring")
+        active.append("seccomp: no 32-bit/x32 syscalls, raw or netlink sockets, io_uring, setuid")
     else:
         missing.append("no seccomp filter for this machine")
     if backend == "bwrap":
