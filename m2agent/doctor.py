@@ -35,7 +35,7 @@ def run_checks(settings: Settings, workspace: Path) -> list[Check]:
         ),
         _git(),
         _sandbox(settings),
-        _protections(settings, workspace),
+        protections_check(settings, workspace),
         _model(settings),
         _engine(settings),
     ]
@@ -63,7 +63,7 @@ def _sandbox(settings: Settings) -> Check:
     return Check("sandbox", False, probe.diagnosis, probe.advice or "see SANDBOX notes in README")
 
 
-def _protections(settings: Settings, workspace: Path) -> Check:
+def protections_check(settings: Settings, workspace: Path) -> Check:
     """Which of the sandbox's protections are in force here, in words."""
     from m2agent.tools.sandbox import bwrap, landlock, seccomp
 
@@ -83,7 +83,7 @@ def _protections(settings: Settings, workspace: Path) -> Check:
     ]
     missing = []
     if seccomp.supported():
-        active.append("seccomp: no 32-bit/x32 syscalls, raw or netlink sockets, io_uring")
+        active.append("seccomp: no 32-bit/x32 syscalls, raw or netlink sockets, io_uring, setuid")
     else:
         missing.append("no seccomp filter for this machine")
     if backend == "bwrap":

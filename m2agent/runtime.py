@@ -48,7 +48,7 @@ def build_runtime(
     project = settings.project_dir(workspace)
     checkpoints = Checkpoints(workspace, project / "snapshots.git")
     todos = TodoList()
-    tools = default_tools(Workspace(workspace), todos, runner=runner)
+    tools = default_tools(Workspace(workspace, hidden=policy.hidden), todos, runner=runner)
     approvals = ApprovalPolicy(mode, RuleStore(project / "approvals.json"), ask)
     return Runtime(
         Agent(backend, tools, approvals, checkpoints), runner, checkpoints, todos, project

@@ -105,7 +105,13 @@ class GrepTool:
         if done.returncode not in (0, 1):
             raise ToolError(f"ripgrep failed: {done.stderr.strip()[:500]}")
         prefix = str(self.workspace.path) + os.sep
-        return [line.removeprefix(prefix) for line in done.stdout.splitlines()]
+        lines = [line.removeprefix(prefix) for line in done.stdout.splitlines()]
+        hidden = [
+            str(h.relative_to(self.workspace.path))
+            for h in self.workspace.hidden
+            if h.is_relative_to(self.workspace.path)
+        ]
+        return [line for line in lines if not _under_any(line, hidden)]
 
     def _python(self, args: GrepArgs, regex: re.Pattern[str], target: Path) -> list[str]:
         out: list[str] = []
@@ -202,8 +208,16 @@ def candidate_files(workspace: Workspace, target: Path, glob: str | None) -> lis
     return sorted(f for f in files if f.is_file() and _stays_inside(workspace, f))
 
 
+def _under_any(line: str, hidden: list[str]) -> bool:
+    """Whether ripgrep's output line (`path:...` or `path-...` or `path`) names a hidden file."""
+    return any(line == h or line.startswith((f"{h}:", f"{h}-", f"{h}/")) for h in hidden)
+
+
 def _stays_inside(workspace: Workspace, file: Path) -> bool:
-    """A symlink leading out of the workspace (to ~/.ssh/id_ed25519, say) is not searched."""
+    """A symlink leading out of the workspace (to ~/.ssh/id_ed25519, say) is not searched, nor
+    is a hidden file (deny_read)."""
+    if workspace.hidden and workspace.is_hidden(file.resolve()):
+        return False
     if not file.is_symlink():
         return True
     try:

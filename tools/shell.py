@@ -321,7 +321,9 @@ class BashTool:
     name: ClassVar[str] = "Bash"
     description: ClassVar[str] = (
         "Run a shell command in the workspace, inside a sandbox: writes outside the workspace "
-        "fail, .git is read-only, the network is off unless the user allowed it. Output over "
+        "fail, .git is read-only, the network is off unless the user allowed it, credentials "
+        "(~/.ssh, cloud keys, tokens in the environment) are hidden, and every process the "
+        "command started ends with it (no background servers). Output over "
         f"{MAX_OUTPUT_CHARS} characters keeps its head and tail. Use for builds, tests, git "
         "status/diff; prefer Read/Grep/Glob/Edit for files."
     )

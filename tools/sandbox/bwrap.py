@@ -29,10 +29,11 @@ def bwrap_argv(
     capability dropped (root included), all namespaces unshared (no network unless allowed),
     the seccomp filter read from `seccomp_fd`, dies with its parent, new session."""
     argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-    argv += ["--tmpfs", "/run"]
-    for path in needed_under_run():
-        argv += ["--ro-bind", str(path), str(path)]
-    argv += ["--remount-ro", "/run"]
+    if os.path.isdir("/run"):
+        argv += ["--tmpfs", "/run"]
+        for path in needed_under_run():
+            argv += ["--ro-bind", str(path), str(path)]
+        argv += ["--remount-ro", "/run"]
     for path in policy.keep_visible:
         if not policy.workspace.is_relative_to(path):
             argv += ["--ro-bind", str(path), str(path)]

@@ -9,7 +9,9 @@ What it refuses (EACCES, the process keeps running):
 - `socket()` of AF_INET/AF_INET6 when the network is off (this also closes UDP);
 - `socket()` of AF_UNIX when asked (the Landlock backend with the network off: Landlock cannot
   tell a socket in the workspace from /run/docker.sock; `socketpair()` keeps working);
-- `io_uring_setup` (io_uring opens sockets without the `socket()` syscall).
+- `io_uring_setup` (io_uring opens sockets without the `socket()` syscall);
+- chmod to a setuid or setgid mode (no command may leave a setuid program behind: as root on
+  the Landlock backend it could otherwise make any program it can reach setuid-root).
 Stdlib only: the launcher loads it without site-packages.
 """
 
@@ -27,8 +29,14 @@ _ARCHES = {
     "x86_64": (0xC000003E, 41, 425, True),
     "aarch64": (0xC00000B7, 198, 425, False),
 }
+# machine -> (syscall nr, index of its mode argument): chmod, fchmod, fchmodat, fchmodat2
+_CHMODS = {
+    "x86_64": ((90, 1), (91, 1), (268, 2), (452, 2)),
+    "aarch64": ((52, 1), (53, 2), (452, 2)),
+}
+_SETID = 0o6000  # S_ISUID | S_ISGID
 _PR_SET_NO_NEW_PRIVS, _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 38, 22, 2
-_LD, _JEQ, _JGE, _RET = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, JMP|JEQ|K, JMP|JGE|K, RET|K
+_LD, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06  # LD|W|ABS, JMP|JEQ/JGE/JSET|K, RET|K
 _ALLOW = 0x7FFF0000
 _DENY = 0x00050000 | errno.EACCES  # SECCOMP_RET_ERRNO | EACCES
 
@@ -62,6 +70,15 @@ def program(families: tuple[int, ...], machine: str | None = None) -> bytes:
         return struct.pack("HBBI", code, jt, jf, k)
 
     deny_family = [op(_JEQ, len(families) - i, 0, family) for i, family in enumerate(families)]
+    deny_setid = []
+    for nr, arg in _CHMODS[machine]:
+        deny_setid += [
+            op(_JEQ, 0, 4, nr),  # not this chmod: on to the next check
+            op(_LD, 0, 0, 16 + 8 * arg),  # its mode argument (low 32 bits)
+            op(_JSET, 0, 1, _SETID),
+            op(_RET, 0, 0, _DENY),
+            op(_RET, 0, 0, _ALLOW),
+        ]
     body = [
         op(_LD, 0, 0, 4),  # seccomp_data.arch
         op(_JEQ, 1, 0, arch),
@@ -70,6 +87,7 @@ def program(families: tuple[int, ...], machine: str | None = None) -> bytes:
         *([op(_JGE, 0, 1, _X32_BIT), op(_RET, 0, 0, _DENY)] if x32 else []),
         op(_JEQ, 0, 1, io_uring_nr),
         op(_RET, 0, 0, _DENY),
+        *deny_setid,
         op(_JEQ, 1, 0, socket_nr),
         op(_RET, 0, 0, _ALLOW),  # not socket(): allowed
         op(_LD, 0, 0, 16),  # seccomp_data.args[0], low 32 bits: the address family

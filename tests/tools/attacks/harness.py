@@ -132,3 +132,16 @@ def make_attacker(backend: str, user: str, public: Path) -> Attacker:
         for path in (workspace, home, *workspace.rglob("*")):
             os.lchown(path, NOBODY, NOBODY)
     return Attacker(backend, user, workspace, home, public)
+
+
+def processes_with(token: str) -> list[int]:
+    """The processes whose command line contains `token` (NUL separates arguments)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if token.encode() in Path(f"/proc/{name}/cmdline").read_bytes():
+                    found.append(int(name))
+            except OSError:
+                continue
+    return found

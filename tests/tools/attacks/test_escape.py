@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from harness import NOBODY, Attacker, make_attacker
+from harness import NOBODY, Attacker, make_attacker, processes_with
 
 from m2agent.tools.sandbox import landlock
 
@@ -68,6 +69,22 @@ def test_root_cannot_make_devices_or_take_files(root_attacker: Attacker) -> None
     assert outside.stat().st_uid == NOBODY and outside.stat().st_mode & 0o777 == 0o600
 
 
+def test_no_setuid_programs_can_be_made(attacker: Attacker) -> None:
+    (attacker.workspace / "bin").mkdir()
+    if attacker.user == "nobody":
+        os.chown(attacker.workspace / "bin", NOBODY, NOBODY)
+    result = attacker.one(
+        "cp /bin/true bin/t && chmod 755 bin/t && echo EXEC; "
+        "chmod u+s bin/t && echo SETUID; chmod g+s bin/t && echo SETGID; "
+        "python3 -c \"import os; os.chmod('bin/t', 0o4755); print('PYSETUID')\"; true"
+    )
+    assert "EXEC" in result.output, result.output
+    for word in ("\nSETUID", "SETGID", "PYSETUID"):
+        assert word not in result.output, result.output
+    if (attacker.workspace / "bin/t").exists():
+        assert not (attacker.workspace / "bin/t").stat().st_mode & 0o6000
+
+
 def test_the_agents_environment_cannot_be_read(
     root_attacker: Attacker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -105,6 +122,8 @@ def test_raw_and_netlink_sockets_are_refused(attacker: Attacker, family: str) ->
 
 
 def test_netlink_cannot_change_the_hosts_network(root_attacker: Attacker) -> None:
+    if shutil.which("ip") is None:
+        pytest.skip("iproute2 (`ip`) is not installed")
     name = f"m2x{uuid.uuid4().hex[:8]}"
     root_attacker.one(f"ip link add {name} type dummy")
     shown = subprocess.run(["ip", "link", "show", name], capture_output=True, text=True)
@@ -231,18 +250,6 @@ def test_background_children_die_with_the_command(attacker: Attacker) -> None:
     assert left == [], f"processes outlived their command and wrote {left}"
 
 
-def _processes_with(token: str) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                if token.encode() in Path(f"/proc/{name}/cmdline").read_bytes():
-                    found.append(int(name))
-            except OSError:
-                continue
-    return found
-
-
 def test_a_fork_bomb_is_killed_whole_at_its_timeout(attacker: Attacker) -> None:
     token = f"m2bomb{uuid.uuid4().hex[:8]}"
     # A bounded bomb (2^7 sleepers, forking while they are being killed): safe on a shared box.
@@ -254,7 +261,7 @@ def test_a_fork_bomb_is_killed_whole_at_its_timeout(attacker: Attacker) -> None:
     result = attacker.one(bomb, timeout_s=2)
     assert result.timed_out and time.monotonic() - started < 30
     time.sleep(0.5)
-    survivors = _processes_with(token)
+    survivors = processes_with(token)
     for pid in survivors:
         os.kill(pid, signal.SIGKILL)
     assert survivors == [], f"{len(survivors)} processes outlived the timeout"
@@ -273,8 +280,6 @@ def test_timeout_message_is_true(public: Path) -> None:
 
 # Finding 9: /run, and never creating .git or .m2agent.
 def test_commands_cannot_plant_git_or_agent_config(attacker: Attacker) -> None:
-    import shutil
-
     shutil.rmtree(attacker.workspace / ".git")
     result = attacker.one(
         "git init -q . ; git config core.fsmonitor 'touch /tmp/pwned'; "
@@ -341,11 +346,11 @@ def test_settings_reach_the_sandbox_policy(tmp_path: Path) -> None:
 
 
 def test_doctor_reports_the_active_protections(tmp_path: Path) -> None:
-    from m2agent.doctor import render, run_checks
+    from m2agent.doctor import protections_check, render
     from m2agent.settings import load_settings
 
-    settings = load_settings(tmp_path, {"sandbox": "landlock", "endpoint": "http://127.0.0.1:9"})
-    text = render(run_checks(settings, tmp_path))
+    settings = load_settings(tmp_path, {"sandbox": "landlock"})
+    text = render([protections_check(settings, tmp_path)])
     assert "protections:" in text and "secret paths hidden" in text
     if landlock.abi_version() >= 6:
         assert "signals and abstract unix sockets scoped" in text

@@ -232,3 +232,23 @@ def test_grep_does_not_follow_symlinks_out(root: Path, tmp_path: Path, ripgrep: 
     tools = ToolRegistry([GrepTool(Workspace(root), ripgrep=ripgrep)])
     result = tools.call("Grep", {"pattern": "PRIVATE", "output_mode": "content"})
     assert "5d1" not in result.content and "leak" not in result.content
+
+
+@pytest.mark.parametrize("ripgrep", ["auto", None], ids=["ripgrep", "python"])
+def test_tools_do_not_read_hidden_files_either(root: Path, ripgrep: str | None) -> None:
+    from m2agent.tools.search import GrepTool
+
+    (root / "secrets.env").write_text("DB_PASSWORD=hunter2-7a3\n")
+    (root / "app.py").write_text("PASSWORD = os.environ['DB_PASSWORD']\n")
+    ws = Workspace(root, hidden=[root / "secrets.env"])
+    tools = ToolRegistry([ReadTool(ws), EditTool(ws), WriteTool(ws), GrepTool(ws, ripgrep=ripgrep)])
+    for name, args in (
+        ("Read", {"file_path": "secrets.env"}),
+        ("Edit", {"file_path": "secrets.env", "old_string": "DB", "new_string": "X"}),
+        ("Write", {"file_path": "secrets.env", "content": ""}),
+    ):
+        result = tools.call(name, args)
+        assert result.is_error and "hidden" in result.content and "7a3" not in result.content
+    found = tools.call("Grep", {"pattern": "PASSWORD", "output_mode": "content"}).content
+    assert "app.py" in found and "7a3" not in found
+    assert (root / "secrets.env").read_text() == "DB_PASSWORD=hunter2-7a3\n"

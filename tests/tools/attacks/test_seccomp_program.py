@@ -28,6 +28,8 @@ def run(program: bytes, arch: int, nr: int, *args: int) -> int:
             pc += jt if acc == k else jf
         elif code == 0x35:  # jge
             pc += jt if acc >= k else jf
+        elif code == 0x45:  # jset
+            pc += jt if acc & k else jf
         elif code == 0x06:  # ret
             return k
         else:
@@ -50,6 +52,10 @@ def test_decisions(machine: str, native: int, foreign: int) -> None:
     assert run(opened, native, socket_nr, 16) == run(opened, native, socket_nr, 17) == DENY
     assert run(closed, native, 425) == DENY  # io_uring_setup
     assert run(closed, native, 0) == ALLOW  # read
+    fchmodat = {"x86_64": 268, "aarch64": 53}[machine]
+    assert run(closed, native, fchmodat, 0, 0, 0o4755) == DENY  # setuid
+    assert run(closed, native, fchmodat, 0, 0, 0o2755) == DENY  # setgid
+    assert run(closed, native, fchmodat, 0, 0, 0o755) == ALLOW  # chmod +x stays possible
     assert run(closed, native, socket_nr, 2 | (1 << 32)) == DENY  # only the low 32 bits count
     if machine == "x86_64":
         assert run(opened, native, 0x40000000 | socket_nr, 2) == DENY  # x32

@@ -4,11 +4,10 @@ limits per command."""
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 
 import pytest
-from harness import NOBODY, Attacker
+from harness import NOBODY, Attacker, processes_with
 
 from m2agent.tools.sandbox.policy import looks_secret, scrub_environment
 
@@ -135,5 +134,4 @@ def test_process_count_is_limited(attacker: Attacker) -> None:
     else:
         assert int(result.output.split()[-1]) <= 40, result.output
     time.sleep(0.3)
-    survivors = subprocess.run(["pgrep", "-f", "sleep 7.5"], capture_output=True, text=True)
-    assert survivors.stdout == "", "processes outlived the command"
+    assert processes_with("sleep\x007.5") == [], "processes outlived the command"
