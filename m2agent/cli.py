@@ -75,42 +75,98 @@ def root(
     headless task with -p, or when stdin is not a terminal)."""
     if ctx.invoked_subcommand is not None:
         return
-    from m2agent.errors import M2AgentError
+    from m2agent.errors import M2AgentError, UsageError
     from m2agent.settings import load_settings
 
     workspace = Path.cwd()
     flags = {"endpoint": endpoint, "api": api, "model": model, "sandbox": sandbox,
              "approval_mode": mode, "tp": tp}  # fmt: skip
+    fmt = "json" if json_output else output_format
+    if prompt is not None or not sys.stdin.isatty():
+        task = prompt if prompt is not None else sys.stdin.read()
+        _headless(workspace, flags, task, fmt=fmt, yes=yes, question=True)
     try:
         settings = load_settings(workspace, flags)
-        if prompt is not None or not sys.stdin.isatty():
-            from m2agent.fix import result_json, run_fix
-
-            task = prompt if prompt is not None else sys.stdin.read()
-            fmt = "json" if json_output else output_format
-            if fmt not in ("text", "json", "stream-json"):
-                raise typer.BadParameter("--output-format must be text, json or stream-json")
-            result = run_fix(
-                settings, workspace, task, test_cmd=None, yes=yes, output=fmt,  # type: ignore[arg-type]
-            )  # fmt: skip
-            if fmt == "text":
-                typer.echo(result.answer)
-            else:
-                typer.echo(result_json(result, one_line=fmt == "stream-json"))
-            raise typer.Exit(result.exit_code)
         from rich.console import Console
 
-        from m2agent.fix import make_backend
+        from m2agent.runtime import build_backend
         from m2agent.ui.repl import Repl
 
         console = Console()
-        backend = make_backend(settings, console.print, background=True)
-        repl = Repl(settings, workspace, backend, console)
-        code = repl.run()
+        try:
+            backend = build_backend(settings, console.print, background=True)
+        except UsageError:
+            backend = None  # the REPL starts and says how to set a model
+        code = Repl(settings, workspace, backend, console).run()
     except M2AgentError as e:
         typer.echo(f"error: {e.message}", err=True)
         raise typer.Exit(e.exit_code) from None
     raise typer.Exit(code)
+
+
+def _headless(
+    workspace: Path,
+    flags: dict[str, Any],
+    task: str,
+    *,
+    fmt: str,
+    yes: bool,
+    question: bool,
+    test_cmd: str | None = None,
+    resume: str | None = None,
+    continue_last: bool = False,
+    commit_branch: str | None = None,
+    issue: str = "",
+) -> None:
+    """One task as `fix`/`-p` run it; exits with its code. With --json/stream-json the last
+    line is a JSON result on every outcome, errors included."""
+    from m2agent.errors import M2AgentError
+    from m2agent.fix import error_json, result_json, run_fix
+    from m2agent.issue_source import resolve_task
+    from m2agent.settings import load_settings
+    from m2agent.ui.headless import HeadlessFrontEnd
+
+    if fmt not in ("text", "json", "stream-json"):
+        raise typer.BadParameter("--output-format must be text, json or stream-json")
+    front = HeadlessFrontEnd(fmt, interactive=not yes and sys.stdin.isatty())  # type: ignore[arg-type]
+    try:
+        settings = load_settings(workspace, flags)
+        text = resolve_task(task, workspace, settings)
+        mode = "auto" if yes else settings.approval_mode
+        result = run_fix(
+            settings, workspace, text, sink=front, mode=mode, test_cmd=test_cmd, resume=resume,
+            continue_last=continue_last, question=question,
+        )  # fmt: skip
+        if commit_branch and result.status == "fixed":
+            from m2agent.git_ops import commit_on_new_branch
+
+            title = issue.splitlines()[0][:72] if not issue.startswith("@") else issue
+            sha = commit_on_new_branch(
+                workspace, commit_branch, result.files_changed,
+                f"m2agent: {title}\n\n{result.answer}",
+            )  # fmt: skip
+            typer.echo(f"committed {sha[:12]} on {commit_branch}", err=True)
+        elif commit_branch:
+            typer.echo(f"not committed: {result.reason}", err=True)
+    except (M2AgentError, KeyboardInterrupt) as e:
+        message, code = (e.message, e.exit_code) if isinstance(e, M2AgentError) else (
+            "interrupted", 130)  # fmt: skip
+        typer.echo(f"error: {message}", err=True)
+        if fmt != "text":
+            typer.echo(error_json(message, code, one_line=fmt == "stream-json"))
+        raise typer.Exit(code) from None
+    if fmt != "text":
+        typer.echo(result_json(result, one_line=fmt == "stream-json"))
+    elif question and result.status == "answered":
+        typer.echo(result.answer)
+    else:
+        if result.answer:
+            typer.echo(result.answer)
+        files = ", ".join(result.files_changed) or "no files changed"
+        typer.echo(f"{result.status.replace('_', ' ')}: {result.reason} ({files})", err=True)
+        if result.undo_point is not None:
+            typer.echo(f"session {result.session}; undo with: m2agent undo", err=True)
+    raise typer.Exit(result.exit_code)
 
 
 @app.command("fix")
@@ -177,50 +233,19 @@ def fix(
     Exit codes: 0 fixed and verified, 1 not fixed, 2 usage error, 3 sandbox unavailable,
     4 model or endpoint error, 130 interrupted.
     """
-    from m2agent.errors import M2AgentError
-    from m2agent.fix import result_json, run_fix
-    from m2agent.settings import load_settings
-
     fmt = "json" if json_output else output_format
-    if fmt not in ("text", "json", "stream-json"):
-        raise typer.BadParameter("--output-format must be text, json or stream-json")
     if commit and not branch:
         raise typer.BadParameter("--commit needs --branch NAME (a new branch)")
-    workspace = Path.cwd()
     flags = {
         "endpoint": endpoint, "api": api, "model": model, "api_key": api_key, "tp": tp,
         "max_steps": max_steps, "max_minutes": max_minutes, "sandbox": sandbox,
         "max_tokens": max_tokens, "max_total_tokens": max_total_tokens,
     }  # fmt: skip
-    try:
-        settings = load_settings(workspace, flags)
-        result = run_fix(
-            settings, workspace, issue, test_cmd=test_cmd, yes=yes, output=fmt,  # type: ignore[arg-type]
-            resume=resume, continue_last=continue_last,
-        )  # fmt: skip
-        if commit and branch and result.status == "fixed":
-            from m2agent.git_ops import commit_on_new_branch
-
-            title = issue.splitlines()[0][:72] if not issue.startswith("@") else issue
-            sha = commit_on_new_branch(
-                workspace, branch, result.files_changed, f"m2agent: {title}\n\n{result.answer}"
-            )
-            typer.echo(f"committed {sha[:12]} on {branch}", err=True)
-        elif commit:
-            typer.echo("not committed: the fix was not verified", err=True)
-    except M2AgentError as e:
-        typer.echo(f"error: {e.message}", err=True)
-        raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(130) from None
-    if fmt == "text":
-        verdict = "fixed and verified" if result.verified else result.status.replace("_", " ")
-        typer.echo(f"{verdict}: {', '.join(result.files_changed) or 'no files changed'}")
-        typer.echo(f"session {result.session}; undo with: m2agent undo")
-    else:
-        typer.echo(result_json(result, one_line=fmt == "stream-json"))
-    raise typer.Exit(result.exit_code)
+    _headless(
+        Path.cwd(), flags, issue, fmt=fmt, yes=yes, question=False, test_cmd=test_cmd,
+        resume=resume, continue_last=continue_last, commit_branch=branch if commit else None,
+        issue=issue,
+    )  # fmt: skip
 
 
 @app.command("ci")
@@ -260,6 +285,7 @@ def ci(
     from m2agent.ci_job import publish_fix, run_ci
     from m2agent.errors import M2AgentError
     from m2agent.settings import load_settings
+    from m2agent.ui.headless import HeadlessFrontEnd
 
     if (commit or push or pr) and not branch:
         raise typer.BadParameter("--commit, --push and --pr need --branch NAME (a new branch)")
@@ -271,7 +297,7 @@ def ci(
         settings = load_settings(workspace, flags)
         result = run_ci(
             settings, workspace, test_cmd=test_cmd, patch_path=patch, report_path=report,
-            summary_path=summary, output="text",
+            summary_path=summary, sink=HeadlessFrontEnd("text"),
         )  # fmt: skip
         if commit and branch and result.status == "fixed":
             url = publish_fix(
@@ -291,11 +317,15 @@ def ci(
 
 @app.command("undo")
 def undo(
-    to: Annotated[int | None, typer.Option("--to", help="Snapshot number to go back to.")] = None,
+    to: Annotated[
+        int | None, typer.Option("--to", help="Undo point to go back to (see `m2agent sessions`).")
+    ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Restore the workspace to before the last session's changes (or to a snapshot)."""
-    from m2agent.agent.session import list_sessions
+    """Undo what the last task (the last user turn that changed files) changed; again for the
+    one before. --to N goes back to undo point N. Exits 0 with a note when there is nothing
+    to undo."""
+    from m2agent.agent.session import Session, list_sessions
     from m2agent.errors import M2AgentError
     from m2agent.settings import load_settings
     from m2agent.tools.checkpoints import Checkpoints
@@ -305,30 +335,33 @@ def undo(
         settings = load_settings(workspace, {})
         project = settings.project_dir(workspace)
         checkpoints = Checkpoints(workspace, project / "snapshots.git")
-        target = to
+        session, turn, target = None, None, to
         if target is None:
-            sessions = [
-                s for s in list_sessions(project / "sessions") if s.first_snapshot is not None
-            ]
-            if not sessions:
-                typer.echo("nothing to undo: no session changed this workspace", err=True)
-                raise typer.Exit(1)
-            target = sessions[-1].first_snapshot
-            typer.echo(f"undoing session {sessions[-1].id}: {sessions[-1].task[:80]!r}")
-        assert target is not None
+            found = [s for s in list_sessions(project / "sessions") if s.undo_points]
+            if not found:
+                typer.echo("nothing to undo: no task has changed this workspace")
+                raise typer.Exit(0)
+            session = Session.read(found[-1].path)
+            turn = session.last_undo_point()
+            assert turn is not None and turn.snapshot is not None
+            target = turn.snapshot
+            typer.echo(f"undoing {turn.title[:80]!r} (session {session.id})")
         if not yes:
             if not sys.stdin.isatty():
                 raise typer.BadParameter("pass --yes to undo without a terminal")
-            if not typer.confirm(f"Restore the workspace to snapshot {target}?"):
+            if not typer.confirm(f"Restore the workspace to undo point {target}?"):
                 raise typer.Exit(1)
         snapshot = checkpoints.restore(target)
+        if session is not None and turn is not None:
+            with session:
+                session.mark_undone(turn)
     except M2AgentError as e:
         typer.echo(f"error: {e.message}", err=True)
         raise typer.Exit(e.exit_code) from None
     except RuntimeError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"restored snapshot {snapshot.number} ({snapshot.label})")
+    typer.echo(f"restored undo point {snapshot.number} ({snapshot.label})")
 
 
 @app.command("doctor")
@@ -356,7 +389,7 @@ def doctor(
 
 @app.command("sessions")
 def sessions() -> None:
-    """List this workspace's sessions (newest last)."""
+    """List this workspace's sessions (newest last) with their undo points."""
     from m2agent.agent.session import list_sessions
     from m2agent.settings import load_settings
 
@@ -366,8 +399,9 @@ def sessions() -> None:
     if not found:
         typer.echo("no sessions in this workspace yet")
     for s in found:
-        snap = f"undo point {s.first_snapshot}" if s.first_snapshot is not None else "no changes"
-        typer.echo(f"{s.id}  {snap:16}  {s.task.splitlines()[0][:70] if s.task else ''}")
+        points = f"{s.undo_points} undo point{'s' if s.undo_points != 1 else ''}"
+        title = s.title.splitlines()[0][:70] if s.title else ""
+        typer.echo(f"{s.id}  {points:14}  {title}")
 
 
 @app.command(
