@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from model_server import FakeM2Server
@@ -69,7 +70,7 @@ def call(command: str, reasoning: str) -> str:
     )
 
 
-def resumed_history(repo: Path, port: int) -> list[dict[str, object]]:
+def resumed_history(repo: Path, port: int) -> list[dict[str, Any]]:
     with FakeM2Server(["Back.\n</think>\n\nDone now."], "split", port=port) as server:
         done = subprocess.run(
             [sys.executable, "-m", "m2agent", "fix", "go on", "--continue", "--endpoint",
