@@ -44,6 +44,9 @@ class Settings:
     github_repository: str | None = None  # owner/name (GITHUB_REPOSITORY in Actions)
     github_event_path: str | None = None  # the Actions event payload (fork detection)
     state_dir: Path = Path("~/.local/state/m2agent")
+    # Where Hugging Face keeps downloads (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub):
+    # with no endpoint, the embedded engine looks for MiniMax-M2 weights there.
+    hf_hub_cache: Path = Path("~/.cache/huggingface/hub")
 
     def project_dir(self, workspace: Path) -> Path:
         """Where this project's snapshots, sessions and approvals live (never in the repo)."""
@@ -69,7 +72,12 @@ def load_settings(
                 f"trusted project may; add {str(workspace.resolve())!r} to trusted_projects in "
                 f"{config_home / 'm2agent/config.toml'} if you trust it"
             )
-    values: dict[str, Any] = {"state_dir": state_home / "m2agent"}
+    hf_home = Path(env.get("HF_HOME") or Path(env.get("XDG_CACHE_HOME") or home / ".cache")
+                   / "huggingface")  # fmt: skip
+    values: dict[str, Any] = {
+        "state_dir": state_home / "m2agent",
+        "hf_hub_cache": Path(env.get("HF_HUB_CACHE") or hf_home / "hub"),
+    }
     for layer in (user, project, _from_env(env), {k: v for k, v in flags.items() if v is not None}):
         values.update(layer)
     return _build(values)
@@ -133,7 +141,8 @@ def _build(values: dict[str, Any]) -> Settings:
         raise UsageError(
             f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
-    settings = replace(Settings(), **{k: v for k, v in values.items() if k != "state_dir"})
+    paths = ("state_dir", "hf_hub_cache")
+    settings = replace(Settings(), **{k: v for k, v in values.items() if k not in paths})
     checks = [
         (
             settings.api in ("openai", "completions", "anthropic"),
@@ -158,4 +167,8 @@ def _build(values: dict[str, Any]) -> Settings:
             raise UsageError(message)
     if settings.endpoint:
         check_endpoint(settings.endpoint)
-    return replace(settings, state_dir=Path(values["state_dir"]).expanduser())
+    return replace(
+        settings,
+        state_dir=Path(values["state_dir"]).expanduser(),
+        hf_hub_cache=Path(values["hf_hub_cache"]).expanduser(),
+    )
