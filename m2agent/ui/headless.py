@@ -24,7 +24,6 @@ from m2agent.agent.events import (
 from m2agent.agent.loop import Item
 
 OutputFormat = Literal["text", "json", "stream-json"]
-OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("text", "json", "stream-json")
 
 
 class HeadlessFrontEnd:
