@@ -286,3 +286,24 @@ def test_the_repl_starts_without_a_model_and_says_how_to_set_one(repo: Path, cle
         child.expect("Configured now.")
         child.expect(PROMPT)
         assert finish(child) == 0
+
+
+def test_fix_on_a_terminal_asks_with_the_preview_and_one_key(repo: Path) -> None:
+    turns = [edit("calc.py", "return a - b", "return a + b"), "Ok.\n</think>\n\nFixed."]
+    with FakeM2Server(turns, "split") as server:
+        child = pexpect.spawn(
+            sys.executable,
+            ["-m", "m2agent", "fix", "fix add", "--endpoint", server.url, "--model", "m",
+             "--test-cmd", "true", *([] if bwrap.probe().works else ["--sandbox", "off"])],
+            cwd=str(repo), env={**os.environ, "TERM": "xterm-256color"}, dimensions=(30, 100),
+            encoding="utf-8", timeout=60,
+        )  # fmt: skip
+        child.expect("Edit changes files: calc.py")
+        child.expect(r"\+    return a \+ b")
+        child.expect("Allow\\?")
+        child.send("y")
+        child.expect("fixed: `true` passes after the change")
+        child.expect(pexpect.EOF)
+        child.close()
+    assert child.exitstatus == 0
+    assert (repo / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
