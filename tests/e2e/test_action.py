@@ -105,3 +105,23 @@ def test_the_action_installs_itself_fixes_the_tests_and_sets_its_outputs(tmp_pat
     assert outputs == {"status": "fixed", "pr-url": ""}
     assert (user / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
     assert "+    return a + b" in (user / "m2agent-fix.patch").read_text()
+
+
+def test_a_copy_of_the_action_in_the_users_repository_refuses_to_install_that_repository(
+    tmp_path: Path,
+) -> None:
+    user = tmp_path / "user-repo"
+    copied = user / ".github" / "actions" / "m2agent"
+    copied.mkdir(parents=True)
+    (copied / "action.yml").write_text((ACTION / "action.yml").read_text())
+    (user / "pyproject.toml").write_text('[project]\nname = "their-app"\n')
+    action = yaml.safe_load((copied / "action.yml").read_text())
+    install = next(s for s in action["runs"]["steps"] if "Install m2agent" in s.get("name", ""))
+    done = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", install["run"]],
+        cwd=user, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "GITHUB_ACTION_PATH": str(copied), "GITHUB_ACTION_REPOSITORY": "",
+             "GITHUB_ACTION_REF": ""},
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "reference it as uses: OWNER/m2agent/.github/actions/m2agent@REF" in done.stderr
