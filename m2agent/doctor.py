@@ -118,17 +118,25 @@ def protections_check(settings: Settings, workspace: Path) -> Check:
 
 
 def _model(settings: Settings) -> Check:
-    from m2agent.backends.embedded import is_local_model
+    from m2agent.errors import UsageError
+    from m2agent.runtime import NO_MODEL, embedded_plan
 
     if not settings.endpoint:
-        if settings.model and is_local_model(settings.model):
-            return Check("model", True, f"embedded engine for {settings.model}")
+        try:
+            local = embedded_plan(settings)
+        except UsageError as e:
+            return Check(
+                "model", False, e.message.split(". Pass")[0], NO_MODEL[len("no model: ") :]
+            )
+        if local is not None:
+            weights, tp, device = local
+            on = device or f"{tp} GPU{'s' if tp > 1 else ''}"
+            return Check("model", True, f"embedded engine for {weights} on {on}")
         return Check(
             "model",
             False,
-            "no endpoint and no local checkpoint configured",
-            "pass --endpoint URL --model NAME (or set M2AGENT_ENDPOINT / M2AGENT_MODEL), or "
-            "--model PATH to a MiniMax-M2 checkpoint for the embedded engine",
+            f"no endpoint, no local checkpoint, no MiniMax-M2 weights in {settings.hf_hub_cache}",
+            NO_MODEL[len("no model: ") :],
         )
     headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
     base = settings.endpoint.rstrip("/")
@@ -163,12 +171,13 @@ def _model(settings: Settings) -> Check:
 
 def _reasoning_style(base: str, model: str, api_key: str | None) -> str:
     """Ask for a few tokens through the real backend and report what it learned."""
+    from m2agent.agent.messages import UserMessage
     from m2agent.backends.openai_chat import OpenAIChatBackend
     from m2agent.errors import BackendError
 
     backend = OpenAIChatBackend(base, model, api_key, max_tokens=32, timeout_s=60)
     try:
-        for _ in backend.stream([{"role": "user", "content": "Say OK."}], []):
+        for _ in backend.stream([UserMessage("Say OK.")], []):
             pass
     except BackendError as e:
         return f"style unknown (the test request failed: {e.message[:200]})"

@@ -1,40 +1,44 @@
-"""`m2agent fix ISSUE`: one headless task, verified by the project's tests.
+"""`m2agent fix ISSUE` (and `-p`): one headless task as one user turn of a session, verified by
+the project's tests. Takes an event sink; imports nothing from `ui/`.
 
-Exit codes: 0 fixed and verified, 1 not fixed, 2 usage error, 3 sandbox unavailable, 4 model
-or endpoint error, 130 interrupted."""
+Outcomes and exit codes (`EXIT_CODES`, documented in README and `--help`):
+  fixed       0  the workspace changed and the test command passed afterwards
+  answered    0  nothing changed and nothing failed: a question answered (`-p` only)
+  unverified  5  the workspace changed but no test command was found to verify it
+  not_fixed   1  the tests still fail, a budget ran out, or `fix` changed nothing
+Errors: 2 usage, 3 sandbox unavailable, 4 model or endpoint, 130 interrupted."""
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
-from m2agent.agent.approvals import ApprovalReply, ApprovalRequest
-from m2agent.agent.events import SnapshotTaken, StepUsage, TaskDone, event_json
-from m2agent.agent.loop import Budget
-from m2agent.agent.prompts import system_prompt
-from m2agent.agent.session import SessionInfo, SessionLog, find_session, load_messages
+from m2agent.agent.approvals import Mode
+from m2agent.agent.events import Notice, TaskDone
+from m2agent.agent.loop import Budget, Item
+from m2agent.agent.messages import UserMessage
 from m2agent.backends.base import ModelBackend
-from m2agent.backends.embedded import BackgroundEngine, ensure_engine, is_local_model
-from m2agent.errors import UsageError
-from m2agent.issue_source import resolve_task
-from m2agent.runtime import build_runtime
+from m2agent.runtime import build_backend, build_runtime
 from m2agent.settings import Settings
 from m2agent.tools.checkpoints import Checkpoints
 from m2agent.tools.run_tests import TestRun, detect_test_command, run_tests
-from m2agent.ui.headless import HeadlessRenderer, OutputFormat
 
 VERIFY_ROUNDS = 2
+
+Status = Literal["fixed", "answered", "unverified", "not_fixed"]
+EXIT_CODES: dict[str, int] = {"fixed": 0, "answered": 0, "unverified": 5, "not_fixed": 1}
+Sink = Callable[[Item], None]
 
 
 @dataclass(frozen=True, slots=True)
 class FixResult:
-    status: str  # "fixed" | "not_fixed"
+    status: Status
+    reason: str  # the outcome in words
     verified: bool
     tests_command: str | None
     tests_passed_before: bool | None
@@ -48,210 +52,133 @@ class FixResult:
     answer: str
     failing_before: list[str] = field(default_factory=list)
     failing_after: list[str] = field(default_factory=list)
-    first_snapshot: int | None = None  # the undo point before the session's first change
+    undo_point: int | None = None  # the snapshot before this task's first change
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.status == "fixed" else 1
+        return EXIT_CODES[self.status]
 
 
-def make_backend(
-    settings: Settings,
-    progress: Callable[[str], None] = lambda _: None,
-    *,
-    background: bool = False,
-) -> ModelBackend:
-    """The backend the settings ask for. `background`: an embedded engine starts on a thread
-    (the REPL shows its prompt meanwhile)."""
-    limits: dict[str, Any] = {
-        "max_tokens": settings.max_tokens,
-        "temperature": settings.temperature,
-    }
-    if not settings.endpoint and settings.model and is_local_model(settings.model):
-        if background:
-            progress("starting the embedded engine in the background")
-            return BackgroundEngine(
-                Path(settings.model), settings.state_dir, tp=settings.tp, **limits
-            )
-        from m2agent.backends.completions import CompletionsBackend
-
-        url, name = ensure_engine(
-            Path(settings.model), settings.state_dir, tp=settings.tp, progress=progress
-        )
-        return CompletionsBackend(url, name, **limits)
-    if not settings.endpoint or not settings.model:
-        raise UsageError(
-            "no model: pass --endpoint URL --model NAME for a server (or set M2AGENT_ENDPOINT "
-            "and M2AGENT_MODEL), or --model PATH to a local MiniMax-M2 checkpoint folder to run "
-            "it with the embedded engine"
-        )
-    target = (settings.endpoint, settings.model, settings.api_key)
-    if settings.api == "anthropic":
-        from m2agent.backends.anthropic import AnthropicBackend
-
-        return AnthropicBackend(*target, **limits)
-    if settings.api == "completions":
-        from m2agent.backends.completions import CompletionsBackend
-
-        return CompletionsBackend(*target, **limits)
-    from m2agent.backends.openai_chat import OpenAIChatBackend
-
-    return OpenAIChatBackend(
-        *target, **limits, style_cache=settings.state_dir / "server-styles.json"
-    )
+def outcome(
+    *, changed: bool, after: TestRun | None, finished: bool, question: bool
+) -> tuple[Status, str]:
+    """The honest status of a task (pure). `finished`: the model answered within budget;
+    `question`: a headless prompt (`-p`), where no change is a fine outcome."""
+    if after is not None and not after.passed:
+        return "not_fixed", f"`{after.command}` still fails"
+    if not finished:
+        return "not_fixed", "a budget ran out before the model finished"
+    if changed and after is not None:
+        return "fixed", f"`{after.command}` passes after the change"
+    if changed:
+        return "unverified", "files changed, but no test command was found to verify them"
+    if question:
+        return "answered", "answered without changing anything"
+    return "not_fixed", "nothing changed"
 
 
 def run_fix(
     settings: Settings,
     workspace: Path,
-    issue: str,
+    task: str,
     *,
-    test_cmd: str | None,
-    yes: bool,
-    output: OutputFormat,
+    sink: Sink,
+    mode: Mode,
+    test_cmd: str | None = None,
     backend: ModelBackend | None = None,
     resume: str | None = None,
     continue_last: bool = False,
     before: TestRun | None = None,
+    question: bool = False,
 ) -> FixResult:
     """`before`: the test run the caller already made (not repeated)."""
     started = time.monotonic()
-    task = resolve_task(issue, workspace, settings)
-    renderer = HeadlessRenderer(output)
-    backend = backend or make_backend(settings, renderer.note)
-    runtime = build_runtime(
-        settings,
-        workspace,
-        backend,
-        mode="auto" if yes else settings.approval_mode,
-        ask=None if yes or not sys.stdin.isatty() else _ask_on_terminal,
-    )
-    agent, runner, checkpoints, project = (
-        runtime.agent,
-        runtime.runner,
-        runtime.checkpoints,
-        runtime.project,
-    )
-    earlier: SessionInfo | None = None
+    backend = backend or build_backend(settings, lambda text: sink(Notice(text)))
+    runtime = build_runtime(settings, workspace, backend, mode=mode)
+    assert runtime.agent is not None
     if resume is not None or continue_last:
-        try:
-            earlier = find_session(project / "sessions", resume)
-        except LookupError as e:
-            raise UsageError(str(e)) from None
-    log = SessionLog(project / "sessions", task, workspace, resume=earlier)
-
+        session = runtime.resume_session(resume)
+    else:
+        session = runtime.new_session(task)
+    usage_before = session.usage
     command = test_cmd or detect_test_command(workspace)
     if before is None and command:
-        before = run_tests(runner, command)
+        before = run_tests(runtime.runner, command)
     if before is not None and before.passed:
-        renderer.note(f"`{command}` already passes before any change")
+        sink(Notice(f"`{command}` already passes before any change"))
     prompt = task
     if command:
         prompt += f"\n\nVerify with: `{command}`" + (
             f"\nIt currently fails:\n{before.summary}" if before and not before.passed else ""
         )
-    messages: list[dict[str, Any]] = load_messages(earlier.path) if earlier else []
-    if earlier is not None:
-        new = [{"role": "user", "content": prompt}]
-    else:
-        new = [
-            {"role": "system", "content": system_prompt(workspace)},
-            {"role": "user", "content": prompt},
-        ]
-    messages += new
-    for message in new:
-        log.write("message", message)
-
-    usage = [0, 0, 0]
-    steps, answer, after = 0, "", None
-    first_snapshot: int | None = None
+    steps, answer, after, finished = 0, "", None, False
     budget_s = settings.max_minutes * 60
-    try:
+    with session:
+        session.begin_turn(prompt)
         for round_number in range(VERIFY_ROUNDS + 1):
+            spent = session.usage.completion_tokens - usage_before.completion_tokens
             token_budget = settings.max_total_tokens
             remaining = Budget(
                 max(1, settings.max_steps - steps),
                 max(1.0, budget_s - (time.monotonic() - started)),
-                max_output_tokens=None if token_budget is None else max(1, token_budget - usage[1]),
+                max_output_tokens=None if token_budget is None else max(1, token_budget - spent),
             )
-            done = None
-            count = len(messages)
-            for event in agent.run(messages, remaining):
-                renderer.render(event)
-                log.write("event", event_json(event))
-                if isinstance(event, StepUsage):
-                    usage = [
-                        usage[0] + event.prompt_tokens,
-                        usage[1] + event.completion_tokens,
-                        usage[2] + event.cached_tokens,
-                    ]
-                elif isinstance(event, SnapshotTaken):
-                    log.write("snapshot", {"number": event.number, "label": event.label})
-                    first_snapshot = first_snapshot or event.number
-                elif isinstance(event, TaskDone):
-                    done = event
-            for message in messages[count:]:
-                log.write("message", message)
+            done: TaskDone | None = None
+            for item in runtime.agent.run(session, remaining):
+                sink(item)
+                if isinstance(item, TaskDone):
+                    done = item
             assert done is not None
             steps += done.steps
-            answer = done.answer
-            after = run_tests(runner, command) if command else None
-            if (
-                done.reason != "answered"
-                or after is None
-                or after.passed
-                or round_number == VERIFY_ROUNDS
-            ):
+            answer, finished = done.answer, done.reason == "answered"
+            after = run_tests(runtime.runner, command) if command else None
+            if not finished or after is None or after.passed or round_number == VERIFY_ROUNDS:
                 break
-            messages.append(
-                {"role": "user", "content": f"The tests still fail:\n{after.summary}\nFix them."}
-            )
-            log.write("message", messages[-1])
-    finally:
-        log.close()
-    verified = after is not None and after.passed
-    answered = bool(answer) or steps > 0
-    status = "fixed" if (verified or (after is None and answered)) else "not_fixed"
-    result = FixResult(
+            session.append(UserMessage(f"The tests still fail:\n{after.summary}\nFix them."))
+    turn = session.turns[-1]
+    files = changed_files(runtime.checkpoints, turn.snapshot)
+    status, reason = outcome(changed=bool(files), after=after, finished=finished,
+                             question=question)  # fmt: skip
+    used = session.usage
+    return FixResult(
         status=status,
-        verified=verified,
+        reason=reason,
+        verified=status == "fixed",
         tests_command=command,
         tests_passed_before=None if before is None else before.passed,
-        files_changed=_changed_files(checkpoints),
+        files_changed=files,
         steps=steps,
-        prompt_tokens=usage[0],
-        completion_tokens=usage[1],
-        cached_tokens=usage[2],
-        session=log.id,
+        prompt_tokens=used.prompt_tokens - usage_before.prompt_tokens,
+        completion_tokens=used.completion_tokens - usage_before.completion_tokens,
+        cached_tokens=used.cached_tokens - usage_before.cached_tokens,
+        session=session.id,
         seconds=round(time.monotonic() - started, 2),
         answer=answer,
         failing_before=list(before.failed) if before else [],
         failing_after=list(after.failed) if after else [],
-        first_snapshot=first_snapshot,
+        undo_point=turn.snapshot,
     )
-    return result
 
 
-def _changed_files(checkpoints: Checkpoints) -> list[str]:
-    snapshots = checkpoints.list()
-    if not snapshots:
+def changed_files(checkpoints: Checkpoints, since: int | None) -> list[str]:
+    """Paths that differ from snapshot `since` (none when there is no snapshot)."""
+    if since is None:
         return []
-    diff = checkpoints.diff(snapshots[0].number)
+    diff = checkpoints.diff(since)
     return sorted({m.group(1) for m in re.finditer(r"^diff --git a/(\S+) b/", diff, re.MULTILINE)})
-
-
-def _ask_on_terminal(request: ApprovalRequest) -> ApprovalReply:
-    shown = request.arguments.get("command") or request.arguments.get("file_path") or ""
-    reply = input(f"Allow {request.tool} {shown}? [y]es / [n]o / [a]lways: ").strip().lower()
-    if reply in ("a", "always"):
-        return ApprovalReply("always")
-    return ApprovalReply("yes" if reply in ("y", "yes") else "no")
 
 
 def result_json(result: FixResult, *, one_line: bool = False) -> str:
     """The result object (`--json`); on one line, typed "result", for `stream-json`."""
-    from dataclasses import asdict
-
+    data = {**asdict(result), "exit_code": result.exit_code}
     if one_line:
-        return json.dumps({"type": "result", **asdict(result)})
-    return json.dumps(asdict(result), indent=2)
+        return json.dumps({"type": "result", **data})
+    return json.dumps(data, indent=2)
+
+
+def error_json(message: str, exit_code: int, *, one_line: bool = False) -> str:
+    """The final result when the task could not run or failed (`--json`/`stream-json`)."""
+    data = {"status": "error", "error": message, "exit_code": exit_code}
+    if one_line:
+        return json.dumps({"type": "result", **data})
+    return json.dumps(data, indent=2)

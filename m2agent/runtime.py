@@ -1,42 +1,145 @@
-"""Wiring one agent for a workspace: backend, sandboxed tools, approvals, undo snapshots.
-Shared by `m2agent fix` and the REPL."""
+"""Wiring, in one place: settings -> model backend, sandbox runner, tools, approval policy,
+snapshot store and sessions of one workspace. `fix`, `ci` and the REPL all build through here;
+nothing else constructs these parts."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from m2agent.agent.approvals import ApprovalPolicy, ApprovalReply, ApprovalRequest, Mode, RuleStore
+from m2agent.agent.approvals import ApprovalPolicy, Mode, RuleStore
 from m2agent.agent.loop import Agent
+from m2agent.agent.prompts import system_prompt
+from m2agent.agent.session import Session, find_session
 from m2agent.backends.base import ModelBackend
-from m2agent.errors import SandboxError
+from m2agent.errors import SandboxError, UsageError
 from m2agent.settings import Settings
 from m2agent.tools.checkpoints import Checkpoints
 from m2agent.tools.defaults import default_tools
+from m2agent.tools.registry import ToolRegistry
 from m2agent.tools.shell import CommandRunner, SandboxUnavailable
 from m2agent.tools.todo import TodoList
 from m2agent.tools.workspace import Workspace
 
-Ask = Callable[[ApprovalRequest], ApprovalReply]
+NO_MODEL = (
+    "no model: pass --endpoint URL --model NAME for a server (or set M2AGENT_ENDPOINT and "
+    "M2AGENT_MODEL), or --model PATH to a local MiniMax-M2 checkpoint folder to run it with "
+    "the embedded engine"
+)
+
+
+def embedded_plan(settings: Settings) -> tuple[Path, int, str | None] | None:
+    """(weights, tp, device) for the embedded engine, from `--model PATH` or the weights found
+    in the Hugging Face cache; None when there are none. UsageError when weights were found
+    but cannot be served here (saying why, and how to use an endpoint instead)."""
+    from m2agent.backends import discovery
+    from m2agent.backends.embedded import is_local_model
+
+    if settings.model and is_local_model(settings.model):
+        return Path(settings.model), settings.tp, None
+    if settings.model:
+        return None  # a model name: it needs an endpoint
+    found = discovery.hub_snapshot(settings.hf_hub_cache)
+    if found is None:
+        return None
+    chosen = settings.tp if settings.tp > 1 else None
+    plan = discovery.plan(found, discovery.weight_bytes(found), discovery.visible_gpus(), chosen)
+    if plan.tp is None:
+        raise UsageError(
+            f"found MiniMax-M2 weights at {found}, but cannot serve them here: {plan.why}. "
+            + NO_MODEL.replace("no model: pass", "Pass", 1)
+        )
+    return found, plan.tp, plan.device
+
+
+def build_backend(
+    settings: Settings,
+    progress: Callable[[str], None] = lambda _: None,
+    *,
+    background: bool = False,
+) -> ModelBackend:
+    """The backend the settings ask for; UsageError (saying how to set one) when there is
+    none. `background`: an embedded engine starts on a thread (the REPL prompts meanwhile)."""
+    from m2agent.backends.embedded import BackgroundEngine, ensure_engine
+
+    limits: dict[str, Any] = {"max_tokens": settings.max_tokens,
+                              "temperature": settings.temperature}  # fmt: skip
+    local = None if settings.endpoint else embedded_plan(settings)
+    if local is not None:
+        weights, tp, device = local
+        if not settings.model:
+            on = f"{tp} GPU{'s' if tp > 1 else ''}" if device is None else device
+            progress(f"found MiniMax-M2 weights at {weights}; serving them on {on}")
+        if background:
+            progress("starting the embedded engine in the background")
+            return BackgroundEngine(weights, settings.state_dir, tp=tp, device=device, **limits)
+        from m2agent.backends.completions import CompletionsBackend
+
+        url, name = ensure_engine(
+            weights, settings.state_dir, tp=tp, device=device, progress=progress
+        )
+        return CompletionsBackend(url, name, **limits)
+    if not settings.endpoint or not settings.model:
+        raise UsageError(NO_MODEL)
+    target = (settings.endpoint, settings.model, settings.api_key)
+    if settings.api == "anthropic":
+        from m2agent.backends.anthropic import AnthropicBackend
+
+        return AnthropicBackend(*target, **limits)
+    if settings.api == "completions":
+        from m2agent.backends.completions import CompletionsBackend
+
+        return CompletionsBackend(*target, **limits)
+    from m2agent.backends.openai_chat import OpenAIChatBackend
+
+    style_cache = settings.state_dir / "server-styles.json"
+    return OpenAIChatBackend(*target, **limits, style_cache=style_cache)
 
 
 @dataclass
 class Runtime:
-    agent: Agent
+    """The parts of one workspace's agent. `backend` may be None (the REPL starts without a
+    model and is told one later, through `/model`)."""
+
+    settings: Settings
+    workspace: Path
     runner: CommandRunner
     checkpoints: Checkpoints
     todos: TodoList
+    tools: ToolRegistry
+    approvals: ApprovalPolicy
+    agent: Agent | None
     project: Path  # this workspace's state folder (sessions, snapshots, approvals)
+
+    @property
+    def sessions(self) -> Path:
+        return self.project / "sessions"
+
+    def with_backend(self, backend: ModelBackend) -> Agent:
+        """The agent, now talking to `backend` (tools, approvals, snapshots unchanged)."""
+        self.agent = Agent(backend, self.tools, self.approvals, self.checkpoints)
+        return self.agent
+
+    def new_session(self, title: str) -> Session:
+        """A fresh session, its first message the system prompt."""
+        from m2agent.agent.messages import SystemMessage
+
+        session = Session.create(self.sessions, self.workspace, title)
+        session.append(SystemMessage(system_prompt(self.workspace)))
+        return session
+
+    def resume_session(self, session_id: str | None) -> Session:
+        """An earlier session of this workspace (the latest when None); UsageError if none."""
+        try:
+            return Session.load(find_session(self.sessions, session_id).path)
+        except LookupError as e:
+            raise UsageError(str(e)) from None
 
 
 def build_runtime(
-    settings: Settings,
-    workspace: Path,
-    backend: ModelBackend,
-    *,
-    mode: Mode,
-    ask: Ask | None,
+    settings: Settings, workspace: Path, backend: ModelBackend | None, *, mode: Mode
 ) -> Runtime:
     """Raises SandboxError when commands could not run safely here."""
     policy = settings.sandbox_policy(workspace)
@@ -46,10 +149,19 @@ def build_runtime(
     except SandboxUnavailable as e:
         raise SandboxError(str(e)) from None
     project = settings.project_dir(workspace)
-    checkpoints = Checkpoints(workspace, project / "snapshots.git")
     todos = TodoList()
     tools = default_tools(Workspace(workspace, hidden=policy.hidden), todos, runner=runner)
-    approvals = ApprovalPolicy(mode, RuleStore(project / "approvals.json"), ask)
-    return Runtime(
-        Agent(backend, tools, approvals, checkpoints), runner, checkpoints, todos, project
+    runtime = Runtime(
+        settings=settings,
+        workspace=workspace,
+        runner=runner,
+        checkpoints=Checkpoints(workspace, project / "snapshots.git"),
+        todos=todos,
+        tools=tools,
+        approvals=ApprovalPolicy(mode, RuleStore(project / "approvals.json")),
+        agent=None,
+        project=project,
     )
+    if backend is not None:
+        runtime.with_backend(backend)
+    return runtime

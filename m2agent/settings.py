@@ -63,6 +63,9 @@ class Settings:
     limit_memory_mb: int = 8192
     limit_file_mb: int = 4096
     limit_open_files: int = 4096
+    # Where Hugging Face keeps downloads (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub):
+    # with no endpoint, the embedded engine looks for MiniMax-M2 weights there.
+    hf_hub_cache: Path = Path("~/.cache/huggingface/hub")
 
     def project_dir(self, workspace: Path) -> Path:
         """Where this project's snapshots, sessions and approvals live (never in the repo)."""
@@ -110,7 +113,12 @@ def load_settings(
                 f"trusted project may; add {str(workspace.resolve())!r} to trusted_projects in "
                 f"{config_home / 'm2agent/config.toml'} if you trust it"
             )
-    values: dict[str, Any] = {"state_dir": state_home / "m2agent"}
+    hf_home = Path(env.get("HF_HOME") or Path(env.get("XDG_CACHE_HOME") or home / ".cache")
+                   / "huggingface")  # fmt: skip
+    values: dict[str, Any] = {
+        "state_dir": state_home / "m2agent",
+        "hf_hub_cache": Path(env.get("HF_HUB_CACHE") or hf_home / "hub"),
+    }
     if "config_dir" in user or "config_dir" in project:
         raise UsageError("config_dir is where config.toml is found; it cannot be set in one")
     for layer in (user, project, _from_env(env), {k: v for k, v in flags.items() if v is not None}):
@@ -157,6 +165,18 @@ def _read_toml(file: Path) -> dict[str, Any]:
         raise UsageError(f"{file}: not valid TOML ({e})") from e
 
 
+def check_endpoint(url: str) -> None:
+    """UsageError unless `url` is an http(s) URL with a host (checked before any request)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(
+            f"endpoint {url!r} is not an http(s) URL; write it in full, like "
+            "http://127.0.0.1:8000/v1"
+        )
+
+
 def _build(values: dict[str, Any]) -> Settings:
     known = {f.name for f in fields(Settings)}
     unknown = sorted(set(values) - known)
@@ -164,7 +184,8 @@ def _build(values: dict[str, Any]) -> Settings:
         raise UsageError(
             f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
-    settings = replace(Settings(), **{k: v for k, v in values.items() if k != "state_dir"})
+    paths = ("state_dir", "hf_hub_cache")
+    settings = replace(Settings(), **{k: v for k, v in values.items() if k not in paths})
     checks = [
         (
             settings.api in ("openai", "completions", "anthropic"),
@@ -203,4 +224,10 @@ def _build(values: dict[str, Any]) -> Settings:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
-    return replace(settings, state_dir=Path(values["state_dir"]).expanduser())
+    if settings.endpoint:
+        check_endpoint(settings.endpoint)
+    return replace(
+        settings,
+        state_dir=Path(values["state_dir"]).expanduser(),
+        hf_hub_cache=Path(values["hf_hub_cache"]).expanduser(),
+    )

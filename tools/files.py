@@ -7,12 +7,13 @@ from __future__ import annotations
 import difflib
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from m2agent.tools.base import ToolAnnotations, ToolError, ToolResult
+from m2agent.tools.base import Description, ToolAnnotations, ToolError, ToolResult
 from m2agent.tools.textfile import (
     TextFormat,
     decode,
@@ -69,6 +70,10 @@ class ReadTool:
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
 
+    def describe(self, args: ReadArgs) -> Description:
+        where = f" (from line {args.offset})" if args.offset else ""
+        return Description(f"{args.file_path}{where}")
+
     def run(self, args: ReadArgs) -> ToolResult:
         path = self.workspace.resolve_read(args.file_path)
         text, fmt = read_text(self.workspace, path, args.file_path)
@@ -106,33 +111,48 @@ class WriteTool:
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
 
+    def describe(self, args: WriteArgs) -> Description:
+        try:
+            plan = self._plan(args)
+        except ToolError as e:
+            return Description(args.file_path, f"(will fail: {e})")
+        return Description(args.file_path, plan.diff or "(no change)")
+
     def run(self, args: WriteArgs) -> ToolResult:
-        path = self.workspace.resolve_write(args.file_path)
-        if path.is_dir():
-            raise ToolError(f"{args.file_path} is a directory")
-        head = head_beneath(self.workspace.path, path, 1 << 16)
-        old, fmt, content, large = "", TextFormat(), args.content, False
-        if head is not None:  # keep the file's encoding, BOM and line endings
-            large = path.stat().st_size > MAX_FILE_BYTES
-            if not large:
-                old, fmt = read_text(self.workspace, path, args.file_path)
-            else:  # too big to diff: its format from its first bytes
-                fmt = decode(head[: head.rfind(b"\n") + 1] or head, args.file_path)[1]
-            if "\r\n" not in content:
-                content = fmt.with_newlines(content)
-        data = fmt.encode(content, args.file_path)
-        existed = write_beneath(self.workspace.path, path, data, args.file_path)
-        rel = self.workspace.relative(path)
+        plan = self._plan(args)
+        existed = write_beneath(self.workspace.path, plan.path, plan.data, args.file_path)
+        rel = self.workspace.relative(plan.path)
         verb = "Updated" if existed else "Created"
         lines = args.content.count("\n") + (
             0 if args.content.endswith("\n") or not args.content else 1
         )
-        diff = (
-            "(diff omitted: large file)" if large else unified_diff(shown_text(old), content, rel)
-        )
         return ToolResult(
-            f"{verb} {rel} ({lines} lines)", metadata={"path": str(path), "diff": diff}
+            f"{verb} {rel} ({lines} lines)", metadata={"path": str(plan.path), "diff": plan.diff}
         )
+
+    def _plan(self, args: WriteArgs) -> _Change:
+        """The bytes to write (in the file's own encoding, BOM and line endings when it exists)
+        and the diff; ToolError when it cannot apply."""
+        path = self.workspace.resolve_write(args.file_path)
+        if path.is_dir():
+            raise ToolError(f"{args.file_path} is a directory")
+        rel = self.workspace.relative(path)
+        head = head_beneath(self.workspace.path, path, 1 << 16)
+        if head is None:
+            data = TextFormat().encode(args.content, args.file_path)
+            return _Change(path, data, _new_file(args.content, rel))
+        content = args.content
+        if path.stat().st_size > MAX_FILE_BYTES:  # too big to diff: its format from its head
+            fmt = decode(head[: head.rfind(b"\n") + 1] or head, args.file_path)[1]
+            old = None
+        else:
+            old, fmt = read_text(self.workspace, path, args.file_path)
+        if "\r\n" not in content:
+            content = fmt.with_newlines(content)
+        data = fmt.encode(content, args.file_path)
+        if old is None:
+            return _Change(path, data, "(diff omitted: large file)")
+        return _Change(path, data, unified_diff(shown_text(old), shown_text(content), rel))
 
 
 class EditTool:
@@ -147,7 +167,25 @@ class EditTool:
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
 
+    def describe(self, args: EditArgs) -> Description:
+        try:
+            plan, _ = self._plan(args)
+        except ToolError as e:
+            return Description(args.file_path, f"(will fail: {e})")
+        return Description(args.file_path, plan.diff)
+
     def run(self, args: EditArgs) -> ToolResult:
+        plan, count = self._plan(args)
+        write_beneath(self.workspace.path, plan.path, plan.data, args.file_path)
+        rel = self.workspace.relative(plan.path)
+        done = f"replaced {count} occurrences" if count > 1 else "edited"
+        return ToolResult(
+            f"{rel}: {done}\n{plan.diff}", metadata={"path": str(plan.path), "diff": plan.diff}
+        )
+
+    def _plan(self, args: EditArgs) -> tuple[_Change, int]:
+        """The file's new bytes (only the replaced text changes: encoding, BOM and line endings
+        kept), its diff and the number of matches; ToolError when it cannot apply."""
         path = self.workspace.resolve_write(args.file_path)
         if not path.is_file():
             raise ToolError(f"{args.file_path} does not exist (use Write to create it)")
@@ -172,11 +210,17 @@ class EditTool:
                 "surrounding context to make it unique, or set replace_all"
             )
         new = text.replace(old_string, new_string)
-        write_beneath(self.workspace.path, path, fmt.encode(new, args.file_path), args.file_path)
-        rel = self.workspace.relative(path)
-        diff = unified_diff(shown_text(text), shown_text(new), rel)
-        done = f"replaced {count} occurrences" if count > 1 else "edited"
-        return ToolResult(f"{rel}: {done}\n{diff}", metadata={"path": str(path), "diff": diff})
+        diff = unified_diff(shown_text(text), shown_text(new), self.workspace.relative(path))
+        return _Change(path, fmt.encode(new, args.file_path), diff), count
+
+
+@dataclass(frozen=True)
+class _Change:
+    """What Write or Edit will put in a file: its path, new bytes and the diff shown."""
+
+    path: Path
+    data: bytes
+    diff: str
 
 
 def read_text(workspace: Workspace, path: Path, shown: str) -> tuple[str, TextFormat]:
@@ -232,6 +276,10 @@ def unified_diff(old: str, new: str, name: str, context: int = 2) -> str:
     return "".join(
         line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines
     )
+
+
+def _new_file(content: str, name: str) -> str:
+    return unified_diff("", content, name).replace(f"--- a/{name}", "--- /dev/null", 1)
 
 
 def match_lines(text: str, needle: str) -> list[int]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from m2agent.agent.messages import Message
 from m2agent.backends.base import StreamEvent
 from m2agent.errors import BackendError
 from m2agent.tools.files import atomic_write
@@ -111,9 +112,15 @@ class BackgroundEngine:
     name = "embedded"
 
     def __init__(
-        self, model_path: Path, state_dir: Path, *, tp: int = 1, **backend_options: Any
+        self,
+        model_path: Path,
+        state_dir: Path,
+        *,
+        tp: int = 1,
+        device: str | None = None,
+        **backend_options: Any,
     ) -> None:
-        self._options, self._tp = backend_options, tp
+        self._options, self._tp, self._device = backend_options, tp, device
         self._backend: Any = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(
@@ -128,7 +135,7 @@ class BackgroundEngine:
         from m2agent.backends.completions import CompletionsBackend
 
         try:
-            url, name = ensure_engine(model_path, state_dir, tp=self._tp)
+            url, name = ensure_engine(model_path, state_dir, tp=self._tp, device=self._device)
             self._backend = CompletionsBackend(url, name, **self._options)
         except BaseException as e:  # reported on the first request, on the caller's thread
             self._error = e
@@ -138,7 +145,7 @@ class BackgroundEngine:
         return not self._thread.is_alive()
 
     def stream(
-        self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]
+        self, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]]
     ) -> Iterator[StreamEvent]:
         self._thread.join()
         if self._error is not None:
