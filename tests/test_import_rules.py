@@ -72,6 +72,16 @@ def test_light_modules_do_not_load_torch(module: str) -> None:
     assert out.stdout.split() == ["False", "False"]
 
 
+def test_cli_and_mcp_config_do_not_load_the_mcp_sdk() -> None:
+    """The SDK (and its HTTP stack) loads only when a server starts."""
+    code = "import sys, m2agent.cli, m2agent.mcp.config, m2agent.mcp.tool, m2agent.mcp.manager; "
+    code += "print(sorted(m for m in sys.modules if m == 'mcp' or m.startswith('mcp.')))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]"
+
+
 def test_package_init_holds_only_the_version() -> None:
     tree = ast.parse((ROOT / "m2agent" / "__init__.py").read_text())
     body = [node for node in tree.body if not isinstance(node, ast.Expr)]  # docstring

@@ -60,25 +60,37 @@ class CommandRunner:
             )
         return found.backend
 
+    def sandboxed_argv(
+        self, argv: list[str], cwd: Path, private_tmp: Path | None = None
+    ) -> tuple[list[str], dict[str, str]]:
+        """`argv` wrapped in this runner's sandbox, and the scrubbed environment to start it
+        with. Landlock needs a private temp folder (`private_tmp`, which the caller creates
+        and removes). Raises SandboxUnavailable when no sandbox works (fails closed)."""
+        env = command_environment(self.policy)
+        backend = self.backend()
+        if backend == "bwrap":
+            binary = bwrap.find_bwrap()
+            if binary is None:
+                raise SandboxUnavailable("bubblewrap disappeared after the probe found it")
+            return bwrap.bwrap_argv(binary, self.policy, argv, cwd), env
+        if backend == "landlock":
+            if private_tmp is None:
+                raise ValueError("the Landlock sandbox needs a private temp folder")
+            env["TMPDIR"] = str(private_tmp)
+            launcher = [sys.executable, "-m", "m2agent.tools.sandbox.launcher"]
+            launcher += ["--workspace", str(self.policy.workspace), "--tmp", str(private_tmp)]
+            network = ["--network"] if self.policy.allow_network else []
+            return [*launcher, *network, "--", *argv], env
+        return argv, env
+
     def run(
         self, command: str, timeout_s: float = DEFAULT_TIMEOUT_S, cwd: Path | None = None
     ) -> CommandResult:
         cwd = cwd or self.policy.workspace
-        argv = ["/bin/bash", "-c", command]
-        env = command_environment(self.policy)
-        backend = self.backend()
-        private_tmp = None
-        if backend == "bwrap":
-            binary = bwrap.find_bwrap()
-            assert binary is not None
-            argv = bwrap.bwrap_argv(binary, self.policy, argv, cwd)
-        elif backend == "landlock":
-            private_tmp = tempfile.mkdtemp(prefix="m2agent-cmd-")
-            env["TMPDIR"] = private_tmp
-            launcher = [sys.executable, "-m", "m2agent.tools.sandbox.launcher"]
-            launcher += ["--workspace", str(self.policy.workspace), "--tmp", private_tmp]
-            argv = [*launcher, *(["--network"] if self.policy.allow_network else []), "--", *argv]
+        landlock = self.backend() == "landlock"
+        private_tmp = Path(tempfile.mkdtemp(prefix="m2agent-cmd-")) if landlock else None
         try:
+            argv, env = self.sandboxed_argv(["/bin/bash", "-c", command], cwd, private_tmp)
             return self._run(argv, cwd, env, timeout_s)
         finally:
             if private_tmp is not None:
@@ -158,7 +170,20 @@ class _CappedCapture:
     def text(self) -> str:
         if not self.dropped:
             return self.head + self.tail
-        return f"{self.head}\n[... {self.dropped} characters omitted ...]\n{self.tail}"
+        return omission(self.head, self.dropped, self.tail)
+
+
+def omission(head: str, dropped: int, tail: str) -> str:
+    return f"{head}\n[... {dropped} characters omitted ...]\n{tail}"
+
+
+def cap_text(text: str, limit: int = MAX_OUTPUT_CHARS) -> str:
+    """`text` cut to about `limit` characters the way command output is: head and tail kept,
+    the middle replaced by a marker counting what was dropped."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return omission(text[:half], len(text) - 2 * half, text[-half:])
 
 
 class BashArgs(BaseModel):
