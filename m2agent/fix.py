@@ -89,7 +89,7 @@ def make_backend(
     if settings.api == "anthropic":
         from m2agent.backends.anthropic import AnthropicBackend
 
-        return AnthropicBackend(*target, **limits)
+        return AnthropicBackend(*target, auth_token=settings.auth_token, **limits)
     if settings.api == "completions":
         from m2agent.backends.completions import CompletionsBackend
 
