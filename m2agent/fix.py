@@ -155,7 +155,10 @@ def run_fix(
         new = [{"role": "user", "content": prompt}]
     else:
         new = [
-            {"role": "system", "content": system_prompt(workspace)},
+            {
+                "role": "system",
+                "content": system_prompt(workspace, user_dir=settings.config_dir, home=Path.home()),
+            },
             {"role": "user", "content": prompt},
         ]
     messages += new

@@ -92,7 +92,10 @@ class Repl:
         )
         self.printer = EventPrinter(console)
         self.messages: list[dict[str, Any]] = [
-            {"role": "system", "content": system_prompt(workspace)}
+            {
+                "role": "system",
+                "content": system_prompt(workspace, user_dir=settings.config_dir, home=Path.home()),
+            }
         ]
         self.log: SessionLog | None = None
         self.first_snapshot: int | None = None
