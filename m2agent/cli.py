@@ -30,6 +30,11 @@ bench_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(bench_app, name="bench")
+mcp_app = typer.Typer(
+    help="MCP servers: list them (and check they start), approve a project's .mcp.json servers.",
+    no_args_is_help=True,
+)
+app.add_typer(mcp_app, name="mcp")
 
 
 EngineTpOption = Annotated[
@@ -529,6 +534,53 @@ def bench_agent(
         )  # fmt: skip
 
     _run_bench(model, dummy_config, run, json_out)
+
+
+def _mcp_run(action: Any) -> None:
+    from m2agent.errors import M2AgentError
+    from m2agent.settings import load_settings
+
+    workspace = Path.cwd()
+    try:
+        typer.echo(action(load_settings(workspace, {}), workspace))
+    except M2AgentError as e:
+        typer.echo(f"error: {e.message}", err=True)
+        raise typer.Exit(e.exit_code) from None
+
+
+@mcp_app.command("list")
+def mcp_list(
+    check: Annotated[
+        bool, typer.Option("--check", help="Start the servers that would start; show tools.")
+    ] = False,
+) -> None:
+    """The MCP servers configured here (user config, trusted project config, .mcp.json), and
+    whether each starts."""
+    from m2agent.mcp.commands import list_servers
+
+    _mcp_run(lambda settings, workspace: list_servers(settings, workspace, check=check))
+
+
+@mcp_app.command("approve")
+def mcp_approve(
+    names: Annotated[list[str] | None, typer.Argument(help="Project servers to approve.")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Approve every pending one.")] = False,
+) -> None:
+    """Approve this project's .mcp.json servers (kept in your state folder, bound to each
+    server's command, arguments, environment and URL: a change asks again)."""
+    from m2agent.mcp.commands import approve
+
+    _mcp_run(lambda settings, workspace: approve(settings, workspace, names or [], every=every))
+
+
+@mcp_app.command("revoke")
+def mcp_revoke(
+    names: Annotated[list[str], typer.Argument(help="Project servers to stop trusting.")],
+) -> None:
+    """Withdraw the approval of this project's .mcp.json servers."""
+    from m2agent.mcp.commands import revoke
+
+    _mcp_run(lambda settings, workspace: revoke(settings, workspace, names))
 
 
 def main() -> None:
