@@ -87,13 +87,15 @@ class StreamJsonEncoder:
     def assistant(
         self,
         *,
-        reasoning: str,
-        text: str,
-        tool_uses: Sequence[ToolUse],
+        reasoning: str = "",
+        text: str = "",
+        tool_uses: Sequence[ToolUse] = (),
         usage: Usage,
+        message_id: str | None = None,
         stop_reason: str | None = None,
     ) -> dict[str, Any]:
-        """One model turn: its reasoning, answer text and tool calls, in that order."""
+        """Blocks of one model turn (reasoning, answer text, tool calls, in that order). Claude
+        Code streams each block as its own event with the turn's `message_id`; so can callers."""
         content: list[dict[str, Any]] = []
         if reasoning:
             content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
@@ -106,12 +108,12 @@ class StreamJsonEncoder:
         return {
             "type": "assistant",
             "message": {
-                "id": f"msg_{uuid.uuid4().hex[:24]}",
+                "id": message_id or new_message_id(),
                 "type": "message",
                 "role": "assistant",
                 "model": self.model,
                 "content": content,
-                "stop_reason": stop_reason or ("tool_use" if tool_uses else "end_turn"),
+                "stop_reason": stop_reason,
                 "stop_sequence": None,
                 "usage": usage.json(),
             },
@@ -223,6 +225,10 @@ def read_user_turns(lines: Iterable[str]) -> Iterator[str]:
         if not text.strip():
             raise InputError(f"stream-json input line {number}: the user turn is empty")
         yield text
+
+
+def new_message_id() -> str:
+    return f"msg_{uuid.uuid4().hex[:24]}"
 
 
 def _uuid() -> str:

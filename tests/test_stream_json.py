@@ -25,9 +25,10 @@ def test_a_whole_run_validates_line_by_line() -> None:
         encoder.init(cwd="/w", tools=["Bash", "mcp__x__y"],
                      mcp_servers=[{"name": "x", "status": "connected"}], permission_mode="default"),
         encoder.assistant(reasoning="think", text="Let me look.",
-                          tool_uses=[ToolUse("call_1", "Bash", {"command": "ls"})], usage=usage),
+                          tool_uses=[ToolUse("call_1", "Bash", {"command": "ls"})], usage=usage,
+                          stop_reason="tool_use"),
         encoder.tool_results([ToolOutcome("call_1", "a.py", False)]),
-        encoder.assistant(reasoning="", text="Done.", tool_uses=[], usage=usage),
+        encoder.assistant(text="Done.", usage=usage, stop_reason="end_turn"),
         encoder.result(subtype="success", is_error=False, duration_ms=1234, num_turns=2,
                        result="Done.", usage=usage, extra={"verified": True, "files_changed": []}),
     ]  # fmt: skip
