@@ -7,8 +7,8 @@ import io
 from stream_json_shape import check_stream
 
 from m2agent.agent.events import (
-    Event,
     AnswerText,
+    Event,
     ReasoningText,
     StepUsage,
     TaskDone,
