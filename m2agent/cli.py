@@ -74,6 +74,9 @@ def root(
     output_format: Annotated[
         str, typer.Option(help="Headless: text, json or stream-json.")
     ] = "text",
+    input_format: Annotated[
+        str, typer.Option(help="Headless: text, or stream-json (user turns as JSON lines).")
+    ] = "text",
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Headless: approve everything.")] = False,
 ) -> None:  # fmt: skip
     """A terminal coding agent for MiniMax-M2. With no command: the interactive REPL (or one
@@ -82,27 +85,41 @@ def root(
         return
     from m2agent.errors import M2AgentError
     from m2agent.settings import load_settings
+    from m2agent.stream_json import InputError
 
     workspace = Path.cwd()
     flags = {"endpoint": endpoint, "api": api, "model": model, "sandbox": sandbox,
              "approval_mode": mode, "tp": tp}  # fmt: skip
     try:
         settings = load_settings(workspace, flags)
+        if input_format not in ("text", "stream-json"):
+            raise typer.BadParameter("--input-format must be text or stream-json")
         if prompt is not None or not sys.stdin.isatty():
-            from m2agent.fix import result_json, run_fix
+            from m2agent.fix import result_event, result_json, run_fix
+            from m2agent.stream_json import dumps, read_user_turns
 
-            task = prompt if prompt is not None else sys.stdin.read()
             fmt = "json" if json_output else output_format
             if fmt not in ("text", "json", "stream-json"):
                 raise typer.BadParameter("--output-format must be text, json or stream-json")
-            result = run_fix(
-                settings, workspace, task, test_cmd=None, yes=yes, output=fmt,  # type: ignore[arg-type]
-            )  # fmt: skip
-            if fmt == "text":
-                typer.echo(result.answer)
+            if input_format == "stream-json":
+                turns = read_user_turns(sys.stdin)
             else:
-                typer.echo(result_json(result, one_line=fmt == "stream-json"))
-            raise typer.Exit(result.exit_code)
+                turns = iter([prompt if prompt is not None else sys.stdin.read()])
+            session = None
+            code = 0
+            for task in turns:
+                result = run_fix(
+                    settings, workspace, task, test_cmd=None, yes=yes, output=fmt,  # type: ignore[arg-type]
+                    resume=session, announce=session is None,
+                )  # fmt: skip
+                session, code = result.session, result.exit_code
+                if fmt == "text":
+                    typer.echo(result.answer)
+                elif json_output:
+                    typer.echo(result_json(result))
+                else:
+                    typer.echo(dumps(result_event(result, settings.model or "")))
+            raise typer.Exit(code)
         from rich.console import Console
 
         from m2agent.fix import make_backend
@@ -115,6 +132,9 @@ def root(
     except M2AgentError as e:
         typer.echo(f"error: {e.message}", err=True)
         raise typer.Exit(e.exit_code) from None
+    except InputError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     raise typer.Exit(code)
 
 
@@ -223,8 +243,13 @@ def fix(
         verdict = "fixed and verified" if result.verified else result.status.replace("_", " ")
         typer.echo(f"{verdict}: {', '.join(result.files_changed) or 'no files changed'}")
         typer.echo(f"session {result.session}; undo with: m2agent undo")
+    elif json_output:
+        typer.echo(result_json(result))
     else:
-        typer.echo(result_json(result, one_line=fmt == "stream-json"))
+        from m2agent.fix import result_event
+        from m2agent.stream_json import dumps
+
+        typer.echo(dumps(result_event(result, settings.model or "")))
     raise typer.Exit(result.exit_code)
 
 

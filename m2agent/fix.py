@@ -21,13 +21,17 @@ from m2agent.agent.prompts import system_prompt
 from m2agent.agent.session import SessionInfo, SessionLog, find_session, load_messages
 from m2agent.backends.base import ModelBackend
 from m2agent.backends.embedded import BackgroundEngine, ensure_engine, is_local_model
-from m2agent.errors import UsageError
+from m2agent.errors import M2AgentError, UsageError
+from m2agent.extensions import Extensions, open_extensions
+from m2agent.hooks import HookRunner
 from m2agent.issue_source import resolve_task
-from m2agent.runtime import build_runtime
+from m2agent.runtime import Runtime, build_runtime
 from m2agent.settings import Settings
+from m2agent.stream_json import StreamJsonEncoder, Usage
 from m2agent.tools.checkpoints import Checkpoints
 from m2agent.tools.run_tests import TestRun, detect_test_command, run_tests
 from m2agent.ui.headless import HeadlessRenderer, OutputFormat
+from m2agent.ui.stream_json_sink import SUBTYPES, StreamJsonSink
 
 VERIFY_ROUNDS = 2
 
@@ -49,6 +53,7 @@ class FixResult:
     failing_before: list[str] = field(default_factory=list)
     failing_after: list[str] = field(default_factory=list)
     first_snapshot: int | None = None  # the undo point before the session's first change
+    end: str = "answered"  # how the loop ended: answered, max_steps, max_time, max_tokens
 
     @property
     def exit_code(self) -> int:
@@ -113,19 +118,48 @@ def run_fix(
     resume: str | None = None,
     continue_last: bool = False,
     before: TestRun | None = None,
+    announce: bool = True,
 ) -> FixResult:
-    """`before`: the test run the caller already made (not repeated)."""
+    """`before`: the test run the caller already made (not repeated). `announce`: write the
+    stream-json `init` event (the first turn of a run does)."""
     started = time.monotonic()
     task = resolve_task(issue, workspace, settings)
     renderer = HeadlessRenderer(output)
     backend = backend or make_backend(settings, renderer.note)
-    runtime = build_runtime(
-        settings,
-        workspace,
-        backend,
-        mode="auto" if yes else settings.approval_mode,
-        ask=None if yes or not sys.stdin.isatty() else _ask_on_terminal,
-    )
+    with open_extensions(settings, workspace) as extensions:
+        extensions.wait_for_servers()
+        for note in extensions.notes():
+            renderer.note(note)
+        runtime = build_runtime(
+            settings,
+            workspace,
+            backend,
+            mode="auto" if yes else settings.approval_mode,
+            ask=None if yes or not sys.stdin.isatty() else _ask_on_terminal,
+            extra_tools=extensions.tools(),
+        )
+        return _run(settings, workspace, task, runtime, extensions, renderer, output,
+                    test_cmd=test_cmd, yes=yes, resume=resume, continue_last=continue_last,
+                    before=before, announce=announce, started=started)  # fmt: skip
+
+
+def _run(
+    settings: Settings,
+    workspace: Path,
+    task: str,
+    runtime: Runtime,
+    extensions: Extensions,
+    renderer: HeadlessRenderer,
+    output: OutputFormat,
+    *,
+    test_cmd: str | None,
+    yes: bool,
+    resume: str | None,
+    continue_last: bool,
+    before: TestRun | None,
+    announce: bool,
+    started: float,
+) -> FixResult:
     agent, runner, checkpoints, project = (
         runtime.agent,
         runtime.runner,
@@ -139,6 +173,16 @@ def run_fix(
         except LookupError as e:
             raise UsageError(str(e)) from None
     log = SessionLog(project / "sessions", task, workspace, resume=earlier)
+    permission_mode = "auto" if yes else settings.approval_mode
+    hooks = extensions.hooks(log.id, log.path, permission_mode)
+    agent.hooks = hooks
+    sink = None
+    if output == "stream-json":
+        sink = StreamJsonSink(StreamJsonEncoder(log.id, settings.model or ""), renderer.out)
+        if announce:
+            sink.start(cwd=str(workspace), tools=agent.tools.names,
+                       mcp_servers=extensions.server_states(),
+                       permission_mode=permission_mode)  # fmt: skip
 
     command = test_cmd or detect_test_command(workspace)
     if before is None and command:
@@ -146,6 +190,9 @@ def run_fix(
     if before is not None and before.passed:
         renderer.note(f"`{command}` already passes before any change")
     prompt = task
+    if hooks is not None:
+        source = "resume" if earlier is not None else "startup"
+        prompt = _prompt_hooks(hooks, renderer, prompt, source)
     if command:
         prompt += f"\n\nVerify with: `{command}`" + (
             f"\nIt currently fails:\n{before.summary}" if before and not before.passed else ""
@@ -180,7 +227,10 @@ def run_fix(
             done = None
             count = len(messages)
             for event in agent.run(messages, remaining):
-                renderer.render(event)
+                if sink is not None:
+                    sink.render(event)
+                else:
+                    renderer.render(event)
                 log.write("event", event_json(event))
                 if isinstance(event, StepUsage):
                     usage = [
@@ -211,10 +261,14 @@ def run_fix(
             )
             log.write("message", messages[-1])
     finally:
+        if hooks is not None:
+            for text in hooks.run("SessionEnd", {"reason": "other"}).messages:
+                renderer.note(text)
         log.close()
     verified = after is not None and after.passed
     answered = bool(answer) or steps > 0
     status = "fixed" if (verified or (after is None and answered)) else "not_fixed"
+    end = done.reason if done is not None else "answered"
     result = FixResult(
         status=status,
         verified=verified,
@@ -231,8 +285,45 @@ def run_fix(
         failing_before=list(before.failed) if before else [],
         failing_after=list(after.failed) if after else [],
         first_snapshot=first_snapshot,
+        end=end,
     )
     return result
+
+
+def _prompt_hooks(hooks: HookRunner, renderer: HeadlessRenderer, prompt: str, source: str) -> str:
+    """SessionStart and UserPromptSubmit: their context joins the prompt; a blocked prompt is
+    an error."""
+    context: list[str] = []
+    start = hooks.run("SessionStart", {"source": source}, source)
+    submit = hooks.run("UserPromptSubmit", {"prompt": prompt})
+    for outcome in (start, submit):
+        for text in outcome.messages:
+            renderer.note(text)
+        context += outcome.context
+    if submit.blocked or submit.stop:
+        why = submit.reason or submit.stop_reason
+        raise M2AgentError(f"the prompt was blocked by a UserPromptSubmit hook: {why}")
+    if context:
+        prompt += "\n\n" + "\n".join(f"[hook context: {c}]" for c in context)
+    return prompt
+
+
+def result_event(result: FixResult, model: str) -> dict[str, Any]:
+    """The result in Claude Code's shape (`--output-format json`, the last stream-json line);
+    m2agent's own fields under its `m2agent` key."""
+    from dataclasses import asdict
+
+    subtype = SUBTYPES.get(result.end, "error_during_execution")
+    usage = Usage(result.prompt_tokens, result.completion_tokens, result.cached_tokens)
+    return StreamJsonEncoder(result.session, model).result(
+        subtype=subtype,
+        is_error=result.exit_code != 0,
+        duration_ms=int(result.seconds * 1000),
+        num_turns=result.steps,
+        result=result.answer,
+        usage=usage,
+        extra={**asdict(result), "exit_code": result.exit_code},
+    )
 
 
 def _changed_files(checkpoints: Checkpoints) -> list[str]:

@@ -3,7 +3,7 @@ Shared by `m2agent fix` and the REPL."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +12,7 @@ from m2agent.agent.loop import Agent
 from m2agent.backends.base import ModelBackend
 from m2agent.errors import SandboxError
 from m2agent.settings import Settings
+from m2agent.tools.base import Tool
 from m2agent.tools.checkpoints import Checkpoints
 from m2agent.tools.defaults import default_tools
 from m2agent.tools.sandbox.policy import SandboxPolicy
@@ -38,8 +39,10 @@ def build_runtime(
     *,
     mode: Mode,
     ask: Ask | None,
+    extra_tools: Sequence[Tool] = (),
 ) -> Runtime:
-    """Raises SandboxError when commands could not run safely here."""
+    """`extra_tools`: tools beyond the built-in ones (MCP servers')."""
+    # Raises SandboxError when commands could not run safely here.
     policy = SandboxPolicy.for_workspace(workspace, allow_network=settings.allow_network)
     runner = CommandRunner(policy, settings.sandbox)
     try:
@@ -51,7 +54,7 @@ def build_runtime(
     todos = TodoList()
     tools = default_tools(
         Workspace(workspace), todos, sandbox=settings.sandbox, allow_network=settings.allow_network
-    )
+    ).with_tools(extra_tools)
     approvals = ApprovalPolicy(mode, RuleStore(project / "approvals.json"), ask)
     return Runtime(
         Agent(backend, tools, approvals, checkpoints), runner, checkpoints, todos, project

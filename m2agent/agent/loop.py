@@ -28,6 +28,7 @@ from m2agent.agent.events import (
 )
 from m2agent.backends.base import AssistantTurn, CallRecord, ModelBackend, Retrying, TurnDone
 from m2agent.engine.protocol import ContentDelta, ReasoningDelta
+from m2agent.hooks import HookEvent, HookOutcome, HookRunner
 from m2agent.tools.base import ToolError
 from m2agent.tools.checkpoints import Checkpoints
 from m2agent.tools.registry import ToolRegistry
@@ -49,6 +50,7 @@ class Agent:
     tools: ToolRegistry
     approvals: ApprovalPolicy
     checkpoints: Checkpoints | None = None
+    hooks: HookRunner | None = None
 
     def run(self, messages: list[dict[str, Any]], budget: Budget) -> Iterator[Event]:
         """Continue the conversation in `messages` (appended to in place) until the model
@@ -57,6 +59,7 @@ class Agent:
         schemas = self.tools.schemas()
         failures: Counter[str] = Counter()
         generated = 0
+        stop_hook_active = False
         for step in range(1, budget.max_steps + 1):
             if time.monotonic() - started > budget.max_seconds:
                 yield TaskDone("max_time", step - 1, "")
@@ -84,6 +87,14 @@ class Agent:
             used = turn.usage.prompt_tokens + turn.usage.completion_tokens
             generated += turn.usage.completion_tokens
             if not turn.calls:
+                stop = self._hook("Stop", None, {"stop_hook_active": stop_hook_active})
+                for text in stop.messages:
+                    yield Notice(text)
+                if stop.blocked and not stop.stop:
+                    stop_hook_active = True
+                    messages.append({"role": "user", "content": f"Stop hook: {stop.reason}"})
+                    yield Notice(f"a Stop hook asks the model to go on: {stop.reason}")
+                    continue
                 yield TaskDone("answered", step, turn.content)
                 return
             snapshotted = False
@@ -174,8 +185,28 @@ class Agent:
             annotations = self.tools.get(name).annotations
         except ToolError as e:  # unknown tool: the registry explains
             return str(e), True, {}
-        allowed, why = self.approvals.check(name, annotations, arguments)
-        if not allowed:
-            return f"not run: {why}", True, {}
+        pre = self._hook("PreToolUse", name, {"tool_name": name, "tool_input": arguments})
+        if pre.blocked:
+            return f"not run: blocked by a PreToolUse hook: {pre.reason}", True, {}
+        if pre.permission != "allow":
+            allowed, why = self.approvals.check(name, annotations, arguments)
+            if not allowed:
+                return f"not run: {why}", True, {}
         result = self.tools.call(name, arguments)
-        return result.content, result.is_error, dict(result.metadata)
+        response = {"content": result.content, "is_error": result.is_error, **result.metadata}
+        post = self._hook(
+            "PostToolUse",
+            name,
+            {"tool_name": name, "tool_input": arguments, "tool_response": response},
+        )
+        content = result.content
+        if post.blocked:
+            content += f"\n[PostToolUse hook: {post.reason}]"
+        for context in (*pre.context, *post.context):
+            content += f"\n[hook context: {context}]"
+        return content, result.is_error, dict(result.metadata)
+
+    def _hook(self, event: HookEvent, tool: str | None, payload: dict[str, Any]) -> HookOutcome:
+        if self.hooks is None:
+            return HookOutcome()
+        return self.hooks.run(event, payload, tool)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from model_server import FakeM2Server
+from stream_json_shape import check_stream
 
 from m2agent.tools.sandbox import bwrap
 
@@ -302,13 +303,17 @@ def test_stream_json_prints_one_event_per_line(repo: Path) -> None:
             "--output-format", "stream-json", "--test-cmd", verify_command(), *sandbox_flag(),
         )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    lines = [json.loads(line) for line in done.stdout.splitlines()]
-    kinds = [line.get("type") for line in lines]
-    assert (
-        "ToolStarted" in kinds and "ToolFinished" in kinds and kinds[-2:] == ["TaskDone", "result"]
+    lines = check_stream(done.stdout)  # Claude Code's shape, line by line
+    kinds = [line["type"] for line in lines]
+    assert kinds.count("user") == 2 and kinds[-1] == "result"
+    assert lines[-1]["m2agent"]["verified"] is True and lines[-1]["subtype"] == "success"
+    reasoning = "".join(
+        block["thinking"]
+        for line in lines
+        if line["type"] == "assistant"
+        for block in line["message"]["content"]
+        if block["type"] == "thinking"
     )
-    assert lines[-1]["verified"] is True
-    reasoning = "".join(line["text"] for line in lines if line.get("type") == "ReasoningText")
     assert "The add test fails" in reasoning
 
 
