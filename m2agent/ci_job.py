@@ -1,7 +1,8 @@
 """`m2agent ci`: reproduce failing tests in the sandbox, let the agent fix them, verify the same
 command passes, and write the results: a patch, a JSON report and a Markdown summary (the body
 of a pull request). Exit codes: 0 green (already, or after the fix), 1 could not fix, 2 usage,
-3 sandbox unavailable, 4 model or endpoint error."""
+3 sandbox unavailable, 4 model or endpoint error. Takes an event sink; imports nothing from
+`ui/`."""
 
 from __future__ import annotations
 
@@ -13,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from m2agent.errors import SandboxError, UsageError
-from m2agent.fix import run_fix
+from m2agent.fix import Sink, run_fix
 from m2agent.settings import Settings
 from m2agent.tools.checkpoints import Checkpoints
 from m2agent.tools.files import atomic_write
 from m2agent.tools.run_tests import detect_test_command, run_tests
 from m2agent.tools.sandbox.policy import SandboxPolicy
 from m2agent.tools.shell import CommandRunner, SandboxUnavailable
-from m2agent.ui.headless import OutputFormat
 
 TASK = """The test command `{command}` fails in this repository. Find the cause and fix the code
 so that it passes. Do not delete, skip or weaken tests, and keep the rest of the suite passing.
@@ -74,7 +74,7 @@ def run_ci(
     patch_path: Path,
     report_path: Path | None,
     summary_path: Path | None,
-    output: OutputFormat,
+    sink: Sink,
 ) -> CiReport:
     started = time.monotonic()
     command = test_cmd or detect_test_command(workspace)
@@ -91,10 +91,10 @@ def run_ci(
     else:
         task = TASK.format(command=command, summary=before.summary)
         result = run_fix(
-            settings, workspace, task, test_cmd=command, yes=True, output=output, before=before
+            settings, workspace, task, sink=sink, mode="auto", test_cmd=command, before=before
         )
         report = CiReport(
-            "fixed" if result.verified else "not_fixed",
+            "fixed" if result.status == "fixed" else "not_fixed",
             command,
             result.failing_before,
             result.failing_after,
@@ -106,9 +106,9 @@ def run_ci(
             result.session,
             result.answer,
         )
-        if result.first_snapshot is not None:
+        if result.undo_point is not None:
             checkpoints = Checkpoints(workspace, settings.project_dir(workspace) / "snapshots.git")
-            atomic_write(patch_path, checkpoints.diff(result.first_snapshot))
+            atomic_write(patch_path, checkpoints.diff(result.undo_point))
     if report_path is not None:
         atomic_write(report_path, json.dumps(_report_dict(report), indent=2) + "\n")
     if summary_path is not None:

@@ -7,6 +7,7 @@ engine is imported inside the commands that need it.
 from __future__ import annotations
 
 import sys
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,15 +15,62 @@ import typer
 
 from m2agent import __version__
 
+ROOT_HELP = """A terminal coding agent for MiniMax-M2.
+
+With no command, `m2agent` opens the interactive REPL in the current repository: type a task,
+watch the model reason and use tools (every change is previewed before you approve it with one
+key: y, n, a for always, m for auto mode), `/undo` what a message changed, `/help` for the
+slash commands, Ctrl-C to cancel a turn, Ctrl-D to leave. `-p TASK` (or piped stdin) runs one
+task headless.
+
+Model: `--endpoint URL --model NAME` for any OpenAI-compatible or Anthropic-compatible server,
+or `--model PATH` to a MiniMax-M2 checkpoint for the embedded engine (found by itself in the
+Hugging Face cache when nothing is configured).
+
+Other commands: `fix` an issue and verify it with the tests, `ci` to repair a failing suite,
+`undo`, `sessions`, `doctor`, `mcp` servers, `serve` the embedded engine, `bench`."""
+
+
+class ModeChoice(StrEnum):
+    read_only = "read-only"
+    ask = "ask"
+    auto_edit = "auto-edit"
+    auto = "auto"
+
+
+class ApiChoice(StrEnum):
+    openai = "openai"
+    completions = "completions"
+    anthropic = "anthropic"
+
+
+class SandboxChoice(StrEnum):
+    auto = "auto"
+    bwrap = "bwrap"
+    landlock = "landlock"
+    off = "off"
+
+
+class FormatChoice(StrEnum):
+    text = "text"
+    json = "json"
+    stream_json = "stream-json"
+
+
+class InputFormatChoice(StrEnum):
+    text = "text"
+    stream_json = "stream-json"
+
+
+def _value(choice: Enum | None) -> Any:
+    return None if choice is None else choice.value
+
+
 app = typer.Typer(
     name="m2agent",
-    help=(
-        "A terminal coding agent for MiniMax-M2.\n\n"
-        "`m2agent fix ISSUE --endpoint URL --model NAME` fixes an issue headlessly and verifies "
-        "it; `m2agent undo` takes the changes back; `m2agent serve` runs the embedded engine. "
-        "The interactive REPL is not there yet; see README."
-    ),
-    add_completion=False,
+    help=ROOT_HELP,
+    add_completion=True,
+    rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 bench_app = typer.Typer(
@@ -40,6 +88,25 @@ app.add_typer(mcp_app, name="mcp")
 EngineTpOption = Annotated[
     int | None,
     typer.Option("--tp", min=1, help="Embedded engine: split the model over N GPUs."),
+]
+EndpointOption = Annotated[
+    str | None,
+    typer.Option(help="Base URL of an OpenAI- or Anthropic-compatible M2 server (http://…/v1)."),
+]
+ApiOption = Annotated[
+    ApiChoice | None,
+    typer.Option(
+        help="openai (chat completions), completions (m2agent renders the prompt) or anthropic "
+        "(Messages API)."
+    ),
+]
+ModelNameOption = Annotated[
+    str | None,
+    typer.Option(help="Model name on that server, or a local checkpoint folder (embedded)."),
+]
+SandboxOption = Annotated[
+    SandboxChoice | None,
+    typer.Option(help="How commands are confined; off only inside an already isolated machine."),
 ]
 
 
@@ -60,101 +127,135 @@ def root(
         ),
     ] = False,
     prompt: Annotated[
-        str | None, typer.Option("--print", "-p", help="Run one task headless, like `fix`.")
+        str | None,
+        typer.Option("--print", "-p", help="Run one task headless and print the answer."),
     ] = None,
-    endpoint: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL (…/v1).")] = None,
-    api: Annotated[str | None, typer.Option(help="openai, completions or anthropic.")] = None,
-    model: Annotated[str | None, typer.Option(help="Model name, or a local checkpoint.")] = None,
+    endpoint: EndpointOption = None,
+    api: ApiOption = None,
+    model: ModelNameOption = None,
     tp: EngineTpOption = None,
     mode: Annotated[
-        str | None, typer.Option(help="Approvals: read-only, ask, auto-edit or auto.")
+        ModeChoice | None,
+        typer.Option(help="Approvals: read-only, ask (every change), auto-edit or auto."),
     ] = None,
-    sandbox: Annotated[str | None, typer.Option(help="auto, bwrap, landlock or off.")] = None,
+    sandbox: SandboxOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Headless: one JSON result.")] = False,
     output_format: Annotated[
-        str, typer.Option(help="Headless: text, json or stream-json.")
-    ] = "text",
+        FormatChoice,
+        typer.Option(help="Headless: text, json (the result object) or stream-json (Claude "
+                     "Code's events, one per line)."),
+    ] = FormatChoice.text,
     input_format: Annotated[
-        str, typer.Option(help="Headless: text, or stream-json (user turns as JSON lines).")
-    ] = "text",
+        InputFormatChoice,
+        typer.Option(help="Headless: text, or stream-json (user turns as JSON lines on stdin)."),
+    ] = InputFormatChoice.text,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Headless: approve everything.")] = False,
 ) -> None:  # fmt: skip
-    """A terminal coding agent for MiniMax-M2. With no command: the interactive REPL (or one
-    headless task with -p, or when stdin is not a terminal)."""
     if ctx.invoked_subcommand is not None:
         return
-    from m2agent.errors import M2AgentError
+    from m2agent.errors import M2AgentError, UsageError
     from m2agent.settings import load_settings
-    from m2agent.stream_json import InputError
 
     workspace = Path.cwd()
-    flags = {"endpoint": endpoint, "api": api, "model": model, "sandbox": sandbox,
-             "approval_mode": mode, "tp": tp}  # fmt: skip
+    flags = {"endpoint": endpoint, "api": _value(api), "model": model,
+             "sandbox": _value(sandbox), "approval_mode": _value(mode), "tp": tp}  # fmt: skip
+    fmt = "json" if json_output else output_format.value
+    if input_format == InputFormatChoice.stream_json:
+        _stream_turns(workspace, flags, fmt=fmt, yes=yes, flat_json=json_output)
+    if prompt is not None or not sys.stdin.isatty():
+        task = prompt if prompt is not None else sys.stdin.read()
+        _headless(workspace, flags, task, fmt=fmt, yes=yes, question=True, flat_json=json_output)
     try:
         settings = load_settings(workspace, flags)
-        if input_format not in ("text", "stream-json"):
-            raise typer.BadParameter("--input-format must be text or stream-json")
-        if prompt is not None or not sys.stdin.isatty():
-            from m2agent.fix import result_event, result_json, run_fix
-            from m2agent.stream_json import dumps, read_user_turns
-
-            fmt = "json" if json_output else output_format
-            if fmt not in ("text", "json", "stream-json"):
-                raise typer.BadParameter("--output-format must be text, json or stream-json")
-            if input_format == "stream-json":
-                turns = read_user_turns(sys.stdin)
-            else:
-                turns = iter([prompt if prompt is not None else sys.stdin.read()])
-            session = None
-            code = 0
-            for task in turns:
-                result = run_fix(
-                    settings, workspace, task, test_cmd=None, yes=yes, output=fmt,  # type: ignore[arg-type]
-                    resume=session, announce=session is None,
-                )  # fmt: skip
-                session, code = result.session, result.exit_code
-                if fmt == "text":
-                    typer.echo(result.answer)
-                elif json_output:
-                    typer.echo(result_json(result))
-                else:
-                    typer.echo(dumps(result_event(result, settings.model or "")))
-            raise typer.Exit(code)
         from rich.console import Console
 
-        from m2agent.fix import make_backend
+        from m2agent.runtime import build_backend
         from m2agent.ui.repl import Repl
 
         console = Console()
-        backend = make_backend(settings, console.print, background=True)
-        repl = Repl(settings, workspace, backend, console)
-        code = repl.run()
+        try:
+            backend = build_backend(settings, console.print, background=True)
+        except UsageError:
+            backend = None  # the REPL starts and says how to set a model
+        code = Repl(settings, workspace, backend, console).run()
     except M2AgentError as e:
         typer.echo(f"error: {e.message}", err=True)
         raise typer.Exit(e.exit_code) from None
-    except InputError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
     raise typer.Exit(code)
+
+
+def _headless(
+    workspace: Path,
+    flags: dict[str, Any],
+    task: str,
+    *,
+    fmt: str,
+    yes: bool,
+    question: bool,
+    test_cmd: str | None = None,
+    resume: str | None = None,
+    continue_last: bool = False,
+    commit_branch: str | None = None,
+    issue: str = "",
+    flat_json: bool = False,
+) -> None:
+    """One task as `fix`/`-p` run it; exits with its code. With json/stream-json the last
+    line is a JSON result on every outcome, errors included (`flat_json`: m2agent's own
+    result object, for `--json`; otherwise Claude Code's)."""
+    from m2agent.errors import M2AgentError
+    from m2agent.fix import run_fix
+    from m2agent.issue_source import resolve_task
+    from m2agent.settings import load_settings
+    from m2agent.ui.headless import HeadlessFrontEnd
+
+    if fmt not in ("text", "json", "stream-json"):
+        raise typer.BadParameter("--output-format must be text, json or stream-json")
+    front = HeadlessFrontEnd(fmt, interactive=not yes and sys.stdin.isatty())  # type: ignore[arg-type]
+    try:
+        settings = load_settings(workspace, flags)
+        text = resolve_task(task, workspace, settings)
+        mode = "auto" if yes else settings.approval_mode
+        result = run_fix(
+            settings, workspace, text, sink=front, mode=mode, test_cmd=test_cmd, resume=resume,
+            continue_last=continue_last, question=question,
+        )  # fmt: skip
+        if commit_branch and result.status == "fixed":
+            from m2agent.git_ops import commit_on_new_branch
+
+            title = issue.splitlines()[0][:72] if not issue.startswith("@") else issue
+            sha = commit_on_new_branch(
+                workspace, commit_branch, result.files_changed,
+                f"m2agent: {title}\n\n{result.answer}",
+            )  # fmt: skip
+            typer.echo(f"committed {sha[:12]} on {commit_branch}", err=True)
+        elif commit_branch:
+            typer.echo(f"not committed: {result.reason}", err=True)
+    except (M2AgentError, KeyboardInterrupt) as e:
+        message, code = (e.message, e.exit_code) if isinstance(e, M2AgentError) else (
+            "interrupted", 130)  # fmt: skip
+        typer.echo(f"error: {message}", err=True)
+        front.fail(message, code, flat_json=flat_json)
+        raise typer.Exit(code) from None
+    if fmt != "text":
+        front.finish(result, flat_json=flat_json)
+    elif question and result.status == "answered":
+        typer.echo(result.answer)
+    else:
+        if result.answer:
+            typer.echo(result.answer)
+        files = ", ".join(result.files_changed) or "no files changed"
+        typer.echo(f"{result.status.replace('_', ' ')}: {result.reason} ({files})", err=True)
+        if result.undo_point is not None:
+            typer.echo(f"session {result.session}; undo with: m2agent undo", err=True)
+    raise typer.Exit(result.exit_code)
 
 
 @app.command("fix")
 def fix(
     issue: Annotated[str, typer.Argument(help="The issue: text, or @file to read it from a file.")],
-    endpoint: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible base URL of an M2 server (…/v1).")
-    ] = None,
-    api: Annotated[
-        str | None,
-        typer.Option(
-            help="openai (chat completions), completions (m2agent renders the prompt) or "
-            "anthropic (Messages API)."
-        ),
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(help="Model name on that server, or a local checkpoint folder (embedded)."),
-    ] = None,
+    endpoint: EndpointOption = None,
+    api: ApiOption = None,
+    model: ModelNameOption = None,
     tp: EngineTpOption = None,
     api_key: Annotated[str | None, typer.Option(help="API key (default: M2AGENT_API_KEY).")] = None,
     yes: Annotated[
@@ -171,15 +272,13 @@ def fix(
         int | None, typer.Option(min=1, help="Tokens the model may generate for the whole task.")
     ] = None,
     max_minutes: Annotated[float | None, typer.Option(min=0.1, help="Wall time at most.")] = None,
-    sandbox: Annotated[
-        str | None, typer.Option(help="auto, bwrap, landlock, or off (only when already isolated).")
-    ] = None,
+    sandbox: SandboxOption = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON result at the end.")
     ] = False,
     output_format: Annotated[
-        str, typer.Option(help="text, json, or stream-json (one JSON event per line).")
-    ] = "text",
+        FormatChoice, typer.Option(help="text, json, or stream-json (one JSON event per line).")
+    ] = FormatChoice.text,
     branch: Annotated[
         str | None, typer.Option(help="With --commit: the new branch to commit the fix on.")
     ] = None,
@@ -199,58 +298,67 @@ def fix(
     ISSUE is text, @file, a GitHub issue URL, or #N (with a GitHub remote; GITHUB_TOKEN and
     GITHUB_API_URL are honoured).
 
-    Exit codes: 0 fixed and verified, 1 not fixed, 2 usage error, 3 sandbox unavailable,
-    4 model or endpoint error, 130 interrupted.
+    Exit codes: 0 fixed (files changed and the test command passed afterwards), 1 not fixed
+    (tests still fail, a budget ran out, or nothing changed), 5 changed but unverified (no test
+    command found: pass --test-cmd), 2 usage error, 3 sandbox unavailable, 4 model or endpoint
+    error, 130 interrupted. With --json or stream-json the last line is a JSON result on every
+    outcome, errors included.
     """
-    from m2agent.errors import M2AgentError
-    from m2agent.fix import result_json, run_fix
-    from m2agent.settings import load_settings
-
-    fmt = "json" if json_output else output_format
-    if fmt not in ("text", "json", "stream-json"):
-        raise typer.BadParameter("--output-format must be text, json or stream-json")
+    fmt = "json" if json_output else output_format.value
     if commit and not branch:
         raise typer.BadParameter("--commit needs --branch NAME (a new branch)")
-    workspace = Path.cwd()
     flags = {
-        "endpoint": endpoint, "api": api, "model": model, "api_key": api_key, "tp": tp,
-        "max_steps": max_steps, "max_minutes": max_minutes, "sandbox": sandbox,
+        "endpoint": endpoint, "api": _value(api), "model": model, "api_key": api_key, "tp": tp,
+        "max_steps": max_steps, "max_minutes": max_minutes, "sandbox": _value(sandbox),
         "max_tokens": max_tokens, "max_total_tokens": max_total_tokens,
     }  # fmt: skip
+    _headless(
+        Path.cwd(), flags, issue, fmt=fmt, yes=yes, question=False, test_cmd=test_cmd,
+        resume=resume, continue_last=continue_last, commit_branch=branch if commit else None,
+        issue=issue, flat_json=json_output,
+    )  # fmt: skip
+
+
+def _stream_turns(
+    workspace: Path, flags: dict[str, Any], *, fmt: str, yes: bool, flat_json: bool
+) -> None:
+    """`--input-format stream-json`: each JSON line on stdin is the next user turn of one
+    session; a result follows each turn; MCP servers stay up between turns. Exits with the
+    last turn's code (2 for a bad input line)."""
+    from m2agent.errors import M2AgentError
+    from m2agent.extensions import open_extensions
+    from m2agent.fix import run_fix
+    from m2agent.settings import load_settings
+    from m2agent.stream_json import InputError, read_user_turns
+    from m2agent.ui.headless import HeadlessFrontEnd
+
+    front = HeadlessFrontEnd(fmt, interactive=False)  # type: ignore[arg-type]
+    code, session = 0, None
     try:
         settings = load_settings(workspace, flags)
-        result = run_fix(
-            settings, workspace, issue, test_cmd=test_cmd, yes=yes, output=fmt,  # type: ignore[arg-type]
-            resume=resume, continue_last=continue_last,
-        )  # fmt: skip
-        if commit and branch and result.status == "fixed":
-            from m2agent.git_ops import commit_on_new_branch
-
-            title = issue.splitlines()[0][:72] if not issue.startswith("@") else issue
-            sha = commit_on_new_branch(
-                workspace, branch, result.files_changed, f"m2agent: {title}\n\n{result.answer}"
-            )
-            typer.echo(f"committed {sha[:12]} on {branch}", err=True)
-        elif commit:
-            typer.echo("not committed: the fix was not verified", err=True)
-    except M2AgentError as e:
-        typer.echo(f"error: {e.message}", err=True)
-        raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(130) from None
-    if fmt == "text":
-        verdict = "fixed and verified" if result.verified else result.status.replace("_", " ")
-        typer.echo(f"{verdict}: {', '.join(result.files_changed) or 'no files changed'}")
-        typer.echo(f"session {result.session}; undo with: m2agent undo")
-    elif json_output:
-        typer.echo(result_json(result))
-    else:
-        from m2agent.fix import result_event
-        from m2agent.stream_json import dumps
-
-        typer.echo(dumps(result_event(result, settings.model or "")))
-    raise typer.Exit(result.exit_code)
+        mode = "auto" if yes else settings.approval_mode
+        with open_extensions(settings, workspace) as extensions:
+            for task in read_user_turns(sys.stdin):
+                result = run_fix(
+                    settings, workspace, task, sink=front, mode=mode, resume=session,
+                    question=True, extensions=extensions,
+                )  # fmt: skip
+                session, code = result.session, result.exit_code
+                if fmt == "text":
+                    typer.echo(result.answer)
+                else:
+                    front.finish(result, flat_json=flat_json)
+    except InputError as e:
+        typer.echo(f"error: {e}", err=True)
+        front.fail(str(e), 2, flat_json=flat_json)
+        raise typer.Exit(2) from None
+    except (M2AgentError, KeyboardInterrupt) as e:
+        message, code = (e.message, e.exit_code) if isinstance(e, M2AgentError) else (
+            "interrupted", 130)  # fmt: skip
+        typer.echo(f"error: {message}", err=True)
+        front.fail(message, code, flat_json=flat_json)
+        raise typer.Exit(code) from None
+    raise typer.Exit(code)
 
 
 @app.command("ci")
@@ -258,9 +366,9 @@ def ci(
     test_cmd: Annotated[
         str | None, typer.Option(help="The test command (default: detected).")
     ] = None,
-    endpoint: Annotated[str | None, typer.Option(help="Model endpoint (…/v1).")] = None,
-    api: Annotated[str | None, typer.Option(help="openai, completions or anthropic.")] = None,
-    model: Annotated[str | None, typer.Option(help="Model name, or a local checkpoint.")] = None,
+    endpoint: EndpointOption = None,
+    api: ApiOption = None,
+    model: ModelNameOption = None,
     tp: EngineTpOption = None,
     max_steps: Annotated[int | None, typer.Option(min=1, help="Model turns at most.")] = None,
     max_minutes: Annotated[float | None, typer.Option(min=0.1, help="Wall time at most.")] = None,
@@ -290,18 +398,19 @@ def ci(
     from m2agent.ci_job import publish_fix, run_ci
     from m2agent.errors import M2AgentError
     from m2agent.settings import load_settings
+    from m2agent.ui.headless import HeadlessFrontEnd
 
     if (commit or push or pr) and not branch:
         raise typer.BadParameter("--commit, --push and --pr need --branch NAME (a new branch)")
     commit = commit or push or pr
     workspace = Path.cwd()
-    flags = {"endpoint": endpoint, "api": api, "model": model, "max_steps": max_steps,
+    flags = {"endpoint": endpoint, "api": _value(api), "model": model, "max_steps": max_steps,
              "max_minutes": max_minutes, "tp": tp}  # fmt: skip
     try:
         settings = load_settings(workspace, flags)
         result = run_ci(
             settings, workspace, test_cmd=test_cmd, patch_path=patch, report_path=report,
-            summary_path=summary, output="text",
+            summary_path=summary, sink=HeadlessFrontEnd("text"),
         )  # fmt: skip
         if commit and branch and result.status == "fixed":
             url = publish_fix(
@@ -321,44 +430,54 @@ def ci(
 
 @app.command("undo")
 def undo(
-    to: Annotated[int | None, typer.Option("--to", help="Snapshot number to go back to.")] = None,
+    to: Annotated[
+        int | None, typer.Option("--to", help="Undo point to go back to (see `m2agent sessions`).")
+    ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Restore the workspace to before the last session's changes (or to a snapshot)."""
-    from m2agent.agent.session import list_sessions
+    """Undo what the last task changed (again: the one before).
+
+    The last user turn that changed files, in the latest session that has one, is reverted
+    to the snapshot taken before its first change. --to N goes back to undo point N. With
+    nothing to undo it says so and exits 0."""
+    from m2agent.agent.session import Session, list_sessions
     from m2agent.errors import M2AgentError
     from m2agent.settings import load_settings
-    from m2agent.tools.checkpoints import Checkpoints
+    from m2agent.tools.checkpoints import CheckpointError, Checkpoints
 
     workspace = Path.cwd()
     try:
         settings = load_settings(workspace, {})
         project = settings.project_dir(workspace)
         checkpoints = Checkpoints(workspace, project / "snapshots.git")
-        target = to
+        session, turn, target = None, None, to
         if target is None:
-            sessions = [
-                s for s in list_sessions(project / "sessions") if s.first_snapshot is not None
-            ]
-            if not sessions:
-                typer.echo("nothing to undo: no session changed this workspace", err=True)
-                raise typer.Exit(1)
-            target = sessions[-1].first_snapshot
-            typer.echo(f"undoing session {sessions[-1].id}: {sessions[-1].task[:80]!r}")
-        assert target is not None
+            found = [s for s in list_sessions(project / "sessions") if s.undo_points]
+            if not found:
+                typer.echo("nothing to undo: no task has changed this workspace")
+                return
+            session = Session.read(found[-1].path)
+            turn = session.last_undo_point()
+            assert turn is not None and turn.snapshot is not None
+            target = turn.snapshot
+            typer.echo(f"undoing {turn.title[:80]!r} (session {session.id})")
         if not yes:
             if not sys.stdin.isatty():
                 raise typer.BadParameter("pass --yes to undo without a terminal")
-            if not typer.confirm(f"Restore the workspace to snapshot {target}?"):
-                raise typer.Exit(1)
+            if not typer.confirm(f"Restore the workspace to undo point {target}?"):
+                typer.echo("not undone")
+                return
         snapshot = checkpoints.restore(target)
+        if session is not None and turn is not None:
+            with session:
+                session.mark_undone(turn)
     except M2AgentError as e:
         typer.echo(f"error: {e.message}", err=True)
         raise typer.Exit(e.exit_code) from None
-    except RuntimeError as e:
+    except CheckpointError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"restored snapshot {snapshot.number} ({snapshot.label})")
+    typer.echo(f"restored undo point {snapshot.number} ({snapshot.label})")
 
 
 @app.command("doctor")
@@ -367,8 +486,10 @@ def doctor(
     model: Annotated[str | None, typer.Option(help="Model name or local checkpoint.")] = None,
     tp: EngineTpOption = None,
 ) -> None:
-    """Check Python, git, the sandbox, the model endpoint (and its reasoning style) and the
-    engine; say how to fix what is missing. Exits 1 when something needed is missing."""
+    """Check what the agent needs and say how to fix what is missing.
+
+    Python, git, the sandbox, the model endpoint (and its reasoning style) and the engine.
+    Exits 1 when something needed is missing."""
     from m2agent.doctor import render, run_checks
     from m2agent.errors import M2AgentError
     from m2agent.settings import load_settings
@@ -386,7 +507,7 @@ def doctor(
 
 @app.command("sessions")
 def sessions() -> None:
-    """List this workspace's sessions (newest last)."""
+    """List this workspace's sessions (newest last) with their undo points."""
     from m2agent.agent.session import list_sessions
     from m2agent.settings import load_settings
 
@@ -396,20 +517,125 @@ def sessions() -> None:
     if not found:
         typer.echo("no sessions in this workspace yet")
     for s in found:
-        snap = f"undo point {s.first_snapshot}" if s.first_snapshot is not None else "no changes"
-        typer.echo(f"{s.id}  {snap:16}  {s.task.splitlines()[0][:70] if s.task else ''}")
+        points = f"{s.undo_points} undo point{'s' if s.undo_points != 1 else ''}"
+        title = s.title.splitlines()[0][:70] if s.title else ""
+        typer.echo(f"{s.id}  {points:14}  {title}")
 
 
-@app.command(
-    "serve",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    add_help_option=False,
+ENGINE_MISSING = (
+    "the embedded engine needs the [engine] extra, which is not installed here ({error}). "
+    "Install torch for this machine first (CPU: pip install torch --index-url "
+    "https://download.pytorch.org/whl/cpu; CUDA: pip install torch), then: "
+    "pip install 'm2agent[engine]'"
 )
-def serve(ctx: typer.Context) -> None:
-    """Serve MiniMax-M2 with an OpenAI-compatible API (see `m2agent serve --help`)."""
+
+
+def _require_engine() -> None:
+    """Exit 1 with how to install the engine when its packages are missing."""
+    try:
+        import fastapi  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        typer.echo(f"error: {ENGINE_MISSING.format(error=e)}", err=True)
+        raise typer.Exit(1) from None
+
+
+class ReasoningChoice(StrEnum):
+    append_think = "append_think"
+    split_field = "split"
+
+
+class LogLevelChoice(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+@app.command("serve")
+def serve(
+    model: Annotated[
+        Path,
+        typer.Option(help="Checkpoint folder (or a config.json with --load-format dummy)."),
+    ],
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind (default 127.0.0.1: this machine only).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(min=0, help="Port (0 picks a free one; default 8000).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cuda or cpu (default: cuda when available).")
+    ] = None,
+    tp: Annotated[
+        int | None,
+        typer.Option(
+            "--tp", "--tensor-parallel-size",
+            help="Split the model over N GPUs (GPUs 0..N-1, one process each; default 1).",
+        ),
+    ] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto, bfloat16 or float32.")] = None,
+    load_format: Annotated[
+        str | None, typer.Option(help="auto, or dummy (random weights of the config's shapes).")
+    ] = None,
+    served_model_name: Annotated[
+        str | None, typer.Option(help="Model id clients use (default: the folder name).")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="Require 'Authorization: Bearer KEY'.")
+    ] = None,
+    max_model_len: Annotated[
+        int | None, typer.Option(min=1, help="Context length (default: the model's).")
+    ] = None,
+    max_num_seqs: Annotated[
+        int | None, typer.Option(min=1, help="Requests batched together at most (default 32).")
+    ] = None,
+    max_num_batched_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Tokens per step, chunked prefill (default 2048).")
+    ] = None,
+    block_size: Annotated[
+        int | None, typer.Option(min=1, help="Tokens per KV block (default 16).")
+    ] = None,
+    gpu_memory_utilization: Annotated[
+        float | None, typer.Option(help="Share of GPU memory to use (default 0.90).")
+    ] = None,
+    no_prefix_caching: Annotated[
+        bool, typer.Option("--no-prefix-caching", help="Disable KV reuse across requests.")
+    ] = False,
+    reasoning_mode: Annotated[
+        ReasoningChoice | None,
+        typer.Option(
+            help="append_think: reasoning inside content after <think> (default); split: in "
+            "the reasoning_content field."
+        ),
+    ] = None,
+    log_file: Annotated[
+        Path | None, typer.Option(help="Write logs here instead of stderr.")
+    ] = None,
+    idle_exit_s: Annotated[
+        float | None, typer.Option(help="Exit after this many seconds without requests.")
+    ] = None,
+    log_level: Annotated[LogLevelChoice | None, typer.Option(help="Log level.")] = None,
+) -> None:  # fmt: skip
+    """Serve MiniMax-M2 with an OpenAI-compatible API (chat, completions, tools)."""
+    _require_engine()
     from m2agent.engine.server.__main__ import main as serve_main
 
-    raise typer.Exit(serve_main(list(ctx.args)))
+    given: dict[str, Any] = {
+        "--model": model, "--host": host, "--port": port, "--device": device, "--tp": tp,
+        "--dtype": dtype, "--load-format": load_format, "--served-model-name": served_model_name,
+        "--api-key": api_key, "--max-model-len": max_model_len, "--max-num-seqs": max_num_seqs,
+        "--max-num-batched-tokens": max_num_batched_tokens, "--block-size": block_size,
+        "--gpu-memory-utilization": gpu_memory_utilization,
+        "--reasoning-mode": _value(reasoning_mode), "--log-file": log_file,
+        "--idle-exit-s": idle_exit_s, "--log-level": _value(log_level),
+    }  # fmt: skip
+    argv = [part for flag, value in given.items() if value is not None
+            for part in (flag, str(value))]  # fmt: skip
+    if no_prefix_caching:
+        argv.append("--no-prefix-caching")
+    raise typer.Exit(serve_main(argv))
 
 
 ModelOption = Annotated[
@@ -451,6 +677,7 @@ def _run_bench(
     """Shared plumbing of the bench commands: the model source, errors, output."""
     if (model is None) == (dummy_config is None):
         raise typer.BadParameter("pass exactly one of --model PATH or --dummy-config CONFIG.json")
+    _require_engine()
     from m2agent.engine.bench.common import resolve_config
     from m2agent.engine.errors import EngineError
 

@@ -145,12 +145,13 @@ def _model(settings: Settings) -> Check:
 
 def _reasoning_style(base: str, model: str, api_key: str | None) -> str:
     """Ask for a few tokens through the real backend and report what it learned."""
+    from m2agent.agent.messages import UserMessage
     from m2agent.backends.openai_chat import OpenAIChatBackend
     from m2agent.errors import BackendError
 
     backend = OpenAIChatBackend(base, model, api_key, max_tokens=32, timeout_s=60)
     try:
-        for _ in backend.stream([{"role": "user", "content": "Say OK."}], []):
+        for _ in backend.stream([UserMessage("Say OK.")], []):
             pass
     except BackendError as e:
         return f"style unknown (the test request failed: {e.message[:200]})"

@@ -1,48 +1,157 @@
-"""Wiring one agent for a workspace: backend, sandboxed tools, approvals, undo snapshots.
-Shared by `m2agent fix` and the REPL."""
+"""Wiring, in one place: settings -> model backend, sandbox runner, tools, approval policy,
+snapshot store and sessions of one workspace. `fix`, `ci` and the REPL all build through here;
+nothing else constructs these parts."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from m2agent.agent.approvals import ApprovalPolicy, ApprovalReply, ApprovalRequest, Mode, RuleStore
+from m2agent.agent.approvals import ApprovalPolicy, Mode, RuleStore
 from m2agent.agent.loop import Agent
+from m2agent.agent.prompts import system_prompt
+from m2agent.agent.session import Session, find_session
 from m2agent.backends.base import ModelBackend
-from m2agent.errors import SandboxError
+from m2agent.errors import SandboxError, UsageError
+from m2agent.extensions import Extensions
+from m2agent.hooks import HookRunner
 from m2agent.settings import Settings
-from m2agent.tools.base import Tool
 from m2agent.tools.checkpoints import Checkpoints
 from m2agent.tools.defaults import default_tools
+from m2agent.tools.registry import ToolRegistry
 from m2agent.tools.sandbox.policy import SandboxPolicy
 from m2agent.tools.shell import CommandRunner, SandboxUnavailable
 from m2agent.tools.todo import TodoList
 from m2agent.tools.workspace import Workspace
 
-Ask = Callable[[ApprovalRequest], ApprovalReply]
+NO_MODEL = (
+    "no model: pass --endpoint URL --model NAME for a server (or set M2AGENT_ENDPOINT and "
+    "M2AGENT_MODEL), or --model PATH to a local MiniMax-M2 checkpoint folder to run it with "
+    "the embedded engine"
+)
+
+
+def build_backend(
+    settings: Settings,
+    progress: Callable[[str], None] = lambda _: None,
+    *,
+    background: bool = False,
+) -> ModelBackend:
+    """The backend the settings ask for; UsageError (saying how to set one) when there is
+    none. `background`: an embedded engine starts on a thread (the REPL prompts meanwhile)."""
+    from m2agent.backends.embedded import BackgroundEngine, ensure_engine, is_local_model
+
+    limits: dict[str, Any] = {"max_tokens": settings.max_tokens,
+                              "temperature": settings.temperature}  # fmt: skip
+    if not settings.endpoint and settings.model and is_local_model(settings.model):
+        if background:
+            progress("starting the embedded engine in the background")
+            return BackgroundEngine(
+                Path(settings.model), settings.state_dir, tp=settings.tp, **limits
+            )
+        from m2agent.backends.completions import CompletionsBackend
+
+        url, name = ensure_engine(
+            Path(settings.model), settings.state_dir, tp=settings.tp, progress=progress
+        )
+        return CompletionsBackend(url, name, **limits)
+    if not settings.endpoint or not settings.model:
+        raise UsageError(NO_MODEL)
+    target = (settings.endpoint, settings.model, settings.api_key)
+    if settings.api == "anthropic":
+        from m2agent.backends.anthropic import AnthropicBackend
+
+        return AnthropicBackend(*target, auth_token=settings.auth_token, **limits)
+    if settings.api == "completions":
+        from m2agent.backends.completions import CompletionsBackend
+
+        return CompletionsBackend(*target, **limits)
+    from m2agent.backends.openai_chat import OpenAIChatBackend
+
+    style_cache = settings.state_dir / "server-styles.json"
+    return OpenAIChatBackend(*target, **limits, style_cache=style_cache)
 
 
 @dataclass
 class Runtime:
-    agent: Agent
+    """The parts of one workspace's agent. `backend` may be None (the REPL starts without a
+    model and is told one later, through `/model`)."""
+
+    settings: Settings
+    workspace: Path
     runner: CommandRunner
     checkpoints: Checkpoints
     todos: TodoList
+    tools: ToolRegistry
+    approvals: ApprovalPolicy
+    agent: Agent | None
     project: Path  # this workspace's state folder (sessions, snapshots, approvals)
+    extensions: Extensions | None = None  # MCP servers and hooks from the configuration
+    builtin: ToolRegistry | None = None  # the tools before MCP servers' were added
+
+    @property
+    def sessions(self) -> Path:
+        return self.project / "sessions"
+
+    def with_backend(self, backend: ModelBackend) -> Agent:
+        """The agent, now talking to `backend` (tools, approvals, snapshots unchanged)."""
+        hooks = self.agent.hooks if self.agent is not None else None
+        self.agent = Agent(backend, self.tools, self.approvals, self.checkpoints, hooks)
+        return self.agent
+
+    def refresh_tools(self) -> ToolRegistry:
+        """The built-in tools plus the MCP tools of the servers ready now (servers start in the
+        background: the REPL calls this before each turn)."""
+        builtin = self.builtin or self.tools
+        extra = self.extensions.tools() if self.extensions is not None else []
+        self.builtin, self.tools = builtin, builtin.with_tools(extra)
+        if self.agent is not None:
+            self.agent.tools = self.tools
+        return self.tools
+
+    def attach_hooks(self, session: Session) -> HookRunner | None:
+        """The configured hooks, bound to `session` (its id and transcript), on the agent."""
+        if self.extensions is None:
+            return None
+        hooks = self.extensions.hooks(session.id, session.path, self.approvals.mode)
+        if self.agent is not None:
+            self.agent.hooks = hooks
+        return hooks
+
+    def close(self) -> None:
+        """Stop what runs beside the agent (MCP servers)."""
+        if self.extensions is not None:
+            self.extensions.close()
+
+    def new_session(self, title: str) -> Session:
+        """A fresh session, its first message the system prompt."""
+        from m2agent.agent.messages import SystemMessage
+
+        session = Session.create(self.sessions, self.workspace, title)
+        prompt = system_prompt(self.workspace, user_dir=self.settings.config_dir, home=Path.home())
+        session.append(SystemMessage(prompt))
+        return session
+
+    def resume_session(self, session_id: str | None) -> Session:
+        """An earlier session of this workspace (the latest when None); UsageError if none."""
+        try:
+            return Session.load(find_session(self.sessions, session_id).path)
+        except LookupError as e:
+            raise UsageError(str(e)) from None
 
 
 def build_runtime(
     settings: Settings,
     workspace: Path,
-    backend: ModelBackend,
+    backend: ModelBackend | None,
     *,
     mode: Mode,
-    ask: Ask | None,
-    extra_tools: Sequence[Tool] = (),
+    extensions: Extensions | None = None,
 ) -> Runtime:
-    """`extra_tools`: tools beyond the built-in ones (MCP servers')."""
-    # Raises SandboxError when commands could not run safely here.
+    """Raises SandboxError when commands could not run safely here. `extensions`: the
+    session's MCP servers and hooks (`open_extensions`); `Runtime.close()` stops them."""
     policy = SandboxPolicy.for_workspace(workspace, allow_network=settings.allow_network)
     runner = CommandRunner(policy, settings.sandbox)
     try:
@@ -50,12 +159,23 @@ def build_runtime(
     except SandboxUnavailable as e:
         raise SandboxError(str(e)) from None
     project = settings.project_dir(workspace)
-    checkpoints = Checkpoints(workspace, project / "snapshots.git")
     todos = TodoList()
     tools = default_tools(
         Workspace(workspace), todos, sandbox=settings.sandbox, allow_network=settings.allow_network
-    ).with_tools(extra_tools)
-    approvals = ApprovalPolicy(mode, RuleStore(project / "approvals.json"), ask)
-    return Runtime(
-        Agent(backend, tools, approvals, checkpoints), runner, checkpoints, todos, project
     )
+    runtime = Runtime(
+        settings=settings,
+        workspace=workspace,
+        runner=runner,
+        checkpoints=Checkpoints(workspace, project / "snapshots.git"),
+        todos=todos,
+        tools=tools,
+        approvals=ApprovalPolicy(mode, RuleStore(project / "approvals.json")),
+        agent=None,
+        project=project,
+        extensions=extensions,
+    )
+    runtime.refresh_tools()
+    if backend is not None:
+        runtime.with_backend(backend)
+    return runtime

@@ -172,6 +172,18 @@ def _read_toml(file: Path) -> dict[str, Any]:
         raise UsageError(f"{file}: not valid TOML ({e})") from e
 
 
+def check_endpoint(url: str) -> None:
+    """UsageError unless `url` is an http(s) URL with a host (checked before any request)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(
+            f"endpoint {url!r} is not an http(s) URL; write it in full, like "
+            "http://127.0.0.1:8000/v1"
+        )
+
+
 def _build(values: dict[str, Any]) -> Settings:
     known = {f.name for f in fields(Settings)}
     unknown = sorted(set(values) - known)
@@ -203,6 +215,8 @@ def _build(values: dict[str, Any]) -> Settings:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+    if settings.endpoint:
+        check_endpoint(settings.endpoint)
     return replace(
         settings,
         state_dir=Path(values["state_dir"]).expanduser(),

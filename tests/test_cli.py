@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -59,3 +60,29 @@ def test_console_script_is_installed() -> None:
     out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
     assert __version__ in out.stdout
+
+
+def wide_help(*args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "m2agent", *args, "--help"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "1000"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_help_describes_the_repl_lists_choices_and_keeps_paragraphs_whole() -> None:
+    root = wide_help()
+    assert "opens the interactive REPL" in root and "not there yet" not in root
+    for choices in ("<read-only|ask|auto-edit|auto>", "<openai|completions|anthropic>",
+                    "<auto|bwrap|landlock|off>", "<text|json|stream-json>"):  # fmt: skip
+        assert choices in root
+    assert "--install-completion" in root
+    # At a wide terminal each paragraph is one line: no line breaks from the source's wrapping.
+    paragraph = next(line for line in root.splitlines() if "With no command" in line)
+    assert paragraph.rstrip().endswith("runs one task headless.")
+    fix = wide_help("fix")
+    codes = next(line for line in fix.splitlines() if "Exit codes:" in line)
+    assert codes.rstrip().endswith("errors included.") and "5 changed but unverified" in codes
+    serve = wide_help("serve")
+    assert "--max-model-len" in serve and "--tensor-parallel-size" in serve

@@ -53,6 +53,25 @@ def test_tools_import_only_the_stdlib_side() -> None:
     assert violations("tools", "m2agent.tools", forbidden) == []
 
 
+@pytest.mark.parametrize(
+    "module",
+    ["m2agent/agent", "m2agent/backends", "m2agent/fix.py", "m2agent/ci_job.py",
+     "m2agent/runtime.py"],
+)  # fmt: skip
+def test_jobs_and_the_core_never_import_a_front_end(module: str) -> None:
+    """`fix`, `ci`, the loop, the session and the backends take an event sink: none of them
+    imports ui/ (nor rich or prompt_toolkit)."""
+    path = ROOT / module
+    files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    found = [
+        f"{file.relative_to(ROOT)}:{line}: {name}"
+        for file in files
+        for line, name in imported_modules(file)
+        if name.startswith("m2agent.ui") or name.split(".")[0] in ("rich", "prompt_toolkit")
+    ]
+    assert found == []
+
+
 def test_protocol_imports_no_torch() -> None:
     forbidden = ("torch", "triton", "transformers", "numpy")
     assert violations("engine/protocol", "m2agent.engine.protocol", forbidden) == []
@@ -88,3 +107,26 @@ def test_package_init_holds_only_the_version() -> None:
     assert len(body) == 1
     assert isinstance(body[0], ast.Assign)
     assert [t.id for t in body[0].targets if isinstance(t, ast.Name)] == ["__version__"]
+
+
+def test_no_tool_names_or_argument_names_outside_the_tools() -> None:
+    """Tools describe themselves (summary, preview, command): the agent side never spells a
+    tool's name or argument names as a string."""
+    words = {"Bash", "Edit", "Write", "Read", "command", "file_path", "old_string"}
+    found = []
+    for path in sorted((ROOT / "m2agent").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        # Types are not data: `type: Literal["command"]` in the hooks config model is Claude
+        # Code's name for a kind of hook, not a tool's argument.
+        in_types = {
+            id(node)
+            for ann in ast.walk(tree)
+            if isinstance(ann, ast.AnnAssign)
+            for node in ast.walk(ann.annotation)
+        }
+        found += [
+            f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and node.value in words and id(node) not in in_types
+        ]
+    assert found == []

@@ -11,12 +11,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from m2agent.tools.base import Tool, ToolAnnotations, ToolError, ToolResult
+    from m2agent.tools.base import Description, Tool, ToolAnnotations, ToolError, ToolResult
     from m2agent.tools.defaults import default_tools
     from m2agent.tools.registry import ToolRegistry
     from m2agent.tools.workspace import Workspace
 
 _PUBLIC = {
+    "Description": "m2agent.tools.base",
     "Tool": "m2agent.tools.base",
     "ToolAnnotations": "m2agent.tools.base",
     "ToolError": "m2agent.tools.base",
@@ -27,6 +28,7 @@ _PUBLIC = {
 }
 
 __all__ = [
+    "Description",
     "Tool",
     "ToolAnnotations",
     "ToolError",

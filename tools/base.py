@@ -1,6 +1,8 @@
 """What a tool is: a name, a pydantic `Args` model (its schema is what the model reads), a
-function, and annotations the approval policy decides from. Failures the model can fix are
-results, not exceptions."""
+function, annotations the approval policy decides from, and a description of each call
+(`describe`): what it is in one line, a preview of the change, and the shell command it runs.
+Nothing outside a tool knows its argument names. Failures the model can fix are results, not
+exceptions."""
 
 from __future__ import annotations
 
@@ -21,6 +23,15 @@ class ToolAnnotations:
 
 
 @dataclass(frozen=True, slots=True)
+class Description:
+    """One call, as a person approving it needs to see it."""
+
+    summary: str  # one line: the file, the pattern, the command
+    preview: str | None = None  # the change it would make (a diff), or what it would run, where
+    command: str | None = None  # the shell command it runs (approval rules match on it)
+
+
+@dataclass(frozen=True, slots=True)
 class ToolResult:
     content: str
     is_error: bool = False
@@ -32,5 +43,9 @@ class Tool(Protocol):
     description: ClassVar[str]
     Args: ClassVar[type[BaseModel]]
     annotations: ClassVar[ToolAnnotations]
+
+    def describe(self, args: Any) -> Description:
+        """What this call is, without running it (no side effects; may read files)."""
+        ...
 
     def run(self, args: Any) -> ToolResult: ...

@@ -74,6 +74,18 @@ class Checkpoints:
         tree = self._tree_of_workspace()
         return self._git("diff", "--no-color", "--no-ext-diff", f"{snapshot.commit}^{{tree}}", tree)
 
+    def changed_since(self, number: int) -> bool:
+        """Whether the workspace differs from snapshot `number` (ignored files aside)."""
+        snapshot = next((s for s in self.list() if s.number == number), None)
+        if snapshot is None:
+            raise CheckpointError(f"no snapshot {number}")
+        tree = self._git("rev-parse", f"{snapshot.commit}^{{tree}}").strip()
+        return tree != self._tree_of_workspace()
+
+    def drop(self, number: int) -> None:
+        """Forget snapshot `number` (a step that changed nothing is not an undo point)."""
+        self._git("update-ref", "-d", f"{REF_PREFIX}{number:06d}")
+
     def _tree_of_workspace(self) -> str:
         self._git("add", "-A", "--ignore-errors", ".")
         return self._git("write-tree").strip()

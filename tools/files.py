@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from m2agent.tools.base import ToolAnnotations, ToolError, ToolResult
+from m2agent.tools.base import Description, ToolAnnotations, ToolError, ToolResult
 from m2agent.tools.workspace import Workspace
 
 MAX_LINES = 2000
@@ -61,6 +61,10 @@ class ReadTool:
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
 
+    def describe(self, args: ReadArgs) -> Description:
+        where = f" (from line {args.offset})" if args.offset else ""
+        return Description(f"{args.file_path}{where}")
+
     def run(self, args: ReadArgs) -> ToolResult:
         path = self.workspace.resolve_read(args.file_path)
         text = read_text(path, args.file_path)
@@ -97,12 +101,24 @@ class WriteTool:
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
 
-    def run(self, args: WriteArgs) -> ToolResult:
+    def describe(self, args: WriteArgs) -> Description:
+        try:
+            path, old, existed = self._current(args)
+        except ToolError as e:
+            return Description(args.file_path, f"(will fail: {e})")
+        rel = self.workspace.relative(path)
+        diff = unified_diff(old, args.content, rel) if existed else _new_file(args.content, rel)
+        return Description(args.file_path, diff or "(no change)")
+
+    def _current(self, args: WriteArgs) -> tuple[Path, str, bool]:
         path = self.workspace.resolve_write(args.file_path)
         if path.is_dir():
             raise ToolError(f"{args.file_path} is a directory")
         existed = path.exists()
-        old = read_text(path, args.file_path) if existed else ""
+        return path, read_text(path, args.file_path) if existed else "", existed
+
+    def run(self, args: WriteArgs) -> ToolResult:
+        path, old, existed = self._current(args)
         atomic_write(path, args.content)
         rel = self.workspace.relative(path)
         verb = "Updated" if existed else "Created"
@@ -127,7 +143,23 @@ class EditTool:
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
 
+    def describe(self, args: EditArgs) -> Description:
+        try:
+            path, text, new, _ = self._plan(args)
+        except ToolError as e:
+            return Description(args.file_path, f"(will fail: {e})")
+        return Description(args.file_path, unified_diff(text, new, self.workspace.relative(path)))
+
     def run(self, args: EditArgs) -> ToolResult:
+        path, text, new, count = self._plan(args)
+        atomic_write(path, new)
+        rel = self.workspace.relative(path)
+        diff = unified_diff(text, new, rel)
+        done = f"replaced {count} occurrences" if count > 1 else "edited"
+        return ToolResult(f"{rel}: {done}\n{diff}", metadata={"path": str(path), "diff": diff})
+
+    def _plan(self, args: EditArgs) -> tuple[Path, str, str, int]:
+        """(path, current text, text after the edit, matches); ToolError when it cannot apply."""
         path = self.workspace.resolve_write(args.file_path)
         if not path.is_file():
             raise ToolError(f"{args.file_path} does not exist (use Write to create it)")
@@ -145,12 +177,7 @@ class EditTool:
                 f"old_string occurs {count} times in {args.file_path} (lines {where}); add "
                 "surrounding context to make it unique, or set replace_all"
             )
-        new = text.replace(args.old_string, args.new_string)
-        atomic_write(path, new)
-        rel = self.workspace.relative(path)
-        diff = unified_diff(text, new, rel)
-        done = f"replaced {count} occurrences" if count > 1 else "edited"
-        return ToolResult(f"{rel}: {done}\n{diff}", metadata={"path": str(path), "diff": diff})
+        return path, text, text.replace(args.old_string, args.new_string), count
 
 
 def read_text(path: Path, shown: str) -> str:
@@ -201,6 +228,10 @@ def unified_diff(old: str, new: str, name: str, context: int = 2) -> str:
     return "".join(
         line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines
     )
+
+
+def _new_file(content: str, name: str) -> str:
+    return unified_diff("", content, name).replace(f"--- a/{name}", "--- /dev/null", 1)
 
 
 def match_lines(text: str, needle: str) -> list[int]:

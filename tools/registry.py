@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from m2agent.tools.base import Tool, ToolError, ToolResult
+from m2agent.tools.base import Description, Tool, ToolError, ToolResult
 
 logger = logging.getLogger(__name__)
 
@@ -57,20 +57,30 @@ class ToolRegistry:
             )
         return out
 
+    def describe(self, name: str, arguments: Mapping[str, Any]) -> Description:
+        """What a call would do, from the tool itself. ToolError when the name is unknown or
+        the arguments are invalid (the text is what the model reads)."""
+        tool = self.get(name)
+        return tool.describe(self._validate(tool, arguments))
+
     def call(self, name: str, arguments: Mapping[str, Any]) -> ToolResult:
         """Validate and run one call. Never raises for the model's mistakes."""
         try:
             tool = self.get(name)
-            args = tool.Args.model_validate(dict(arguments))
-            return tool.run(args)
+            return tool.run(self._validate(tool, arguments))
         except ToolError as e:
             return ToolResult(str(e), is_error=True)
+        except Exception as e:  # the per-tool-call boundary: log it, tell the model
+            logger.exception("tool %s failed", name)
+            return ToolResult(f"{name} failed unexpectedly: {type(e).__name__}: {e}", is_error=True)
+
+    @staticmethod
+    def _validate(tool: Tool, arguments: Mapping[str, Any]) -> Any:
+        try:
+            return tool.Args.model_validate(dict(arguments))
         except ValidationError as e:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}"
                 for err in e.errors()
             )
-            return ToolResult(f"invalid arguments for {name}: {problems}", is_error=True)
-        except Exception as e:  # the per-tool-call boundary: log it, tell the model
-            logger.exception("tool %s failed", name)
-            return ToolResult(f"{name} failed unexpectedly: {type(e).__name__}: {e}", is_error=True)
+            raise ToolError(f"invalid arguments for {tool.name}: {problems}") from None

@@ -23,15 +23,22 @@ class TestRun:
         return self.result.exit_code == 0
 
 
+NPM_PLACEHOLDER = 'echo "Error: no test specified" && exit 1'
+_MAKE_TEST = re.compile(r"^test\s*:", re.MULTILINE)
+
+
 def detect_test_command(root: Path) -> str | None:
-    """The usual test command for the project at `root`, or None."""
+    """The usual test command for the project at `root`, or None. Recognised: package.json
+    `scripts.test` (not npm's placeholder), pytest (pytest.ini, conftest.py, pyproject's
+    [tool.pytest.ini_options], setup.cfg's [tool:pytest], tox.ini's [pytest], a tests/ folder,
+    top-level test_*.py or *_test.py), tox, nox, go.mod, Cargo.toml, a Makefile `test` target."""
     package = root / "package.json"
     if package.is_file():
         try:
             scripts = json.loads(package.read_text(encoding="utf-8")).get("scripts", {})
         except (OSError, json.JSONDecodeError, AttributeError):
             scripts = {}
-        if isinstance(scripts, dict) and "test" in scripts:
+        if isinstance(scripts, dict) and scripts.get("test") not in (None, NPM_PLACEHOLDER):
             if (root / "pnpm-lock.yaml").exists():
                 return "pnpm test"
             if (root / "yarn.lock").exists():
@@ -41,7 +48,10 @@ def detect_test_command(root: Path) -> str | None:
         any((root / f).exists() for f in ("pytest.ini", "conftest.py"))
         or _mentions(root / "pyproject.toml", "[tool.pytest")
         or _mentions(root / "setup.cfg", "[tool:pytest]")
+        or _mentions(root / "tox.ini", "[pytest]")
         or (root / "tests").is_dir()
+        or any(root.glob("test_*.py"))
+        or any(root.glob("*_test.py"))
     ):
         return "python -m pytest -q"
     if (root / "tox.ini").exists():
@@ -52,16 +62,21 @@ def detect_test_command(root: Path) -> str | None:
         return "go test ./..."
     if (root / "Cargo.toml").exists():
         return "cargo test"
-    if _mentions(root / "Makefile", "\ntest:") or _mentions(root / "Makefile", "test:"):
-        return "make test"
+    for name in ("Makefile", "makefile", "GNUmakefile"):
+        if _MAKE_TEST.search(_text(root / name)):
+            return "make test"
     return None
 
 
 def _mentions(file: Path, text: str) -> bool:
+    return text in _text(file)
+
+
+def _text(file: Path) -> str:
     try:
-        return text in file.read_text(encoding="utf-8")
+        return file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
-        return False
+        return ""
 
 
 _PYTEST_FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)(?: - (.*))?$", re.MULTILINE)

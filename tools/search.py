@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from m2agent.tools.base import ToolAnnotations, ToolError, ToolResult
+from m2agent.tools.base import Description, ToolAnnotations, ToolError, ToolResult
 from m2agent.tools.workspace import Workspace
 
 MAX_RESULTS = 250
@@ -65,6 +65,9 @@ class GrepTool:
         self.ripgrep = (
             found if found and not Path(found).resolve().is_relative_to(workspace.path) else None
         )
+
+    def describe(self, args: GrepArgs) -> Description:
+        return Description(f"{args.pattern}" + (f" in {args.path}" if args.path else ""))
 
     def run(self, args: GrepArgs) -> ToolResult:
         try:
@@ -148,6 +151,9 @@ class GlobTool:
 
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
+
+    def describe(self, args: GlobArgs) -> Description:
+        return Description(f"{args.pattern}" + (f" in {args.path}" if args.path else ""))
 
     def run(self, args: GlobArgs) -> ToolResult:
         base = self.workspace.resolve_read(args.path or ".")

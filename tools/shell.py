@@ -18,7 +18,7 @@ from typing import BinaryIO, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from m2agent.tools.base import ToolAnnotations, ToolError, ToolResult
+from m2agent.tools.base import Description, ToolAnnotations, ToolError, ToolResult
 from m2agent.tools.sandbox import bwrap
 from m2agent.tools.sandbox.policy import SandboxPolicy, command_environment
 
@@ -218,6 +218,19 @@ class BashTool:
 
     def __init__(self, runner: CommandRunner) -> None:
         self.runner = runner
+
+    def describe(self, args: BashArgs) -> Description:
+        why = f"# {args.description}\n" if args.description else ""
+        preview = (
+            f"{why}$ {args.command}\n(in {self.runner.policy.workspace}, {self._confinement()})"
+        )
+        return Description(args.command, preview, command=args.command)
+
+    def _confinement(self) -> str:
+        network = "network on" if self.runner.policy.allow_network else "network off"
+        if self.runner.mode == "off":
+            return f"sandbox OFF, {network}"
+        return f"sandboxed ({self.runner.mode}), {network}"
 
     def run(self, args: BashArgs) -> ToolResult:
         timeout_s = (args.timeout or DEFAULT_TIMEOUT_S * 1000) / 1000

@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from m2agent.tools.base import ToolAnnotations, ToolError, ToolResult
+from m2agent.tools.base import Description, ToolAnnotations, ToolError, ToolResult
 
 
 class TodoItem(BaseModel):
@@ -45,6 +45,10 @@ class TodoWriteTool:
 
     def __init__(self, todos: TodoList) -> None:
         self.todos = todos
+
+    def describe(self, args: TodoArgs) -> Description:
+        done = sum(item.status == "completed" for item in args.todos)
+        return Description(f"{done}/{len(args.todos)} done")
 
     def run(self, args: TodoArgs) -> ToolResult:
         if sum(item.status == "in_progress" for item in args.todos) > 1:

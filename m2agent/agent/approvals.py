@@ -5,7 +5,10 @@ the workspace asks), `auto-edit` (edits run, commands ask), `auto` (everything r
 sandbox). "Always" answers become rules (a command's leading words, like `git status` or
 `npm test`) kept per project in the user's state directory, never in the repository, so a
 repository cannot approve its own commands. A compound command (`a && b | c`) is allowed only
-when every part is. The decision is pure; asking goes through a callback.
+when every part is. The decision is pure and made once, in the loop: when it is "ask", the
+loop yields an `ApprovalRequest` (with the tool's own preview of the call) and a front end
+answers it; a request nobody answers is a no. Nothing here knows a tool's argument names: the
+tool says which shell command, if any, a call runs.
 """
 
 from __future__ import annotations
@@ -13,12 +16,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from m2agent.tools.base import ToolAnnotations
+from m2agent.tools.base import Description, ToolAnnotations
 from m2agent.tools.files import atomic_write
 
 Mode = Literal["read-only", "ask", "auto-edit", "auto"]
@@ -48,16 +50,40 @@ _UNJUDGEABLE = ("$(", "`", "<(", ">(")
 
 
 @dataclass(frozen=True, slots=True)
-class ApprovalRequest:
-    tool: str
-    arguments: Mapping[str, Any]
-    reason: str  # why it needs a yes, in words
-
-
-@dataclass(frozen=True, slots=True)
 class ApprovalReply:
     answer: Literal["yes", "no", "always"]
     new_mode: Mode | None = None  # "switch mode" from the prompt
+    why: str = ""  # for a no: said to the model ("the user declined", "nobody can approve")
+
+
+class ApprovalRequest:
+    """A call that needs a yes, with what it would do. The front end that receives it calls
+    `answer()` before asking the loop for its next item; unanswered, it is a no."""
+
+    def __init__(self, call_id: str, tool: str, description: Description, reason: str) -> None:
+        self.call_id, self.tool, self.reason = call_id, tool, reason
+        self.summary, self.preview = description.summary, description.preview
+        self.command = description.command
+        self._reply: ApprovalReply | None = None
+
+    def answer(self, reply: ApprovalReply) -> None:
+        if self._reply is not None:
+            raise RuntimeError(f"approval for {self.call_id} was already answered")
+        self._reply = reply
+
+    @property
+    def reply(self) -> ApprovalReply:
+        return self._reply or ApprovalReply("no", why="nobody answered the approval request")
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "type": "ApprovalRequest",
+            "call_id": self.call_id,
+            "tool": self.tool,
+            "summary": self.summary,
+            "preview": self.preview,
+            "reason": self.reason,
+        }
 
 
 def split_command(command: str) -> list[list[str]] | None:
@@ -132,19 +158,12 @@ class RuleStore:
 
 
 class ApprovalPolicy:
-    def __init__(
-        self,
-        mode: Mode,
-        rules: RuleStore,
-        ask: Callable[[ApprovalRequest], ApprovalReply] | None = None,
-    ) -> None:
+    def __init__(self, mode: Mode, rules: RuleStore) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown approval mode {mode!r}; use one of {', '.join(MODES)}")
-        self.mode, self.rules, self._ask = mode, rules, ask
+        self.mode, self.rules = mode, rules
 
-    def decide(
-        self, tool: str, annotations: ToolAnnotations, arguments: Mapping[str, Any]
-    ) -> Decision:
+    def decide(self, annotations: ToolAnnotations, description: Description) -> Decision:
         """The decision before asking anyone (pure)."""
         if annotations.read_only:
             return "allow"
@@ -152,31 +171,28 @@ class ApprovalPolicy:
             return "deny"
         if self.mode == "auto":
             return "allow"
-        command = arguments.get("command") if tool == "Bash" else None
-        if isinstance(command, str) and self.rules.allows(command):
+        if description.command is not None and self.rules.allows(description.command):
             return "allow"
-        if self.mode == "auto-edit" and tool != "Bash":
+        if self.mode == "auto-edit" and description.command is None:
             return "allow"
         return "ask"
 
-    def check(
-        self, tool: str, annotations: ToolAnnotations, arguments: Mapping[str, Any]
-    ) -> tuple[bool, str]:
-        """(allowed, why). Asks through the callback when the decision is "ask"; with no
-        callback (headless), asking means no."""
-        decision = self.decide(tool, annotations, arguments)
-        if decision == "allow":
-            return True, "allowed"
-        if decision == "deny":
-            return False, f"{tool} is not allowed in {self.mode} mode"
-        if self._ask is None:
-            return False, f"{tool} needs approval and nobody can approve here (mode {self.mode})"
-        reply = self._ask(ApprovalRequest(tool, arguments, f"{tool} changes the workspace"))
+    def why_denied(self, tool: str) -> str:
+        return f"{tool} is not allowed in {self.mode} mode"
+
+    def reason(self, tool: str, description: Description) -> str:
+        """Why a call needs a yes, in words."""
+        return "runs a command" if description.command is not None else f"{tool} changes files"
+
+    def apply(self, request: ApprovalRequest) -> tuple[bool, str]:
+        """(allowed, why) from the front end's reply; an "always" becomes rules for the
+        command's parts, a mode switch changes the mode."""
+        reply = request.reply
         if reply.new_mode is not None:
             self.mode = reply.new_mode
-        if reply.answer == "always" and tool == "Bash":
-            for part in split_command(str(arguments.get("command", ""))) or []:
+        if reply.answer == "always" and request.command is not None:
+            for part in split_command(request.command) or []:
                 self.rules.add(command_pattern(part))
         if reply.answer == "no":
-            return False, "the user declined"
+            return False, reply.why or "the user declined"
         return True, "approved by the user"

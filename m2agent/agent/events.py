@@ -1,4 +1,6 @@
-"""What the agent loop tells its front-ends (REPL, headless output, tests). Never printed here."""
+"""What the agent loop tells its front ends (REPL, headless output, CI, tests). Never printed
+here. Events are facts; the one thing the loop asks (approval) is an `ApprovalRequest` in
+`m2agent.agent.approvals`, yielded among them."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ class ToolStarted:
     call_id: str
     name: str
     arguments: dict[str, Any]
+    summary: str  # the tool's own one-line description of the call
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,19 +36,20 @@ class ToolFinished:
 
 
 @dataclass(frozen=True, slots=True)
-class ApprovalRequested:
-    """A call needs the user's yes; the policy's callback is asking now."""
+class Notice:
+    """Something the user should know (compaction, a nudge to the model)."""
 
-    call_id: str
-    name: str
-    arguments: dict[str, Any]
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
-class Notice:
-    """Something the user should know (a retry, a snapshot, a nudge to the model)."""
+class Retry:
+    """The model request failed and is sent again: the text streamed since the last step began
+    is void (front ends take it back, so nothing is shown twice)."""
 
-    text: str
+    attempt: int
+    reason: str
+    delay_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,18 @@ class StepUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionStarted:
+    """A task begins in a session: what front ends announce (stream-json's `init`)."""
+
+    session_id: str
+    cwd: str
+    model: str
+    tools: tuple[str, ...]
+    mcp_servers: tuple[tuple[str, str], ...]  # (name, status)
+    permission_mode: str
+
+
+@dataclass(frozen=True, slots=True)
 class TaskDone:
     reason: Literal["answered", "max_steps", "max_time", "max_tokens"]
     steps: int
@@ -75,10 +91,11 @@ Event = (
     | AnswerText
     | ToolStarted
     | ToolFinished
-    | ApprovalRequested
     | Notice
+    | Retry
     | SnapshotTaken
     | StepUsage
+    | SessionStarted
     | TaskDone
 )
 

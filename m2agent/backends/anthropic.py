@@ -10,50 +10,55 @@ from typing import Any
 
 import httpx
 
-from m2agent.backends.base import AssistantTurn, CallRecord, StreamEvent, TurnDone, Usage
+from m2agent.agent.messages import (
+    AssistantMessage,
+    CallRecord,
+    Message,
+    ProviderExtras,
+    SystemMessage,
+    ToolMessage,
+    Usage,
+    UserMessage,
+)
+from m2agent.backends.base import StreamEvent, TurnDone
 from m2agent.backends.http import sse_events, with_retries
 from m2agent.engine.protocol import ContentDelta, ReasoningDelta, ToolCall
 
-BLOCKS_KEY = "x_anthropic_content"
 
-
-def to_anthropic(messages: Sequence[Mapping[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
-    """Canonical history -> (system, messages) of the Messages API."""
+def to_anthropic(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:
+    """Typed history -> (system, messages) of the Messages API."""
     system = ""
     out_messages: list[dict[str, Any]] = []
     for message in messages:
-        role = message.get("role")
-        if role == "system":
-            system = str(message.get("content") or "")
-        elif role == "user":
-            out_messages.append({"role": "user", "content": str(message.get("content") or "")})
-        elif role == "assistant":
-            blocks = message.get(BLOCKS_KEY)
+        if isinstance(message, SystemMessage):
+            system = message.content
+        elif isinstance(message, UserMessage):
+            out_messages.append({"role": "user", "content": message.content})
+        elif isinstance(message, AssistantMessage):
+            blocks = [dict(b) for b in message.extras.anthropic_blocks]
             if not blocks:  # a turn from another backend: rebuild its blocks
-                blocks = []
-                if message.get("reasoning_content"):
-                    blocks.append({"type": "thinking", "thinking": message["reasoning_content"]})
-                if message.get("content"):
-                    blocks.append({"type": "text", "text": message["content"]})
-                for call in message.get("tool_calls") or []:
-                    fn = call["function"]
-                    args = fn["arguments"]
-                    arguments = json.loads(args) if isinstance(args, str) else args
+                if message.reasoning:
+                    blocks.append({"type": "thinking", "thinking": message.reasoning})
+                if message.content:
+                    blocks.append({"type": "text", "text": message.content})
+                for record in message.calls:
                     blocks.append(
                         {
                             "type": "tool_use",
-                            "id": call["id"],
-                            "name": fn["name"],
-                            "input": arguments,
+                            "id": record.id,
+                            "name": record.call.name,
+                            "input": record.call.arguments,
                         }
                     )
-            out_messages.append({"role": "assistant", "content": list(blocks)})
-        elif role == "tool":
+            out_messages.append({"role": "assistant", "content": blocks})
+        elif isinstance(message, ToolMessage):
             result: dict[str, Any] = {
                 "type": "tool_result",
-                "tool_use_id": message.get("tool_call_id"),
-                "content": str(message.get("content") or ""),
+                "tool_use_id": message.call_id,
+                "content": message.content,
             }
+            if message.is_error:
+                result["is_error"] = True
             last = out_messages[-1] if out_messages else None
             if last is not None and last["role"] == "user" and isinstance(last["content"], list):
                 last["content"].append(result)
@@ -99,7 +104,7 @@ class AnthropicBackend:
         self.retry_base_delay_s = retry_base_delay_s
 
     def stream(
-        self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]
+        self, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]]
     ) -> Iterator[StreamEvent]:
         system, converted = to_anthropic(messages)
         body: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens,
@@ -173,9 +178,8 @@ class AnthropicBackend:
             finish = {"end_turn": "stop", "tool_use": "tool_calls", "max_tokens": "length"}.get(
                 stop, stop
             )
-            turn = AssistantTurn(
-                reasoning if reasoning else None, text, calls, finish, usage, {BLOCKS_KEY: blocks}
-            )
-            yield TurnDone(turn)
+            extras = ProviderExtras(tuple(blocks))
+            message = AssistantMessage(text, reasoning or None, tuple(calls), extras)
+            yield TurnDone(message, usage, finish)
 
         yield from with_retries(attempt, base_delay_s=self.retry_base_delay_s)

@@ -11,7 +11,8 @@ from typing import Any
 
 import httpx
 
-from m2agent.backends.base import AssistantTurn, CallRecord, StreamEvent, TurnDone, Usage
+from m2agent.agent.messages import AssistantMessage, CallRecord, Message, Usage, chat_messages
+from m2agent.backends.base import StreamEvent, TurnDone
 from m2agent.backends.http import sse_events, with_retries
 from m2agent.engine.protocol import ContentDelta, OutputParser, ReasoningDelta, render_prompt
 from m2agent.engine.protocol.markers import END_OF_TURN
@@ -39,11 +40,11 @@ class CompletionsBackend:
         self.retry_base_delay_s = retry_base_delay_s
 
     def stream(
-        self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]
+        self, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]]
     ) -> Iterator[StreamEvent]:
         body: dict[str, Any] = {
             "model": self.model,
-            "prompt": render_prompt(messages, tools or None),
+            "prompt": render_prompt(chat_messages(messages), tools or None),
             "max_tokens": self.max_tokens,
             "stream": True,
             "stream_options": {"include_usage": True},
@@ -75,9 +76,10 @@ class CompletionsBackend:
             for event in parser.flush_events():
                 if isinstance(event, ReasoningDelta | ContentDelta):
                     yield event
-            calls = [CallRecord(f"call_{uuid.uuid4().hex[:24]}", c) for c in parsed.tool_calls]
+            calls = tuple(CallRecord(f"call_{uuid.uuid4().hex[:24]}", c) for c in parsed.tool_calls)
             if calls and finish == "stop":
                 finish = "tool_calls"
-            yield TurnDone(AssistantTurn(parsed.reasoning, parsed.content, calls, finish, usage))
+            message = AssistantMessage(parsed.content, parsed.reasoning, calls)
+            yield TurnDone(message, usage, finish)
 
         yield from with_retries(attempt, base_delay_s=self.retry_base_delay_s)

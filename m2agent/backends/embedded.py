@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from m2agent.agent.messages import Message
 from m2agent.backends.base import StreamEvent
 from m2agent.errors import BackendError
 from m2agent.tools.files import atomic_write
@@ -138,7 +139,7 @@ class BackgroundEngine:
         return not self._thread.is_alive()
 
     def stream(
-        self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]
+        self, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]]
     ) -> Iterator[StreamEvent]:
         self._thread.join()
         if self._error is not None:

@@ -30,7 +30,7 @@ def sse_events(
     try:
         with client.stream("POST", url, json=body, headers=headers) as response:
             if response.status_code in RETRY_STATUSES:
-                raise _Retryable(f"HTTP {response.status_code}", _retry_after(response))
+                raise _Retryable(f"{url}: HTTP {response.status_code}", _retry_after(response))
             if response.status_code >= 400:
                 response.read()
                 raise BackendError(f"{url}: HTTP {response.status_code}: {_error_text(response)}")
@@ -43,15 +43,15 @@ def sse_events(
                 try:
                     event = json.loads(data)
                 except json.JSONDecodeError:
-                    raise _Retryable(f"malformed event from the server: {data[:200]}") from None
+                    raise _Retryable(f"{url}: malformed event: {data[:200]}") from None
                 if isinstance(event, dict) and "error" in event:
                     raise BackendError(f"{url}: the server reported: {event['error']}")
                 yield event
-            raise _Retryable("the stream ended before [DONE] (connection cut)")
+            raise _Retryable(f"{url}: the stream ended before [DONE] (connection cut)")
     except httpx.TimeoutException as e:
-        raise _Retryable(f"timed out ({type(e).__name__})") from e
+        raise _Retryable(f"{url}: timed out ({type(e).__name__})") from e
     except (httpx.TransportError, httpx.StreamError) as e:
-        raise _Retryable(f"connection failed ({type(e).__name__}: {e})") from e
+        raise _Retryable(f"{url}: connection failed ({type(e).__name__}: {e})") from e
 
 
 def with_retries(

@@ -11,7 +11,8 @@ from typing import Any
 
 import httpx
 
-from m2agent.backends.base import StreamEvent, TurnDone
+from m2agent.agent.messages import Message
+from m2agent.backends.base import StreamEvent
 from m2agent.backends.http import sse_events, with_retries
 from m2agent.backends.wire_openai import ServerStyle, TurnAssembler, to_server_messages
 from m2agent.tools.files import atomic_write
@@ -44,7 +45,7 @@ class OpenAIChatBackend:
         self.retry_base_delay_s = retry_base_delay_s
 
     def stream(
-        self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]
+        self, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]]
     ) -> Iterator[StreamEvent]:
         body: dict[str, Any] = {
             "model": self.model,
@@ -64,10 +65,10 @@ class OpenAIChatBackend:
             was_detected = self.style.detected
             for chunk in sse_events(self.client, self.url, body, self.headers):
                 yield from assembler.feed_chunk(chunk)
-            turn = assembler.finish()
+            done = assembler.finish()
             if self.style.detected and not was_detected:
                 self._save_style()
-            yield TurnDone(turn)
+            yield done
 
         yield from with_retries(attempt, base_delay_s=self.retry_base_delay_s)
 

@@ -16,7 +16,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from m2agent.backends.base import AssistantTurn, CallRecord, Message, Usage
+from m2agent.agent.messages import (
+    AssistantMessage,
+    CallRecord,
+    Message,
+    Usage,
+    chat_messages,
+)
+from m2agent.backends.base import TurnDone
 from m2agent.engine.protocol import (
     ContentDelta,
     OutputParser,
@@ -35,11 +42,10 @@ class ServerStyle:
     detected: bool = False
 
 
-def to_server_messages(messages: Sequence[Mapping[str, Any]], style: ServerStyle) -> list[Message]:
-    """Canonical history -> what this server expects back (reasoning in its own form)."""
+def to_server_messages(messages: Sequence[Message], style: ServerStyle) -> list[dict[str, Any]]:
+    """Typed history -> what this server expects back (reasoning in its own form)."""
     out = []
-    for message in messages:
-        msg = {k: v for k, v in message.items() if not k.startswith("x_")}
+    for msg in chat_messages(messages):
         if msg.get("role") == "assistant" and "reasoning_content" in msg:
             reasoning = msg.pop("reasoning_content")
             if style.reasoning_field is None:
@@ -57,7 +63,7 @@ def to_server_messages(messages: Sequence[Mapping[str, Any]], style: ServerStyle
 
 @dataclass
 class TurnAssembler:
-    """Collects one streamed (or whole) chat-completions response into an `AssistantTurn`."""
+    """Collects one streamed (or whole) chat-completions response into a `TurnDone`."""
 
     tools: Sequence[Mapping[str, Any]] | None
     style: ServerStyle
@@ -94,7 +100,7 @@ class TurnAssembler:
                 self._finish = choice["finish_reason"]
         return events
 
-    def finish(self) -> AssistantTurn:
+    def finish(self) -> TurnDone:
         parsed = self._parser.finish()
         if not self.style.detected:
             self.style.detected = True
@@ -105,7 +111,9 @@ class TurnAssembler:
         if not calls:  # no tool parser on the server: the XML stayed in the content
             calls = [CallRecord(_call_id(), call) for call in parsed.tool_calls]
         finish = "tool_calls" if calls and self._finish == "stop" else self._finish
-        return AssistantTurn(reasoning, parsed.content, calls, finish, self._usage)
+        return TurnDone(
+            AssistantMessage(parsed.content, reasoning, tuple(calls)), self._usage, finish
+        )
 
     def _reasoning_of(self, part: Mapping[str, Any]) -> str:
         for name in ("reasoning_content", "reasoning"):

@@ -56,7 +56,7 @@ class ServerSpec:
         """What a project approval is bound to: everything that decides what runs."""
         body = {
             "transport": self.transport,
-            "command": self.command,
+            "program": self.command,
             "args": list(self.args),
             "env": dict(sorted(self.env.items())),
             "cwd": self.cwd,

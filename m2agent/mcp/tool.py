@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from m2agent.tools.base import ToolAnnotations, ToolResult
+from m2agent.tools.base import Description, ToolAnnotations, ToolResult
 from m2agent.tools.shell import MAX_OUTPUT_CHARS, cap_text
 
 PREFIX = "mcp__"
@@ -81,6 +81,16 @@ class McpTool:
     description: ClassVar[str]
     Args: ClassVar[type[BaseModel]]
     annotations: ClassVar[ToolAnnotations]
+
+    def describe(self, args: BaseModel) -> Description:
+        """A call as its approval shows it. Like a command, a tool that is not read-only runs
+        someone else's code: `command` is the tool's name, so approvals ask for it in
+        `auto-edit` mode too, and "always" allows this one tool in this project."""
+        arguments = json.dumps(args.model_dump(exclude_unset=True), ensure_ascii=False)
+        summary = f"{self.remote.name} on {self.remote.server}: {arguments}"
+        preview = f"MCP server {self.remote.server}, tool {self.remote.name}\n{arguments}"
+        command = None if self.remote.read_only else self.name
+        return Description(summary[:200], preview, command=command)
 
     def run(self, args: BaseModel) -> ToolResult:
         arguments = args.model_dump(exclude_unset=True)

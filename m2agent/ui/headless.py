@@ -1,64 +1,126 @@
-"""Headless output of agent events: short progress lines on stderr (text and json modes), or
-one JSON object per event on stdout (`stream-json`)."""
+"""Headless front end: the event sink of `fix`, `-p` and `ci`. Short progress lines on stderr
+(text and json formats), or Claude Code's stream-json on stdout (`stream-json`). Approval
+requests are answered here: on a terminal, by asking (the tool's preview first); otherwise no,
+with the reason the model reads. The final result is printed here too (`finish`, `fail`)."""
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Literal, TextIO
 
+from m2agent.agent.approvals import ApprovalReply, ApprovalRequest
 from m2agent.agent.events import (
     AnswerText,
-    Event,
     Notice,
     ReasoningText,
+    Retry,
+    SessionStarted,
     SnapshotTaken,
     TaskDone,
     ToolFinished,
     ToolStarted,
-    event_json,
 )
+from m2agent.agent.loop import Item
+from m2agent.fix import FixResult, error_event, error_json, result_event, result_json
+from m2agent.stream_json import StreamJsonEncoder, dumps
+from m2agent.ui.stream_json_sink import StreamJsonSink
 
 OutputFormat = Literal["text", "json", "stream-json"]
+OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("text", "json", "stream-json")
 
 
-class HeadlessRenderer:
-    def __init__(self, output: OutputFormat, out: TextIO | None = None, err: TextIO | None = None):
-        self.output = output
+class HeadlessFrontEnd:
+    def __init__(
+        self,
+        output: OutputFormat,
+        *,
+        interactive: bool = False,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+    ) -> None:
+        """`interactive`: approval requests are asked on the terminal (stdin and stderr)."""
+        self.output, self.interactive = output, interactive
         self.out, self.err = out or sys.stdout, err or sys.stderr
-        self._in_reasoning = False
+        self.session_id, self.model = "", ""
+        self._stream: StreamJsonSink | None = None
 
-    def render(self, event: Event) -> None:
+    def __call__(self, item: Item) -> None:
+        if isinstance(item, ApprovalRequest):
+            self._approval(item)
+            return
+        if isinstance(item, SessionStarted):
+            self._started(item)
+            return
         if self.output == "stream-json":
-            self.out.write(json.dumps(event_json(event), ensure_ascii=False, default=str) + "\n")
-            self.out.flush()
+            if self._stream is not None and isinstance(item, Retry):
+                self._stream.discard_partial()
+            elif self._stream is not None:
+                self._stream.render(item)
             return
-        if isinstance(event, ReasoningText):
-            return  # reasoning stays in the session log; progress lines stay short
-        if isinstance(event, AnswerText):
-            return
-        if isinstance(event, ToolStarted):
-            target = (
-                event.arguments.get("command")
-                or event.arguments.get("file_path")
-                or event.arguments.get("pattern")
-                or ""
-            )
-            self._line(f"-> {event.name} {str(target)[:120]}")
-        elif isinstance(event, ToolFinished):
-            first = event.content.strip().splitlines()[:1]
-            mark = "x" if event.is_error else "ok"
+        if isinstance(item, ReasoningText | AnswerText):
+            return  # reasoning stays in the session; progress lines stay short
+        if isinstance(item, ToolStarted):
+            self._line(f"-> {item.name} {item.summary[:120]}")
+        elif isinstance(item, ToolFinished):
+            first = item.content.strip().splitlines()[:1]
+            mark = "x" if item.is_error else "ok"
             self._line(f"   [{mark}] {first[0][:160] if first else ''}")
-        elif isinstance(event, SnapshotTaken):
-            self._line(f"   snapshot {event.number} ({event.label})")
-        elif isinstance(event, Notice):
-            self._line(f"!! {event.text}")
-        elif isinstance(event, TaskDone) and event.answer:
-            self._line(f"model: {event.answer.strip()[:500]}")
+        elif isinstance(item, SnapshotTaken):
+            self._line(f"   undo point {item.number} ({item.label})")
+        elif isinstance(item, Retry):
+            self._line(f"!! model request failed ({item.reason}); retry in {item.delay_s:.1f}s")
+        elif isinstance(item, Notice):
+            self._line(f"note: {item.text}")
+        elif isinstance(item, TaskDone) and item.answer:
+            self._line(f"model: {item.answer.strip()[:500]}")
 
-    def note(self, text: str) -> None:
-        if self.output != "stream-json":
-            self._line(f"note: {text}")
+    def _approval(self, request: ApprovalRequest) -> None:
+        if not self.interactive:
+            request.answer(ApprovalReply("no", why=(
+                f"{request.tool} needs approval and nobody can approve here (headless); the "
+                "user can allow it with --yes or --mode auto-edit/auto"
+            )))  # fmt: skip
+            return
+        self._line(f"\n{request.tool} {request.reason}: {request.summary}")
+        if request.preview:
+            self._line(request.preview.rstrip("\n"))
+        self.err.write("Allow? [y]es / [n]o / [a]lways: ")
+        self.err.flush()
+        reply = sys.stdin.readline().strip().lower()
+        if reply in ("a", "always"):
+            request.answer(ApprovalReply("always"))
+        else:
+            request.answer(ApprovalReply("yes" if reply in ("y", "yes") else "no"))
+
+    def finish(self, result: FixResult, *, flat_json: bool = False) -> None:
+        """The result on stdout: Claude Code's result object (json, stream-json), or
+        m2agent's own flat object (`--json`). Text output is the caller's."""
+        if flat_json:
+            self.out.write(result_json(result) + "\n")
+        elif self.output != "text":
+            self.out.write(dumps(result_event(result, self.model)) + "\n")
+        self.out.flush()
+
+    def fail(self, message: str, exit_code: int, *, flat_json: bool = False) -> None:
+        """A task that could not run or failed, as the last line (json and stream-json)."""
+        if flat_json:
+            self.out.write(error_json(message, exit_code) + "\n")
+        elif self.output != "text":
+            event = error_event(message, exit_code, self.session_id, self.model)
+            self.out.write(dumps(event) + "\n")
+        self.out.flush()
+
+    def _started(self, item: SessionStarted) -> None:
+        self.session_id, self.model = item.session_id, item.model
+        if self.output != "stream-json" or self._stream is not None:
+            return  # one init per run, however many turns
+        self._stream = StreamJsonSink(StreamJsonEncoder(item.session_id, item.model), self.out)
+        self._stream.start(
+            cwd=item.cwd,
+            tools=item.tools,
+            mcp_servers=[{"name": name, "status": status} for name, status in item.mcp_servers],
+            permission_mode=item.permission_mode,
+        )
 
     def _line(self, text: str) -> None:
         self.err.write(text + "\n")

@@ -1,6 +1,8 @@
 """Agent events -> terminal output (rich): reasoning dimmed and folded to its last lines, the
 answer streamed as live Markdown, one compact line per tool call with its result, edits as
-coloured diffs, command output tails. The only agent-side module that imports rich."""
+coloured diffs, command output tails. A retried request takes back what its failed attempt
+streamed, so no text shows twice. Counts nothing (the session owns usage). The only
+agent-side module that imports rich."""
 
 from __future__ import annotations
 
@@ -14,10 +16,10 @@ from rich.text import Text
 
 from m2agent.agent.events import (
     AnswerText,
-    ApprovalRequested,
     Event,
     Notice,
     ReasoningText,
+    Retry,
     StepUsage,
     TaskDone,
     ToolFinished,
@@ -32,9 +34,6 @@ class EventPrinter:
     console: Console
     reasoning: list[str] = field(default_factory=list)  # this turn's, for /think
     last_reasoning: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
     context_tokens: int = 0  # the last request's prompt + answer: how full the window is
     _answer: list[str] = field(default_factory=list)
     _live: Live | None = None
@@ -54,27 +53,20 @@ class EventPrinter:
         elif isinstance(event, ToolStarted):
             self._end_answer()
             self._flush_reasoning()
-            target = (
-                event.arguments.get("command")
-                or event.arguments.get("file_path")
-                or event.arguments.get("pattern")
-                or ""
-            )
             line = Text("● ", style="cyan")
             line.append(event.name, style="bold")
-            line.append(f" {str(target)[:100]}")
+            line.append(f" {event.summary[:100]}")
             self.console.print(line)
         elif isinstance(event, ToolFinished):
             self._tool_result(event)
-        elif isinstance(event, ApprovalRequested):
-            self._end_answer()
+        elif isinstance(event, Retry):
+            self.take_back()
+            note = f"! model request failed ({event.reason}); retrying in {event.delay_s:.1f}s"
+            self.console.print(Text(note, style="yellow"))
         elif isinstance(event, Notice):
             self._end_answer()
             self.console.print(Text(f"! {event.text}", style="yellow"))
         elif isinstance(event, StepUsage):
-            self.prompt_tokens += event.prompt_tokens
-            self.completion_tokens += event.completion_tokens
-            self.cached_tokens += event.cached_tokens
             self.context_tokens = event.prompt_tokens + event.completion_tokens
         elif isinstance(event, TaskDone):
             self._flush_reasoning()
@@ -87,6 +79,16 @@ class EventPrinter:
     def interrupt(self) -> None:
         """The turn was cancelled: close whatever was being drawn."""
         self._end_answer()
+        self.reasoning.clear()
+
+    def take_back(self) -> None:
+        """The attempt that streamed the current text failed: erase it (a live answer is
+        redrawn empty) and forget the reasoning not yet shown."""
+        if self._live is not None:
+            self._live.update(Text(""))
+            self._live.stop()
+            self._live = None
+        self._answer.clear()
         self.reasoning.clear()
 
     def _flush_reasoning(self) -> None:
@@ -118,10 +120,10 @@ class EventPrinter:
             return
         lines = event.content.rstrip("\n").splitlines()
         style = "red" if event.is_error else "green"
-        if event.name == "Bash":
+        if "exit_code" in event.metadata:  # a command: its output's tail and its exit
             for line in lines[-5:]:
                 self.console.print(Text(f"  │ {line}", style="dim"))
-            code = event.metadata.get("exit_code")
+            code = event.metadata["exit_code"]
             self.console.print(
                 Text(f"  └ exit {code}" if code is not None else "  └ timed out", style=style)
             )

@@ -25,33 +25,55 @@ def _exit(repl: Repl, arg: str) -> str:
 
 
 def _diff(repl: Repl, arg: str) -> None:
-    """Changes since the session started."""
-    snapshots = repl.runtime.checkpoints.list()
-    first = next((s for s in snapshots if s.number >= (repl.first_snapshot or 0)), None)
-    if repl.first_snapshot is None or first is None:
+    """Changes since this session's first change."""
+    turns = repl.session.turns if repl.session is not None else ()
+    first = next((t.snapshot for t in turns if t.snapshot), None)
+    if first is None:
         repl.console.print("no changes in this session")
         return
-    diff = repl.runtime.checkpoints.diff(repl.first_snapshot)
+    diff = repl.runtime.checkpoints.diff(first)
     repl.console.print(Syntax(diff, "diff", theme="ansi_dark") if diff else "no changes")
 
 
 def _undo(repl: Repl, arg: str) -> None:
-    """Undo the last step's changes (/undo N: the last N steps)."""
-    mine = [
-        s for s in repl.runtime.checkpoints.list() if s.number >= (repl.first_snapshot or 10**9)
-    ]
-    steps = int(arg) if arg.strip().isdigit() else 1
-    if not mine:
-        repl.console.print("nothing to undo in this session")
+    """Undo what your last message changed (/undo N: back to before undo point N)."""
+    checkpoints = repl.runtime.checkpoints
+    if arg.strip():
+        if not arg.strip().isdigit():
+            repl.console.print(Text("usage: /undo, or /undo N with N from /checkpoints", "red"))
+            return
+        try:
+            snapshot = checkpoints.restore(int(arg))
+        except RuntimeError as e:
+            repl.console.print(Text(str(e), style="red"))
+            return
+        if repl.session is not None:
+            for later in repl.session.turns:
+                if later.snapshot and later.snapshot >= snapshot.number and not later.undone:
+                    repl.session.mark_undone(later)
+        _tell_model(repl, f"the workspace was restored to undo point {snapshot.number}")
+        repl.console.print(f"restored the workspace to undo point {snapshot.number}")
         return
-    target = mine[max(0, len(mine) - steps)]
-    repl.runtime.checkpoints.restore(target.number)
-    repl.console.print(f"restored the workspace to before: {target.label}")
+    turn = repl.session.last_undo_point() if repl.session else None
+    if repl.session is None or turn is None or turn.snapshot is None:
+        repl.console.print("nothing to undo: no message of this session changed a file")
+        return
+    checkpoints.restore(turn.snapshot)
+    repl.session.mark_undone(turn)
+    _tell_model(repl, f"everything your turn for {turn.title!r} changed was reverted")
+    repl.console.print(f"restored the workspace to before: {turn.title}")
+
+
+def _tell_model(repl: Repl, what: str) -> None:
+    repl.pending_note += f"[Note: the user undid changes: {what}. Re-read files before editing.]\n"
 
 
 def _checkpoints(repl: Repl, arg: str) -> None:
-    """List the undo points of this workspace."""
-    for s in repl.runtime.checkpoints.list()[-20:]:
+    """List the undo points of this workspace (for /undo N)."""
+    snapshots = repl.runtime.checkpoints.list()[-20:]
+    if not snapshots:
+        repl.console.print("no undo points yet")
+    for s in snapshots:
         repl.console.print(f"{s.number:4}  {s.label}")
 
 
@@ -69,7 +91,7 @@ def _todo(repl: Repl, arg: str) -> None:
 
 def _tools(repl: Repl, arg: str) -> None:
     """List the tools the model can use."""
-    for schema in repl.runtime.agent.tools.schemas():
+    for schema in repl.runtime.tools.schemas():
         fn = schema["function"]
         repl.console.print(f"{fn['name']:10} {fn['description'][:90]}")
 
@@ -79,24 +101,31 @@ def _mode(repl: Repl, arg: str) -> None:
     from m2agent.agent.approvals import MODES
 
     if arg.strip() in MODES:
-        repl.runtime.agent.approvals.mode = arg.strip()  # type: ignore[assignment]
-    repl.console.print(f"mode: {repl.runtime.agent.approvals.mode} (one of {', '.join(MODES)})")
+        repl.runtime.approvals.mode = arg.strip()  # type: ignore[assignment]
+    elif arg.strip():
+        repl.console.print(Text(f"unknown mode {arg.strip()!r}", style="red"))
+    repl.console.print(f"mode: {repl.runtime.approvals.mode} (one of {', '.join(MODES)})")
 
 
 def _cost(repl: Repl, arg: str) -> None:
     """Tokens in and out, cached, and time, this session."""
-    p = repl.printer
+    usage = repl.session.usage if repl.session else None
     minutes = (time.monotonic() - repl.started) / 60
+    tokens = (
+        f"prompt {usage.prompt_tokens} (cached {usage.cached_tokens}), "
+        f"output {usage.completion_tokens}; "
+        if usage
+        else "no tokens yet; "
+    )
     repl.console.print(
-        f"prompt {p.prompt_tokens} (cached {p.cached_tokens}), output {p.completion_tokens}; "
-        f"{minutes:.1f} min in this session, {repl.model_seconds:.1f} s waiting on the model"
+        f"{tokens}{minutes:.1f} min in this session, {repl.model_seconds:.1f} s waiting on the "
+        "model"
     )
 
 
 def _clear(repl: Repl, arg: str) -> None:
     """Start a fresh conversation (files are not touched)."""
-    del repl.messages[1:]
-    repl.log = None
+    repl.end_session("clear")
     repl.console.print("conversation cleared")
 
 
@@ -109,40 +138,106 @@ def _sandbox(repl: Repl, arg: str) -> None:
 
 
 def _model(repl: Repl, arg: str) -> None:
-    """The model and backend in use."""
-    repl.console.print(f"{repl.settings.model} via {repl.backend.name} ({repl.settings.endpoint})")
+    """Show the model, or set it: /model URL NAME (an endpoint), /model NAME, /model PATH."""
+    from dataclasses import replace
+
+    from m2agent.errors import M2AgentError
+    from m2agent.runtime import build_backend
+    from m2agent.settings import check_endpoint
+
+    words = arg.split()
+    if not words:
+        if repl.backend is None:
+            repl.console.print("no model configured: /model URL NAME sets one")
+        else:
+            where = repl.settings.endpoint or "embedded engine"
+            repl.console.print(f"{repl.settings.model} via {repl.backend.name} ({where})")
+        return
+    if len(words) > 2:
+        repl.console.print(Text("usage: /model URL NAME, /model NAME or /model PATH", "red"))
+        return
+    endpoint = words[0] if len(words) == 2 else repl.settings.endpoint
+    try:
+        if len(words) == 2:
+            check_endpoint(words[0])
+        settings = replace(repl.settings, endpoint=endpoint, model=words[-1])
+        backend = build_backend(settings, repl.console.print, background=True)
+    except M2AgentError as e:
+        repl.console.print(Text(f"error: {e.message}", style="red"))
+        return
+    repl.settings, repl.backend = settings, backend
+    repl.runtime.with_backend(backend)
+    repl.console.print(f"model: {settings.model} via {backend.name} ({endpoint or 'embedded'})")
 
 
 def _compact(repl: Repl, arg: str) -> None:
     """Compact the conversation now."""
     from m2agent.agent.context import compact
 
-    before = len(repl.messages)
-    repl.messages[:] = compact(repl.messages, keep_turns=2)
-    repl.console.print(f"{before} messages -> {len(repl.messages)}")
+    if repl.session is None:
+        repl.console.print("nothing to compact yet")
+        return
+    before = len(repl.session.messages)
+    repl.session.replace_history(compact(repl.session.messages, keep_turns=2))
+    repl.console.print(f"{before} messages -> {len(repl.session.messages)}")
 
 
 def _sessions(repl: Repl, arg: str) -> None:
     """List this workspace's sessions."""
     from m2agent.agent.session import list_sessions
 
-    for s in list_sessions(repl.runtime.project / "sessions")[-20:]:
-        repl.console.print(f"{s.id}  {s.task.splitlines()[0][:70] if s.task else ''}")
+    for s in list_sessions(repl.runtime.sessions)[-20:]:
+        repl.console.print(f"{s.id}  {s.title.splitlines()[0][:70] if s.title else ''}")
 
 
 def _resume(repl: Repl, arg: str) -> None:
     """Continue an earlier session (/resume ID; the latest without ID)."""
-    from m2agent.agent.session import SessionLog, find_session, load_messages
+    from m2agent.errors import UsageError
 
     try:
-        earlier = find_session(repl.runtime.project / "sessions", arg.strip() or None)
-    except LookupError as e:
-        repl.console.print(Text(str(e), style="red"))
+        session = repl.runtime.resume_session(arg.strip() or None)
+    except UsageError as e:
+        repl.console.print(Text(e.message, style="red"))
         return
-    repl.messages[:] = load_messages(earlier.path)
-    repl.log = SessionLog(repl.runtime.project / "sessions", "", repl.workspace, resume=earlier)
-    turns = sum(1 for m in repl.messages if m.get("role") == "user")
-    repl.console.print(f"resumed {earlier.id} ({turns} user messages)")
+    if repl.session is not None:
+        repl.session.close()
+    repl.session = session
+    turns = len(session.turns)
+    repl.console.print(f"resumed {session.id} ({turns} user messages)")
+
+
+def _mcp(repl: Repl, arg: str) -> None:
+    """MCP servers and their state; /mcp approve [NAME|all] starts this project's servers."""
+    from m2agent.errors import UsageError
+    from m2agent.extensions import open_extensions
+    from m2agent.mcp.commands import approve
+
+    words = arg.split()
+    if words[:1] == ["approve"]:
+        names = words[1:]
+        try:
+            told = approve(repl.settings, repl.workspace, [n for n in names if n != "all"],
+                           every=names in ([], ["all"]))  # fmt: skip
+        except UsageError as e:
+            repl.console.print(Text(e.message, style="red"))
+            return
+        repl.console.print(told)
+        repl.extensions.close()  # start again with the approved servers
+        repl.extensions = repl.runtime.extensions = open_extensions(repl.settings, repl.workspace)
+        repl.console.print("starting them; their tools join with your next message")
+        return
+    manager = repl.extensions.manager
+    statuses = manager.statuses() if manager is not None else []
+    if not statuses and not repl.extensions.plan.pending:
+        repl.console.print("no MCP servers (see README: [mcp_servers.NAME] or .mcp.json)")
+    for status in statuses:
+        style = {"ready": "green", "failed": "red"}.get(status.state, "")
+        repl.console.print(Text(f"{status.name:16} {status.state}: {status.detail}", style=style))
+        if status.tools:
+            repl.console.print(Text("    " + ", ".join(status.tools), style="dim"))
+    for spec in repl.extensions.plan.pending:
+        repl.console.print(Text(f"{spec.name:16} needs approval: {spec.describe()} "
+                                f"(/mcp approve {spec.name})", style="yellow"))  # fmt: skip
 
 
 COMMANDS: dict[str, Callable[..., Any]] = {
@@ -160,6 +255,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "sessions": _sessions,
     "resume": _resume,
     "sandbox": _sandbox,
+    "mcp": _mcp,
     "think": _think,
     "exit": _exit,
 }

@@ -14,7 +14,7 @@ from m2agent.agent.approvals import (
     command_pattern,
     split_command,
 )
-from m2agent.tools.base import ToolAnnotations
+from m2agent.tools.base import Description, ToolAnnotations
 
 READ = ToolAnnotations(read_only=True, destructive=False)
 WRITE = ToolAnnotations(read_only=False, destructive=True)
@@ -74,37 +74,42 @@ def test_every_part_must_be_allowed(tmp_path: Path) -> None:
 )
 def test_modes(mode: str, tool: str, annotations: ToolAnnotations, expected: str) -> None:
     policy = ApprovalPolicy(mode, RuleStore(None))  # type: ignore[arg-type]
-    assert policy.decide(tool, annotations, {"command": "make"}) == expected
+    described = Description("make", command="make") if tool == "Bash" else Description("a.py")
+    assert policy.decide(annotations, described) == expected
+
+
+def asked(command: str | None, reply: ApprovalReply | None) -> ApprovalRequest:
+    request = ApprovalRequest("c1", "Bash" if command else "Edit",
+                              Description(command or "a.py", None, command), "why")  # fmt: skip
+    if reply is not None:
+        request.answer(reply)
+    return request
 
 
 def test_always_persists_rules_and_switch_mode(tmp_path: Path) -> None:
-    asked: list[ApprovalRequest] = []
-
-    def ask(request: ApprovalRequest) -> ApprovalReply:
-        asked.append(request)
-        return ApprovalReply("always")
-
     store = RuleStore(tmp_path / "state" / "approvals.json")
-    policy = ApprovalPolicy("ask", store, ask)
-    assert policy.check("Bash", WRITE, {"command": "git status && python -m pytest -q"}) == (
-        True,
-        "approved by the user",
-    )
-    assert policy.check("Bash", WRITE, {"command": "python -m pytest tests/x.py"})[0]
-    assert len(asked) == 1
+    policy = ApprovalPolicy("ask", store)
+    compound = Description("x", command="git status && python -m pytest -q")
+    assert policy.decide(WRITE, compound) == "ask"
+    request = asked(compound.command, ApprovalReply("always"))
+    assert policy.apply(request) == (True, "approved by the user")
+    assert policy.decide(WRITE, Description("x", command="python -m pytest tests/x.py")) == "allow"
     assert RuleStore(tmp_path / "state" / "approvals.json").rules == [
         "git status",
         "python -m pytest",
     ]
-    declined = ApprovalPolicy("ask", store, lambda r: ApprovalReply("no"))
-    assert declined.check("Bash", WRITE, {"command": "rm -rf build"}) == (
-        False,
-        "the user declined",
-    )
-    switch = ApprovalPolicy("ask", store, lambda r: ApprovalReply("yes", new_mode="auto"))
-    assert switch.check("Edit", WRITE, {"file_path": "a"})[0] and switch.mode == "auto"
-    headless = ApprovalPolicy("ask", RuleStore(None))
-    assert not headless.check("Edit", WRITE, {})[0]
+    assert policy.apply(asked("rm -rf build", ApprovalReply("no"))) == (False, "the user declined")
+    assert policy.apply(asked(None, ApprovalReply("yes", new_mode="auto")))[0]
+    assert policy.mode == "auto"
+
+
+def test_an_unanswered_request_is_a_no_and_answers_once() -> None:
+    policy = ApprovalPolicy("ask", RuleStore(None))
+    allowed, why = policy.apply(asked(None, None))
+    assert not allowed and "nobody answered" in why
+    request = asked(None, ApprovalReply("yes"))
+    with pytest.raises(RuntimeError, match="already answered"):
+        request.answer(ApprovalReply("no"))
 
 
 def test_unknown_mode_and_bad_store(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from model_server import FakeM2Server
 
+from m2agent.agent.messages import UserMessage
 from m2agent.backends.anthropic import AnthropicBackend
 from m2agent.errors import UsageError
 from m2agent.settings import load_settings
@@ -95,6 +96,6 @@ def test_anthropic_auth_token_and_model(tmp_path: Path) -> None:
 def test_the_auth_token_is_sent_as_a_bearer_token() -> None:
     with FakeM2Server(["hi"], "anthropic") as server:
         backend = AnthropicBackend(server.url, "m", auth_token="tok")
-        list(backend.stream([{"role": "user", "content": "hi"}], []))
+        list(backend.stream([UserMessage("hi")], []))
     assert server.headers_seen[0]["authorization"] == "Bearer tok"
     assert "x-api-key" not in server.headers_seen[0]

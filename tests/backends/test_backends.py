@@ -8,6 +8,13 @@ from typing import Any
 import pytest
 from model_server import FakeM2Server
 
+from m2agent.agent.messages import (
+    Message,
+    SystemMessage,
+    ToolMessage,
+    UserMessage,
+    chat_messages,
+)
 from m2agent.backends.anthropic import AnthropicBackend
 from m2agent.backends.base import Retrying, TurnDone
 from m2agent.backends.completions import CompletionsBackend
@@ -45,36 +52,31 @@ def backend_for(style: str, url: str) -> Any:
     return OpenAIChatBackend(url, "fake-m2", retry_base_delay_s=0)
 
 
-def run_turn(backend: Any, messages: list, tools: list) -> tuple[Any, list]:
+def run_turn(backend: Any, messages: list, tools: list) -> tuple[TurnDone, list]:
     events = list(backend.stream(messages, tools))
     assert isinstance(events[-1], TurnDone)
-    return events[-1].turn, events[:-1]
+    return events[-1], events[:-1]
 
 
 @pytest.mark.parametrize("style", STYLES)
 def test_turns_parse_and_reasoning_goes_back_in_the_server_style(style: str) -> None:
     with FakeM2Server([TURN_1, TURN_2], style) as server:
         backend = backend_for(style, server.url)
-        history = [
-            {"role": "system", "content": "You are m2agent."},
-            {"role": "user", "content": "Fix the test"},
-        ]
-        turn, events = run_turn(backend, history, TOOLS)
+        history: list[Message] = [SystemMessage("You are m2agent."), UserMessage("Fix the test")]
+        done, events = run_turn(backend, history, TOOLS)
+        turn = done.message
         assert turn.reasoning == "The test is failing; read it first."
         assert turn.content == "Reading the test."
         assert [(c.call.name, c.call.arguments) for c in turn.calls] == [
             ("Read", {"file_path": "tests/test_calc.py", "limit": 50})
         ]
-        assert turn.finish_reason == "tool_calls"
-        assert turn.usage.cached_tokens == 50
+        assert done.finish_reason == "tool_calls"
+        assert done.usage.cached_tokens == 50
         assert "".join(e.text for e in events if isinstance(e, ReasoningDelta)) == turn.reasoning
         assert "".join(e.text for e in events if isinstance(e, ContentDelta)) == turn.content
 
-        history += [
-            turn.message(),
-            {"role": "tool", "tool_call_id": turn.calls[0].id, "content": "def test_add(): ..."},
-        ]
-        second, _ = run_turn(backend, history, TOOLS)
+        history += [turn, ToolMessage(turn.calls[0].id, "def test_add(): ...")]
+        second = run_turn(backend, history, TOOLS)[0].message
         assert second.reasoning == "add() subtracts." and second.content == "The bug is in add()."
         sent = server.requests[1]
         if style == "anthropic":
@@ -94,7 +96,7 @@ def test_turns_parse_and_reasoning_goes_back_in_the_server_style(style: str) -> 
             assert sent["system"] == "You are m2agent."
             assert [t["name"] for t in sent["tools"]] == ["Read"]
         elif style == "completions":
-            assert sent["prompt"] == render_prompt(history, TOOLS)
+            assert sent["prompt"] == render_prompt(chat_messages(history), TOOLS)
             assert "<think>\nThe test is failing; read it first.\n</think>" in sent["prompt"]
         else:
             assistant = sent["messages"][2]
@@ -112,10 +114,8 @@ def test_turns_parse_and_reasoning_goes_back_in_the_server_style(style: str) -> 
 @pytest.mark.parametrize("fault", ["429", "500", "cut"])
 def test_transient_failures_are_retried(fault: str) -> None:
     with FakeM2Server([TURN_2], "split", faults={0: fault}) as server:
-        turn, events = run_turn(
-            backend_for("split", server.url), [{"role": "user", "content": "hi"}], []
-        )
-        assert turn.content == "The bug is in add()."
+        done, events = run_turn(backend_for("split", server.url), [UserMessage("hi")], [])
+        assert done.message.content == "The bug is in add()."
         assert any(isinstance(e, Retrying) for e in events)
         assert len(server.requests) == 2
 
@@ -126,21 +126,19 @@ def test_persistent_failure_is_a_backend_error() -> None:
         FakeM2Server([TURN_2], "split", faults=faults) as server,
         pytest.raises(BackendError, match="failed 4 times"),
     ):
-        run_turn(backend_for("split", server.url), [{"role": "user", "content": "hi"}], [])
+        run_turn(backend_for("split", server.url), [UserMessage("hi")], [])
 
 
 def test_malformed_and_unknown_tool_calls_are_flagged() -> None:
     with FakeM2Server([TURN_1], "split", faults={0: "bad_args"}) as server:
-        turn, _ = run_turn(
-            backend_for("split", server.url), [{"role": "user", "content": "go"}], TOOLS
-        )
+        turn = run_turn(backend_for("split", server.url), [UserMessage("go")], TOOLS)[0].message
         assert turn.calls[0].call.error is not None and "not valid JSON" in turn.calls[0].call.error
     with FakeM2Server([TURN_1], "raw") as server:
-        turn, _ = run_turn(
+        turn = run_turn(
             backend_for("raw", server.url),
-            [{"role": "user", "content": "go"}],
+            [UserMessage("go")],
             [TOOLS[0] | {"function": {"name": "Write"}}],
-        )
+        )[0].message
         assert (
             turn.calls[0].call.error is not None
             and "unknown tool 'Read'" in turn.calls[0].call.error

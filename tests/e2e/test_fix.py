@@ -146,7 +146,7 @@ def test_undo_restores_a_session_that_deleted_files(repo: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert not (repo / "src").exists() and not (repo / "calc.py").exists()
     listed = run_cli(repo, "sessions")
-    assert "undo point 1" in listed.stdout and "clean up" in listed.stdout
+    assert "1 undo point" in listed.stdout and "clean up" in listed.stdout
     undone = run_cli(repo, "undo", "--yes")
     assert undone.returncode == 0, undone.stderr
     assert (repo / "src" / "keep.py").read_text() == "precious = True\n"
@@ -264,12 +264,12 @@ def test_continue_a_session_with_its_whole_history(repo: Path) -> None:
         done = run_cli(repo, "fix", "look at add()", "--endpoint", server.url, "--model", "m",
                        "--yes", "--test-cmd", "true", *sandbox_flag())  # fmt: skip
         port = int(server.url.rsplit(":", 1)[1].split("/")[0])
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1 and "not fixed: nothing changed" in done.stderr, done.stderr
     with FakeM2Server(second, "split", port=port) as server:
         again = run_cli(repo, "fix", "now fix it", "--continue", "--endpoint", server.url,
                         "--model", "m", "--yes", "--test-cmd", "true", *sandbox_flag())  # fmt: skip
         sent = server.requests[0]["messages"]
-    assert again.returncode == 0, again.stderr
+    assert again.returncode == 1, again.stderr
     users = [m["content"] for m in sent if m["role"] == "user"]
     assert users[0].startswith("look at add()") and users[1].startswith("now fix it")
     assistant = next(m for m in sent if m["role"] == "assistant")
@@ -291,9 +291,11 @@ def test_tests_already_passing_are_reported(repo: Path) -> None:
             repo, "fix", "check add()", "--endpoint", server.url, "--model", "m", "--yes",
             "--json", "--test-cmd", verify_command(), *sandbox_flag(),
         )  # fmt: skip
-    assert done.returncode == 0
+    assert done.returncode == 1  # `fix` that changed nothing did not fix anything
     assert "already passes before any change" in done.stderr
-    assert json.loads(done.stdout)["tests_passed_before"] is True
+    result = json.loads(done.stdout)
+    assert result["tests_passed_before"] is True
+    assert (result["status"], result["reason"]) == ("not_fixed", "nothing changed")
 
 
 def test_stream_json_prints_one_event_per_line(repo: Path) -> None:
@@ -336,6 +338,7 @@ def test_doctor(repo: Path) -> None:
 def test_background_engine_returns_at_once_then_serves(tmp_path: Path) -> None:
     import time
 
+    from m2agent.agent.messages import UserMessage
     from m2agent.backends.base import TurnDone
     from m2agent.backends.embedded import BackgroundEngine
     from m2agent.engine.models.tiny import TinySpec, write_tiny_checkpoint
@@ -344,7 +347,7 @@ def test_background_engine_returns_at_once_then_serves(tmp_path: Path) -> None:
     started = time.monotonic()
     backend = BackgroundEngine(checkpoint, tmp_path / "state", max_tokens=4)
     assert time.monotonic() - started < 1.0
-    events = list(backend.stream([{"role": "user", "content": "hi"}], []))
+    events = list(backend.stream([UserMessage("hi")], []))
     assert backend.ready and isinstance(events[-1], TurnDone)
     engines = list((tmp_path / "state" / "engines").glob("*.json"))
     os.kill(json.loads(engines[0].read_text())["pid"], signal.SIGTERM)

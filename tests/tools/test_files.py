@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from m2agent.tools import ToolRegistry, Workspace
+from m2agent.tools import ToolError, ToolRegistry, Workspace
 from m2agent.tools.files import EditTool, ReadTool, WriteTool
 
 
@@ -148,3 +148,24 @@ def test_bad_arguments_come_back_as_errors(tools: ToolRegistry) -> None:
     assert "unknown tool 'Delete'" in tools.call("Delete", {}).content
     same = tools.call("Edit", {"file_path": "src/calc.py", "old_string": "a", "new_string": "a"})
     assert same.is_error and "identical" in same.content
+
+
+def test_edit_and_write_describe_their_diff_without_writing(
+    tools: ToolRegistry, ws: Workspace
+) -> None:
+    (ws.path / "calc.py").write_text("def add(a, b):\n    return a - b\n")
+    edit = {"file_path": "calc.py", "old_string": "a - b", "new_string": "a + b"}
+    described = tools.describe("Edit", edit)
+    assert described.summary == "calc.py" and described.command is None
+    assert described.preview is not None
+    assert "-    return a - b\n+    return a + b" in described.preview
+    created = tools.describe("Write", {"file_path": "new.py", "content": "x = 1\n"})
+    assert created.preview is not None and "--- /dev/null" in created.preview
+    assert "+x = 1" in created.preview
+    failing = tools.describe("Edit", {**edit, "old_string": "nope"})
+    assert failing.preview is not None and failing.preview.startswith("(will fail:")
+    assert (ws.path / "calc.py").read_text().endswith("a - b\n") and not (
+        ws.path / "new.py"
+    ).exists()
+    with pytest.raises(ToolError, match="invalid arguments for Edit"):
+        tools.describe("Edit", {"file_path": "calc.py"})

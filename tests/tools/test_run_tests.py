@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from m2agent.tools.run_tests import detect_test_command, run_tests
+from m2agent.tools.run_tests import NPM_PLACEHOLDER, detect_test_command, run_tests
 from m2agent.tools.sandbox import bwrap
 from m2agent.tools.sandbox.policy import SandboxPolicy
 from m2agent.tools.shell import CommandRunner
@@ -24,6 +24,15 @@ from m2agent.tools.shell import CommandRunner
         ({"go.mod": "module x\n"}, "go test ./..."),
         ({"Cargo.toml": "[package]\n"}, "cargo test"),
         ({"Makefile": "all:\n\ntest:\n\techo ok\n"}, "make test"),
+        ({"Makefile": "test: build\n\t./run\n"}, "make test"),
+        ({"Makefile": "all:\n\t@echo no test: here\n"}, None),
+        ({"test_calc.py": "", "calc.py": ""}, "python -m pytest -q"),
+        ({"calc_test.py": ""}, "python -m pytest -q"),
+        ({"pytest.ini": "[pytest]\n"}, "python -m pytest -q"),
+        ({"tox.ini": "[pytest]\naddopts = -q\n"}, "python -m pytest -q"),
+        ({"tox.ini": "[tox]\nenvlist = py311\n"}, "tox"),
+        ({"setup.cfg": "[tool:pytest]\n"}, "python -m pytest -q"),
+        ({"package.json": json.dumps({"scripts": {"test": NPM_PLACEHOLDER}})}, None),
         ({"README.md": "nothing"}, None),
     ],
 )

@@ -77,8 +77,11 @@ def test_approval_prompt_then_command_runs(repo: Path, cleanup: list) -> None:
         child = spawn(repo, server, "--mode", "ask")
         cleanup.append(child)
         child.sendline("run the command")
-        child.expect("Allow Bash")
-        child.sendline("y")
+        child.expect("Bash runs a command")
+        child.expect(r"\$ echo approved-\$\(\(40\+2\)\)")  # the preview: command and dir
+        child.expect(str(repo))
+        child.expect("Allow\\?")
+        child.send("y")  # one key, no Enter
         child.expect("approved-42")
         child.expect("It printed 42.")
         child.expect(PROMPT)

@@ -73,11 +73,11 @@ def test_tool_lines_and_diffs() -> None:
     )
     text = render(
         [
-            ToolStarted("c1", "Edit", {"file_path": "calc.py"}),
+            ToolStarted("c1", "Edit", {"file_path": "calc.py"}, "calc.py"),
             ToolFinished("c1", "Edit", "calc.py: edited", False, {"diff": diff}),
-            ToolStarted("c2", "Bash", {"command": "pytest -q"}),
+            ToolStarted("c2", "Bash", {"command": "pytest -q"}, "pytest -q"),
             ToolFinished("c2", "Bash", "1 passed\n", False, {"exit_code": 0}),
-            ToolStarted("c3", "Read", {"file_path": "nope.py"}),
+            ToolStarted("c3", "Read", {"file_path": "nope.py"}, "nope.py"),
             ToolFinished("c3", "Read", "nope.py does not exist", True),
         ]
     )

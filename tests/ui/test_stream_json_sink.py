@@ -15,21 +15,22 @@ from m2agent.agent.events import (
     ToolFinished,
     ToolStarted,
 )
-from m2agent.stream_json import StreamJsonEncoder
+from m2agent.stream_json import StreamJsonEncoder, Usage
 from m2agent.ui.stream_json_sink import StreamJsonSink
 
 
 def test_events_become_claude_code_stream_json() -> None:
     out = io.StringIO()
-    sink = StreamJsonSink(StreamJsonEncoder("s-9", "MiniMax-M2"), out)
+    encoder = StreamJsonEncoder("s-9", "MiniMax-M2")
+    sink = StreamJsonSink(encoder, out)
     sink.start(cwd="/w", tools=["Bash"], mcp_servers=[], permission_mode="default")
     events: list[Event] = [
         ReasoningText("I should "),
         ReasoningText("list."),
         AnswerText("Listing."),
         StepUsage(100, 10, 50),
-        ToolStarted("c1", "Bash", {"command": "ls"}),
-        ToolStarted("c2", "Read", {"file_path": "a"}),
+        ToolStarted("c1", "Bash", {"command": "ls"}, "ls"),
+        ToolStarted("c2", "Read", {"file_path": "a"}, "a"),
         ToolFinished("c1", "Bash", "a\nb", False),
         ToolFinished("c2", "Read", "no such file", True),
         ReasoningText("Done."),
@@ -39,7 +40,18 @@ def test_events_become_claude_code_stream_json() -> None:
     ]
     for event in events:
         sink.render(event)
-    sink.finish(is_error=False, extra={"status": "answered"})
+    usage = Usage(300, 15, 200)
+    sink.write(
+        encoder.result(
+            subtype="success",
+            is_error=False,
+            duration_ms=5,
+            num_turns=2,
+            result="Two files.",
+            usage=usage,
+            extra={"status": "answered"},
+        )
+    )
     lines = check_stream(out.getvalue())
     kinds = [e["type"] for e in lines]
     assert kinds == [
@@ -77,17 +89,17 @@ def test_events_become_claude_code_stream_json() -> None:
     assert result["m2agent"] == {"status": "answered"}
 
 
-def test_a_run_that_hits_the_step_limit() -> None:
+def test_a_retried_request_takes_back_its_partial_text() -> None:
     out = io.StringIO()
-    sink = StreamJsonSink(StreamJsonEncoder("s", "m"), out)
-    sink.start(
-        cwd="/w",
-        tools=[],
-        mcp_servers=[{"name": "gh", "status": "failed"}],
-        permission_mode="default",
-    )
+    encoder = StreamJsonEncoder("s", "m")
+    sink = StreamJsonSink(encoder, out)
+    sink.start(cwd="/w", tools=[], mcp_servers=[{"name": "gh", "status": "failed"}],
+               permission_mode="default")  # fmt: skip
+    sink.render(AnswerText("half an ans"))
+    sink.discard_partial()
+    sink.render(AnswerText("The answer."))
     sink.render(StepUsage(1, 1, 0))
-    sink.render(TaskDone("max_steps", 1, ""))
-    result = sink.finish(is_error=True)
-    assert result["subtype"] == "error_max_turns" and result["is_error"] is True
-    check_stream(out.getvalue())
+    sink.write(encoder.result(subtype="success", is_error=False, duration_ms=1, num_turns=1,
+                              result="The answer.", usage=Usage()))  # fmt: skip
+    lines = check_stream(out.getvalue())
+    assert lines[1]["message"]["content"] == [{"type": "text", "text": "The answer."}]
