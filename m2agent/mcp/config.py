@@ -69,7 +69,8 @@ class ServerSpec:
     def describe(self) -> str:
         """The command line or URL, for listings and approval prompts."""
         if self.transport == "http":
-            return str(self.url)
+            sent = f" (headers: {', '.join(sorted(self.headers))})" if self.headers else ""
+            return f"{self.url}{sent}"
         return " ".join([str(self.command), *self.args])
 
 

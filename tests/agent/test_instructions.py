@@ -35,11 +35,14 @@ def test_imports_are_followed_once_and_only_inside_the_repository(tmp_path: Path
     (repo / ".git").mkdir(parents=True)
     write(home / ".ssh" / "id_rsa", "PRIVATE KEY")
     write(tmp_path / "outside.md", "outside the repo")
+    (repo / "docs").mkdir()
+    (repo / "docs" / "link.md").symlink_to(home / ".ssh" / "id_rsa")
     write(repo / "docs" / "style.md", "style guide, see @../AGENTS.md and @./more.md")
     write(repo / "docs" / "more.md", "more detail")
     write(
         repo / "AGENTS.md",
         "Read @docs/style.md.\nNot @~/.ssh/id_rsa nor @../outside.md nor @/etc/hostname.\n"
+        "Nor the link @docs/link.md.\n"
         "Mail me at a@b.com. `@docs/more.md` in code.\n```\n@docs/more.md\n```\n",
     )
     found = collect(repo, None, home)

@@ -74,6 +74,7 @@ def test_mcp_json_in_claude_codes_form_with_variables() -> None:
     gh, api = parse_mcp_json(text, ".mcp.json", {"REPO": "o/r", "TOKEN": "t0k"})
     assert gh.source == "project" and gh.args == ("--repo", "o/r") and gh.env == {"T": "t0k"}
     assert api.url == "http://127.0.0.1:1/mcp" and api.headers == {"Authorization": "Bearer t0k"}
+    assert api.describe() == "http://127.0.0.1:1/mcp (headers: Authorization)"  # not the value
 
 
 @pytest.mark.parametrize(
