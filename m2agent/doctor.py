@@ -100,17 +100,25 @@ def _sandbox(settings: Settings) -> Check:
 
 
 def _model(settings: Settings) -> Check:
-    from m2agent.backends.embedded import is_local_model
+    from m2agent.errors import UsageError
+    from m2agent.runtime import NO_MODEL, embedded_plan
 
     if not settings.endpoint:
-        if settings.model and is_local_model(settings.model):
-            return Check("model", True, f"embedded engine for {settings.model}")
+        try:
+            local = embedded_plan(settings)
+        except UsageError as e:
+            return Check(
+                "model", False, e.message.split(". Pass")[0], NO_MODEL[len("no model: ") :]
+            )
+        if local is not None:
+            weights, tp, device = local
+            on = device or f"{tp} GPU{'s' if tp > 1 else ''}"
+            return Check("model", True, f"embedded engine for {weights} on {on}")
         return Check(
             "model",
             False,
-            "no endpoint and no local checkpoint configured",
-            "pass --endpoint URL --model NAME (or set M2AGENT_ENDPOINT / M2AGENT_MODEL), or "
-            "--model PATH to a MiniMax-M2 checkpoint for the embedded engine",
+            f"no endpoint, no local checkpoint, no MiniMax-M2 weights in {settings.hf_hub_cache}",
+            NO_MODEL[len("no model: ") :],
         )
     headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
     base = settings.endpoint.rstrip("/")

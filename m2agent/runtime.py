@@ -33,6 +33,30 @@ NO_MODEL = (
 )
 
 
+def embedded_plan(settings: Settings) -> tuple[Path, int, str | None] | None:
+    """(weights, tp, device) for the embedded engine, from `--model PATH` or the weights found
+    in the Hugging Face cache; None when there are none. UsageError when weights were found
+    but cannot be served here (saying why, and how to use an endpoint instead)."""
+    from m2agent.backends import discovery
+    from m2agent.backends.embedded import is_local_model
+
+    if settings.model and is_local_model(settings.model):
+        return Path(settings.model), settings.tp, None
+    if settings.model:
+        return None  # a model name: it needs an endpoint
+    found = discovery.hub_snapshot(settings.hf_hub_cache)
+    if found is None:
+        return None
+    chosen = settings.tp if settings.tp > 1 else None
+    plan = discovery.plan(found, discovery.weight_bytes(found), discovery.visible_gpus(), chosen)
+    if plan.tp is None:
+        raise UsageError(
+            f"found MiniMax-M2 weights at {found}, but cannot serve them here: {plan.why}. "
+            + NO_MODEL.replace("no model: pass", "Pass", 1)
+        )
+    return found, plan.tp, plan.device
+
+
 def build_backend(
     settings: Settings,
     progress: Callable[[str], None] = lambda _: None,
@@ -41,20 +65,23 @@ def build_backend(
 ) -> ModelBackend:
     """The backend the settings ask for; UsageError (saying how to set one) when there is
     none. `background`: an embedded engine starts on a thread (the REPL prompts meanwhile)."""
-    from m2agent.backends.embedded import BackgroundEngine, ensure_engine, is_local_model
+    from m2agent.backends.embedded import BackgroundEngine, ensure_engine
 
     limits: dict[str, Any] = {"max_tokens": settings.max_tokens,
                               "temperature": settings.temperature}  # fmt: skip
-    if not settings.endpoint and settings.model and is_local_model(settings.model):
+    local = None if settings.endpoint else embedded_plan(settings)
+    if local is not None:
+        weights, tp, device = local
+        if not settings.model:
+            on = f"{tp} GPU{'s' if tp > 1 else ''}" if device is None else device
+            progress(f"found MiniMax-M2 weights at {weights}; serving them on {on}")
         if background:
             progress("starting the embedded engine in the background")
-            return BackgroundEngine(
-                Path(settings.model), settings.state_dir, tp=settings.tp, **limits
-            )
+            return BackgroundEngine(weights, settings.state_dir, tp=tp, device=device, **limits)
         from m2agent.backends.completions import CompletionsBackend
 
         url, name = ensure_engine(
-            Path(settings.model), settings.state_dir, tp=settings.tp, progress=progress
+            weights, settings.state_dir, tp=tp, device=device, progress=progress
         )
         return CompletionsBackend(url, name, **limits)
     if not settings.endpoint or not settings.model:

@@ -64,6 +64,9 @@ class Settings:
     mcp_servers: tuple[ServerSpec, ...] = ()  # user, trusted project, then .mcp.json entries
     hooks: HooksConfig = field(default_factory=HooksConfig)
     warnings: tuple[str, ...] = ()  # for the user: what was ignored and why
+    # Where Hugging Face keeps downloads (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub):
+    # with no endpoint, the embedded engine looks for MiniMax-M2 weights there.
+    hf_hub_cache: Path = Path("~/.cache/huggingface/hub")
 
     def project_dir(self, workspace: Path) -> Path:
         """Where this project's snapshots, sessions and approvals live (never in the repo)."""
@@ -117,12 +120,15 @@ def load_settings(
             servers = merge_servers(servers, parse_mcp_json(text, str(mcp_json), env))
     except (HookConfigError, ConfigError) as e:
         raise UsageError(str(e)) from None
+    hf_home = Path(env.get("HF_HOME") or Path(env.get("XDG_CACHE_HOME") or home / ".cache")
+                   / "huggingface")  # fmt: skip
     values: dict[str, Any] = {
         "state_dir": state_home / "m2agent",
         "config_dir": config_home / "m2agent",
         "hooks": hooks,
         "mcp_servers": servers,
         "warnings": tuple(warnings),
+        "hf_hub_cache": Path(env.get("HF_HUB_CACHE") or hf_home / "hub"),
     }
     for layer in (user, project, _from_env(env), {k: v for k, v in flags.items() if v is not None}):
         values.update(layer)
@@ -191,7 +197,7 @@ def _build(values: dict[str, Any]) -> Settings:
         raise UsageError(
             f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
-    paths = ("state_dir", "config_dir")
+    paths = ("state_dir", "config_dir", "hf_hub_cache")
     settings = replace(Settings(), **{k: v for k, v in values.items() if k not in paths})
     checks = [
         (
@@ -221,4 +227,5 @@ def _build(values: dict[str, Any]) -> Settings:
         settings,
         state_dir=Path(values["state_dir"]).expanduser(),
         config_dir=Path(values["config_dir"]).expanduser(),
+        hf_hub_cache=Path(values["hf_hub_cache"]).expanduser(),
     )

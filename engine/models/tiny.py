@@ -55,7 +55,9 @@ class TinySpec:
     top_k: int = 2
     intermediate: int = 32
     vocab: int = 512
-    max_positions: int = 4096
+    # The agent's first prompt (system prompt + tool schemas) is ~5,400 tokens with the tiny
+    # byte-level tokenizer: the window holds it and a full answer.
+    max_positions: int = 32768
 
 
 FP8_SPEC = TinySpec(hidden=256, heads=2, kv_heads=1, head_dim=128, rotary_dim=64, intermediate=128)

@@ -112,9 +112,15 @@ class BackgroundEngine:
     name = "embedded"
 
     def __init__(
-        self, model_path: Path, state_dir: Path, *, tp: int = 1, **backend_options: Any
+        self,
+        model_path: Path,
+        state_dir: Path,
+        *,
+        tp: int = 1,
+        device: str | None = None,
+        **backend_options: Any,
     ) -> None:
-        self._options, self._tp = backend_options, tp
+        self._options, self._tp, self._device = backend_options, tp, device
         self._backend: Any = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(
@@ -129,7 +135,7 @@ class BackgroundEngine:
         from m2agent.backends.completions import CompletionsBackend
 
         try:
-            url, name = ensure_engine(model_path, state_dir, tp=self._tp)
+            url, name = ensure_engine(model_path, state_dir, tp=self._tp, device=self._device)
             self._backend = CompletionsBackend(url, name, **self._options)
         except BaseException as e:  # reported on the first request, on the caller's thread
             self._error = e

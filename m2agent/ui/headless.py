@@ -26,7 +26,7 @@ from m2agent.stream_json import StreamJsonEncoder, dumps
 from m2agent.ui.stream_json_sink import StreamJsonSink
 
 OutputFormat = Literal["text", "json", "stream-json"]
-OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("text", "json", "stream-json")
+ANSWERS: dict[str, Literal["yes", "no", "always"]] = {"y": "yes", "n": "no", "a": "always"}
 
 
 class HeadlessFrontEnd:
@@ -84,13 +84,13 @@ class HeadlessFrontEnd:
         self._line(f"\n{request.tool} {request.reason}: {request.summary}")
         if request.preview:
             self._line(request.preview.rstrip("\n"))
-        self.err.write("Allow? [y]es / [n]o / [a]lways: ")
-        self.err.flush()
-        reply = sys.stdin.readline().strip().lower()
-        if reply in ("a", "always"):
-            request.answer(ApprovalReply("always"))
-        else:
-            request.answer(ApprovalReply("yes" if reply in ("y", "yes") else "no"))
+        from prompt_toolkit.output import create_output
+
+        from m2agent.ui.repl import ask_key
+
+        key = ask_key("Allow? [y]es [n]o [a]lways: ", "yna", output=create_output(self.err))
+        self._line(f"-> {ANSWERS[key]}")
+        request.answer(ApprovalReply(ANSWERS[key]))
 
     def finish(self, result: FixResult, *, flat_json: bool = False) -> None:
         """The result on stdout: Claude Code's result object (json, stream-json), or

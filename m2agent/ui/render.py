@@ -37,6 +37,8 @@ class EventPrinter:
     context_tokens: int = 0  # the last request's prompt + answer: how full the window is
     _answer: list[str] = field(default_factory=list)
     _live: Live | None = None
+    _shown: str = ""  # reasoning printed by the current attempt of this step
+    _void: str = ""  # reasoning a failed attempt printed: not printed again
 
     def render(self, event: Event) -> None:
         if isinstance(event, ReasoningText):
@@ -67,6 +69,7 @@ class EventPrinter:
             self._end_answer()
             self.console.print(Text(f"! {event.text}", style="yellow"))
         elif isinstance(event, StepUsage):
+            self._shown = self._void = ""  # the step's response is complete
             self.context_tokens = event.prompt_tokens + event.completion_tokens
         elif isinstance(event, TaskDone):
             self._flush_reasoning()
@@ -83,7 +86,9 @@ class EventPrinter:
 
     def take_back(self) -> None:
         """The attempt that streamed the current text failed: erase it (a live answer is
-        redrawn empty) and forget the reasoning not yet shown."""
+        redrawn empty), forget the reasoning not yet shown, and remember the reasoning already
+        printed, which the next attempt repeats and will not print again."""
+        self._void, self._shown = self._shown, ""
         if self._live is not None:
             self._live.update(Text(""))
             self._live.stop()
@@ -97,6 +102,10 @@ class EventPrinter:
         text = "".join(self.reasoning).strip("\n")
         self.reasoning.clear()
         self.last_reasoning = text
+        self._shown += text
+        if self._void and text.startswith(self._void):
+            text = text[len(self._void) :].strip("\n")  # a retry repeating what was shown
+        self._void = ""
         lines = text.splitlines()
         shown = lines[-FOLDED_LINES:]
         hidden = len(lines) - len(shown)

@@ -52,7 +52,7 @@ def _undo(repl: Repl, arg: str) -> None:
                 if later.snapshot and later.snapshot >= snapshot.number and not later.undone:
                     repl.session.mark_undone(later)
         _tell_model(repl, f"the workspace was restored to undo point {snapshot.number}")
-        repl.console.print(f"restored the workspace to undo point {snapshot.number}")
+        repl.console.print(Text(f"restored the workspace to undo point {snapshot.number}"))
         return
     turn = repl.session.last_undo_point() if repl.session else None
     if repl.session is None or turn is None or turn.snapshot is None:
@@ -61,7 +61,7 @@ def _undo(repl: Repl, arg: str) -> None:
     checkpoints.restore(turn.snapshot)
     repl.session.mark_undone(turn)
     _tell_model(repl, f"everything your turn for {turn.title!r} changed was reverted")
-    repl.console.print(f"restored the workspace to before: {turn.title}")
+    repl.console.print(Text(f"restored the workspace to before: {turn.title}"))
 
 
 def _tell_model(repl: Repl, what: str) -> None:
@@ -74,7 +74,7 @@ def _checkpoints(repl: Repl, arg: str) -> None:
     if not snapshots:
         repl.console.print("no undo points yet")
     for s in snapshots:
-        repl.console.print(f"{s.number:4}  {s.label}")
+        repl.console.print(Text(f"{s.number:4}  {s.label}"))
 
 
 def _think(repl: Repl, arg: str) -> None:

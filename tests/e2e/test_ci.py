@@ -14,6 +14,12 @@ from m2agent.tools.sandbox import bwrap
 
 BUGGY = "def add(a, b):\n    return a - b\n"
 TEST = "from calc import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n"
+PROBE = bwrap.probe()
+NEEDS_BWRAP = pytest.mark.skipif(
+    not PROBE.works,
+    reason=f"`m2agent ci` runs the tests in bubblewrap, which does not work here: "
+    f"{PROBE.diagnosis}. {PROBE.advice} (bash .ci/run installs it)",
+)
 COMMAND = f"{sys.executable} -m pytest -q -p no:cacheprovider"
 FIX = [
     'add() subtracts.\n</think>\n\n<minimax:tool_call>\n<invoke name="Edit">\n'
@@ -42,7 +48,7 @@ def ci(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-@pytest.mark.skipif(not bwrap.probe().works, reason="needs a working sandbox")
+@NEEDS_BWRAP
 def test_green_suite_has_nothing_to_fix(repo: Path) -> None:
     (repo / "calc.py").write_text("def add(a, b):\n    return a + b\n")
     done = ci(repo, "--endpoint", "http://127.0.0.1:9/v1", "--model", "unused")
@@ -52,7 +58,7 @@ def test_green_suite_has_nothing_to_fix(repo: Path) -> None:
     assert not (repo / "m2agent-fix.patch").exists()
 
 
-@pytest.mark.skipif(not bwrap.probe().works, reason="needs a working sandbox")
+@NEEDS_BWRAP
 def test_failing_suite_is_fixed_with_patch_report_and_summary(repo: Path) -> None:
     with FakeM2Server(FIX, "split") as server:
         done = ci(repo, "--endpoint", server.url, "--model", "m")
@@ -71,7 +77,7 @@ def test_failing_suite_is_fixed_with_patch_report_and_summary(repo: Path) -> Non
     assert "Fix for failing tests" in summary and "`calc.py`" in summary
 
 
-@pytest.mark.skipif(not bwrap.probe().works, reason="needs a working sandbox")
+@NEEDS_BWRAP
 def test_unfixed_suite_exits_1(repo: Path) -> None:
     shrug = "Hmm.\n</think>\n\nI cannot see the problem."
     with FakeM2Server([shrug] * 3, "split") as server:  # the first answer and 2 retries
@@ -82,7 +88,7 @@ def test_unfixed_suite_exits_1(repo: Path) -> None:
     assert "Could not fix" in (repo / "summary.md").read_text()
 
 
-@pytest.mark.skipif(not bwrap.probe().works, reason="needs a working sandbox")
+@NEEDS_BWRAP
 def test_fix_that_breaks_another_test_is_rejected(repo: Path) -> None:
     (repo / "calc.py").write_text(BUGGY + "\n\ndef sub(a, b):\n    return a + (-b)\n")
     (repo / "test_sub.py").write_text(
@@ -107,7 +113,7 @@ def test_fix_that_breaks_another_test_is_rejected(repo: Path) -> None:
     assert "Could not fix" in (repo / "summary.md").read_text()
 
 
-@pytest.mark.skipif(not bwrap.probe().works, reason="needs a working sandbox")
+@NEEDS_BWRAP
 def test_push_and_pull_request_idempotent(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,12 +27,13 @@ def repo(tmp_path: Path) -> Path:
     return root
 
 
-def spawn(repo: Path, server: FakeM2Server, *extra: str) -> pexpect.spawn:
+def spawn(repo: Path, server: FakeM2Server | None, *extra: str) -> pexpect.spawn:
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "100", "LINES": "30"}
     sandbox = [] if bwrap.probe().works else ["--sandbox", "off"]
+    model = ["--endpoint", server.url, "--model", "m"] if server is not None else []
     child = pexpect.spawn(
         sys.executable,
-        ["-m", "m2agent", "--endpoint", server.url, "--model", "m", *sandbox, *extra],
+        ["-m", "m2agent", *model, *sandbox, *extra],
         cwd=str(repo), env=env, dimensions=(30, 100), encoding="utf-8", timeout=30,
     )  # fmt: skip
     child.expect(PROMPT)
@@ -168,3 +169,141 @@ def test_sessions_and_resume_commands(repo: Path, cleanup: list) -> None:
         assert finish(child) == 0
         users = [m["content"] for m in server.requests[1]["messages"] if m["role"] == "user"]
         assert users == ["remember the number 7", "what number?"]
+
+
+def edit(path: str, old: str, new: str, why: str = "Edit.") -> str:
+    return (
+        f'{why}\n</think>\n\n<minimax:tool_call>\n<invoke name="Edit">\n'
+        f'<parameter name="file_path">{path}</parameter>\n'
+        f'<parameter name="old_string">{old}</parameter>\n'
+        f'<parameter name="new_string">{new}</parameter>\n</invoke>\n</minimax:tool_call>'
+    )
+
+
+def bash(command: str) -> str:
+    return (
+        'Run.\n</think>\n\n<minimax:tool_call>\n<invoke name="Bash">\n'
+        f'<parameter name="command">{command}</parameter>\n</invoke>\n</minimax:tool_call>'
+    )
+
+
+def test_undo_reverts_everything_the_last_message_changed(repo: Path, cleanup: list) -> None:
+    (repo / "notes.txt").write_text("first\n")
+    turns = [
+        edit("notes.txt", "first", "second"),
+        "Ok.\n</think>\n\nNotes updated.",
+        edit("calc.py", "return a - b", "return a + b"),
+        bash("echo built > build.log"),  # a later step of the same turn, after the fix
+        "Ok.\n</think>\n\nFixed and built.",
+    ]
+    with FakeM2Server(turns, "split") as server:
+        child = spawn(repo, server, "--mode", "auto")
+        cleanup.append(child)
+        child.sendline("update the notes")
+        child.expect("Notes updated.")
+        child.expect(PROMPT)
+        child.sendline("fix add and build")
+        child.expect("Fixed and built.")
+        child.expect(PROMPT)
+        assert (repo / "build.log").exists()
+        child.sendline("/checkpoints")
+        child.expect("before step 2")
+        child.expect(PROMPT)
+        child.sendline("/undo")
+        child.expect("restored the workspace to before: fix add and build")
+        child.expect(PROMPT)
+        # The whole second message is gone (the edit and the build), the first one stays.
+        assert (repo / "calc.py").read_text() == "def add(a, b):\n    return a - b\n"
+        assert not (repo / "build.log").exists()
+        assert (repo / "notes.txt").read_text() == "second\n"
+        child.sendline("/undo")
+        child.expect("restored the workspace to before: update the notes")
+        child.expect(PROMPT)
+        assert (repo / "notes.txt").read_text() == "first\n"
+        child.sendline("/undo")
+        child.expect("nothing to undo")
+        child.expect(PROMPT)
+        assert finish(child) == 0
+
+
+def test_edit_approval_shows_the_diff_first_and_takes_one_key(repo: Path, cleanup: list) -> None:
+    turns = [edit("calc.py", "return a - b", "return a + b"), "Ok.\n</think>\n\nLeft it."]
+    with FakeM2Server(turns, "split") as server:
+        child = spawn(repo, server, "--mode", "ask")
+        cleanup.append(child)
+        child.sendline("fix add")
+        child.expect("Edit changes files")
+        child.expect(r"-    return a - b")
+        child.expect(r"\+    return a \+ b")
+        child.expect("Allow\\?")
+        child.send("n")  # one key, no Enter
+        child.expect("Left it.")
+        child.expect(PROMPT)
+        assert (repo / "calc.py").read_text() == "def add(a, b):\n    return a - b\n"
+        refused = next(m for m in server.requests[1]["messages"] if m["role"] == "tool")
+        assert "the user declined" in refused["content"]
+        assert finish(child) == 0
+
+
+def test_the_repl_survives_a_failing_endpoint_and_switches_model(repo: Path, cleanup: list) -> None:
+    with FakeM2Server(["Hi.\n</think>\n\nBack in business."], "split") as server:
+        child = pexpect.spawn(
+            sys.executable,
+            ["-m", "m2agent", "--endpoint", "http://127.0.0.1:9/v1", "--model", "m",
+             *([] if bwrap.probe().works else ["--sandbox", "off"])],
+            cwd=str(repo), env={**os.environ, "TERM": "xterm-256color"}, dimensions=(30, 100),
+            encoding="utf-8", timeout=60,
+        )  # fmt: skip
+        cleanup.append(child)
+        child.expect(PROMPT)
+        child.sendline("hello?")
+        child.expect("http://127.0.0.1:9/v1/chat/completions: connection failed")
+        child.expect("the session is kept")
+        child.expect(PROMPT)
+        child.sendline(f"/model {server.url} m")
+        child.expect("model: m via openai")
+        child.expect(PROMPT)
+        child.sendline("and now?")
+        child.expect("Back in business.")
+        child.expect(PROMPT)
+        users = [m["content"] for m in server.requests[0]["messages"] if m["role"] == "user"]
+        assert users == ["hello?", "and now?"]  # the session kept the failed turn's message
+        assert finish(child) == 0
+
+
+def test_the_repl_starts_without_a_model_and_says_how_to_set_one(repo: Path, cleanup: list) -> None:
+    with FakeM2Server(["Hi.\n</think>\n\nConfigured now."], "split") as server:
+        child = spawn(repo, None)
+        cleanup.append(child)
+        child.expect(PROMPT)
+        child.sendline("anyone there?")
+        child.expect("No model is configured")
+        child.expect(PROMPT)
+        child.sendline(f"/model {server.url} m")
+        child.expect("model: m via openai")
+        child.expect(PROMPT)
+        child.sendline("now?")
+        child.expect("Configured now.")
+        child.expect(PROMPT)
+        assert finish(child) == 0
+
+
+def test_fix_on_a_terminal_asks_with_the_preview_and_one_key(repo: Path) -> None:
+    turns = [edit("calc.py", "return a - b", "return a + b"), "Ok.\n</think>\n\nFixed."]
+    with FakeM2Server(turns, "split") as server:
+        child = pexpect.spawn(
+            sys.executable,
+            ["-m", "m2agent", "fix", "fix add", "--endpoint", server.url, "--model", "m",
+             "--test-cmd", "true", *([] if bwrap.probe().works else ["--sandbox", "off"])],
+            cwd=str(repo), env={**os.environ, "TERM": "xterm-256color"}, dimensions=(30, 100),
+            encoding="utf-8", timeout=60,
+        )  # fmt: skip
+        child.expect("Edit changes files: calc.py")
+        child.expect(r"\+    return a \+ b")
+        child.expect("Allow\\?")
+        child.send("y")
+        child.expect("fixed: `true` passes after the change")
+        child.expect(pexpect.EOF)
+        child.close()
+    assert child.exitstatus == 0
+    assert (repo / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"

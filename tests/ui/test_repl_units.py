@@ -12,9 +12,16 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 from rich.console import Console
 
-from m2agent.agent.events import AnswerText, ReasoningText, TaskDone, ToolFinished, ToolStarted
+from m2agent.agent.events import (
+    AnswerText,
+    ReasoningText,
+    Retry,
+    TaskDone,
+    ToolFinished,
+    ToolStarted,
+)
 from m2agent.ui.render import EventPrinter
-from m2agent.ui.repl import ReplCompleter, key_bindings
+from m2agent.ui.repl import APPROVAL_KEYS, ReplCompleter, ask_key, key_bindings
 
 
 def test_enter_sends_and_alt_enter_inserts_a_newline() -> None:
@@ -103,3 +110,25 @@ def test_answers_render_as_markdown() -> None:
     )
     assert "**" not in text and "`" not in text
     assert "Use bold and code:" in text and "• one" in text
+
+
+def test_a_retried_attempt_is_taken_back_so_no_text_shows_twice() -> None:
+    text = render(
+        [
+            ReasoningText("thinking about it"),
+            AnswerText("The answer is"),
+            Retry(1, "http://x/v1/chat/completions: the stream ended before [DONE]", 0.5),
+            ReasoningText("thinking about it"),
+            AnswerText("The answer is 42."),
+            TaskDone("answered", 1, "The answer is 42."),
+        ]
+    )
+    assert text.count("The answer is") == 1 and text.count("thinking about it") == 1
+    assert "retrying in 0.5s" in text
+
+
+def test_one_key_answers_an_approval() -> None:
+    for key, expected in (("y", "y"), ("m", "m"), ("\x03", "n")):
+        with create_pipe_input() as pipe:
+            pipe.send_text(key)
+            assert ask_key("Allow? ", APPROVAL_KEYS, input=pipe, output=DummyOutput()) == expected
