@@ -7,6 +7,7 @@ message so far already in the session."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import Counter
@@ -56,6 +57,16 @@ class _Outcome:
     is_error: bool
     metadata: dict[str, object]
     notes: tuple[str, ...] = ()  # for the user (hook warnings)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pre:
+    """A call after its PreToolUse hooks: possibly new arguments, or already answered."""
+
+    record: CallRecord
+    description: Description | _Outcome
+    permission: Permission | None = None
+    context: tuple[str, ...] = ()
 
 
 @dataclass
@@ -140,9 +151,9 @@ class Agent:
             contexts: list[tuple[str, ...]] = []  # PreToolUse hooks' additionalContext
             for index, record in enumerate(batch):
                 pre = yield from self._pre_tool_use(record, described[index], len(batch) > 1)
-                described[index] = pre[0]
-                permissions.append(pre[1])
-                contexts.append(pre[2])
+                batch[index], described[index] = pre.record, pre.description
+                permissions.append(pre.permission)
+                contexts.append(pre.context)
             if len(batch) > 1:
                 with ThreadPoolExecutor(max_workers=min(8, len(batch))) as pool:
                     outcomes = list(pool.map(self._execute, batch, described))
@@ -182,22 +193,30 @@ class Agent:
 
     def _pre_tool_use(
         self, record: CallRecord, description: Description | _Outcome, is_batched: bool
-    ) -> Generator[Item, None, tuple[Description | _Outcome, Permission | None, tuple[str, ...]]]:
+    ) -> Generator[Item, None, _Pre]:
         """The PreToolUse hooks' say on a call: a block becomes the call's answer (the model
-        reads the reason); a decision (allow / ask / deny) goes to the approval step. In a
-        batch of read-only calls, an `ask` is asked here, before they run side by side."""
+        reads the reason); `updatedInput` replaces the arguments (described again, so the
+        approval shows what will run); a decision (allow / ask / deny) goes to the approval
+        step. In a batch of read-only calls, an `ask` is asked here, before they run."""
         if not isinstance(description, Description):
-            return description, None, ()
+            return _Pre(record, description)
         name, arguments = record.call.name, dict(record.call.arguments)
         pre = self._hook("PreToolUse", name, {"tool_name": name, "tool_input": arguments})
         yield from (Notice(text) for text in pre.messages)
         if pre.blocked:
             refusal = _Outcome(f"not run: blocked by a PreToolUse hook: {pre.reason}", True, {})
-            return refusal, None, ()
+            return _Pre(record, refusal)
+        if pre.updated_input is not None:
+            call = dataclasses.replace(record.call, arguments=dict(pre.updated_input))
+            record = CallRecord(record.id, call)
+            description = self._describe(record)
+            yield Notice(f"a PreToolUse hook changed the input of {name}: {pre.updated_input}")
+            if not isinstance(description, Description):
+                return _Pre(record, description)
         if is_batched and pre.permission == "ask":
             refused = yield from self._approve(record, description, "ask")
-            return (refused or description), "allow", pre.context
-        return description, pre.permission, pre.context
+            return _Pre(record, refused or description, "allow", pre.context)
+        return _Pre(record, description, pre.permission, pre.context)
 
     def _approve(
         self, record: CallRecord, description: Description, hook: Permission | None = None

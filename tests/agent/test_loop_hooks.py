@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from m2agent.agent.approvals import ApprovalPolicy, ApprovalReply, ApprovalRequest, RuleStore
-from m2agent.agent.events import TaskDone, ToolFinished
+from m2agent.agent.events import Notice, TaskDone, ToolFinished
 from m2agent.agent.loop import Agent, Budget, Item
 from m2agent.agent.messages import (
     AssistantMessage,
@@ -168,3 +168,13 @@ def test_an_mcp_tool_that_writes_asks_in_auto_edit_and_always_allows_it(tmp_path
         "list_issues ok"
     ]
     assert ran == [{"title": "a"}, {"title": "b"}, {}]
+
+
+def test_updated_input_replaces_the_arguments(tmp_path: Path) -> None:
+    updated = {"file_path": "new.txt", "content": "safe"}
+    body = {"hookSpecificOutput": {"permissionDecision": "allow", "updatedInput": updated}}
+    rewrite = hook("PreToolUse", f"echo '{json.dumps(body)}'", "Write")
+    agent, session, root = make(tmp_path, [calls(WRITE), answer("ok")], "ask", rewrite)
+    items = drive(agent, session, reply="no")
+    assert (root / "new.txt").read_text() == "safe"
+    assert any(isinstance(i, Notice) and "changed the input of Write" in i.text for i in items)
