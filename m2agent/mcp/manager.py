@@ -32,6 +32,7 @@ State = Literal["starting", "ready", "failed", "disabled", "stopped"]
 STOP_GRACE_S = 10.0
 MAX_TOOL_PAGES = 50
 STDERR_TAIL_CHARS = 400
+PING_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +55,8 @@ class _Connection:
         self.client: Any = None
         self.remote: list[RemoteTool] = []
         self.stop: asyncio.Event | None = None
-        self.task: asyncio.Future[None] | None = None
+        self.scope: Any = None  # the startup's anyio.CancelScope
+        self.task: asyncio.Task[None] | None = None
         self.settled = threading.Event()  # ready, failed or disabled
         self.stderr_path: Path | None = None
 
@@ -83,6 +85,7 @@ class McpManager:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._scratch = Path(tempfile.mkdtemp(prefix="m2agent-mcp-"))
+        self._stopping = False
 
     def __enter__(self) -> McpManager:
         self.start()
@@ -103,7 +106,7 @@ class McpManager:
             if not connection.spec.enabled:
                 connection.set("disabled", "disabled in config")
                 continue
-            connection.task = asyncio.run_coroutine_threadsafe(self._serve(connection), loop)  # type: ignore[assignment]
+            asyncio.run_coroutine_threadsafe(self._serve(connection), loop)
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
         """Block until every server is ready or has failed (each is bounded by its own
@@ -143,23 +146,17 @@ class McpManager:
             )
 
     def stop(self) -> None:
-        """Stop every server and the loop thread; safe to call twice."""
+        """Stop every server (those still starting too) and the loop thread, waiting for the
+        SDK to end each process; safe to call twice."""
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             return
-        for connection in self._connections.values():
-            if connection.stop is not None:
-                loop.call_soon_threadsafe(connection.stop.set)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for connection in self._connections.values():
-            if connection.task is not None:
-                try:
-                    connection.task.result(max(0.1, deadline - time.monotonic()))  # type: ignore[call-arg]
-                except (FutureTimeout, asyncio.CancelledError):
-                    connection.task.cancel()
-                except Exception:  # already recorded in the status by _serve
-                    logger.debug("server %s ended with an error", connection.spec.name)
+        self._stopping = True
+        try:
+            asyncio.run_coroutine_threadsafe(self._stop_all(), loop).result(STOP_GRACE_S + 5)
+        except FutureTimeout:
+            logger.warning("MCP servers did not stop within %ss", STOP_GRACE_S)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(STOP_GRACE_S)
         if not thread.is_alive():
@@ -169,13 +166,27 @@ class McpManager:
 
     # --- on the loop thread -------------------------------------------------------------
 
+    async def _stop_all(self) -> None:
+        tasks = []
+        for connection in self._connections.values():
+            if connection.scope is not None and connection.status.state == "starting":
+                connection.scope.cancel()
+            if connection.stop is not None:
+                connection.stop.set()
+            if connection.task is not None:
+                tasks.append(connection.task)
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_GRACE_S)
+
     async def _serve(self, connection: _Connection) -> None:
         import anyio
         from mcp import Client
 
         spec = connection.spec
+        connection.task = asyncio.current_task()
         connection.stop = asyncio.Event()
         scope = anyio.CancelScope(deadline=anyio.current_time() + spec.startup_timeout_s)
+        connection.scope = scope
         try:
             with scope:
                 target, errlog = self._target(connection)
@@ -195,13 +206,16 @@ class McpManager:
             if scope.cancelled_caught and connection.status.state == "starting":
                 connection.set(
                     "failed",
-                    f"did not start within {spec.startup_timeout_s:g}s{self._stderr(connection)}",
+                    "stopped before it started"
+                    if self._stopping
+                    else f"did not start within {spec.startup_timeout_s:g}s"
+                    + self._stderr(connection),
                 )
         except Exception as e:
             connection.set("failed", f"{_reason(e)}{self._stderr(connection)}")
         finally:
             connection.client = None
-            if connection.status.state == "ready":
+            if connection.status.state in ("ready", "starting"):
                 connection.set("stopped", "stopped")
 
     def _target(self, connection: _Connection) -> tuple[Any, Any]:
@@ -277,11 +291,26 @@ class McpManager:
             )
         except Exception as e:  # the per-tool-call boundary: a broken server is a result
             logger.debug("MCP call %s on %s failed", tool, connection.spec.name, exc_info=True)
+            await self._check_alive(connection, client)
             return ToolResult(
                 f"MCP tool {tool} on {connection.spec.name} failed: {_reason(e)}", is_error=True
             )
         blocks = [b.model_dump(mode="json", by_alias=True) for b in result.content]
         return render_content(blocks, result.structured_content, bool(result.is_error))
+
+    async def _check_alive(self, connection: _Connection, client: Any) -> None:
+        """After a failed call: a server that no longer answers (a tools/list, which every
+        protocol version has; ping is gone from the 2026 one) is marked failed and its
+        connection closed, so its tools leave the tool set."""
+        import anyio
+
+        try:
+            with anyio.fail_after(PING_TIMEOUT_S):
+                await client.list_tools(cache_mode="bypass")
+        except Exception as e:
+            connection.set("failed", f"connection lost ({_reason(e)}){self._stderr(connection)}")
+            if connection.stop is not None:
+                connection.stop.set()
 
     def _stderr(self, connection: _Connection) -> str:
         path = connection.stderr_path

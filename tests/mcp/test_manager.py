@@ -163,7 +163,33 @@ def test_a_server_that_dies_mid_session_and_no_process_left(workspace: Path) -> 
         assert died.is_error
         after = registry.call("mcp__dies__add", {"a": 1, "b": 1})
         assert after.is_error
+        (status,) = manager.statuses()
+        assert status.state == "failed" and "connection lost" in status.detail
+        assert manager.tools() == []  # its tools leave the tool set
     assert processes_with(marker) == []
+
+
+def test_stopping_while_a_server_is_still_starting(workspace: Path) -> None:
+    marker = f"m2agent-test-{uuid.uuid4().hex}"
+    manager = McpManager([stdio("slow", "hang", marker, startup_timeout_s=60)], workspace)
+    manager.start()
+    deadline = time.monotonic() + 20
+    while not processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_with(marker), "the server process should be up"
+    started = time.monotonic()
+    manager.stop()
+    assert time.monotonic() - started < 10  # not the 60 s startup timeout
+    assert processes_with(marker) == []
+    (status,) = manager.statuses()
+    assert status.state == "failed" and status.detail == "stopped before it started"
+
+
+def test_a_failed_call_on_a_live_server_keeps_it_ready(manager: McpManager) -> None:
+    result = manager.call("local", "no_such_tool", {})
+    assert result.is_error
+    states = {s.name: s.state for s in manager.statuses()}
+    assert states["local"] == "ready"
 
 
 def test_stop_leaves_no_server_process(marker: str, manager: McpManager) -> None:
