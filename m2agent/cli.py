@@ -169,14 +169,16 @@ def root(
         settings = load_settings(workspace, flags)
         from rich.console import Console
 
-        from m2agent.runtime import build_backend
+        from m2agent.runtime import NO_MODEL, build_backend
         from m2agent.ui.repl import Repl
 
         console = Console()
         try:
             backend = build_backend(settings, console.print, background=True)
-        except UsageError:
-            backend = None  # the REPL starts and says how to set a model
+        except UsageError as e:  # the REPL starts anyway and says how to set a model
+            backend = None
+            if e.message != NO_MODEL:  # e.g. weights found that cannot be served here
+                console.print(e.message, style="yellow", markup=False)
         code = Repl(settings, workspace, backend, console).run()
     except M2AgentError as e:
         typer.echo(f"error: {e.message}", err=True)
@@ -677,7 +679,6 @@ def _run_bench(
     """Shared plumbing of the bench commands: the model source, errors, output."""
     if (model is None) == (dummy_config is None):
         raise typer.BadParameter("pass exactly one of --model PATH or --dummy-config CONFIG.json")
-    _require_engine()
     from m2agent.engine.bench.common import resolve_config
     from m2agent.engine.errors import EngineError
 
@@ -690,6 +691,12 @@ def _run_bench(
     typer.echo(report.table())
     if json_out is not None:
         json_out.write_text(report.to_json() + "\n", encoding="utf-8")
+
+
+@bench_app.callback()
+def bench_needs_the_engine() -> None:
+    """Benchmarks of the embedded engine against a named baseline, on this machine."""
+    _require_engine()
 
 
 @bench_app.command("latency")
