@@ -97,7 +97,9 @@ class McpTool:
         return self._call(self.remote.server, self.remote.name, arguments)
 
 
-def render_content(blocks: list[Mapping[str, Any]], structured: Any, is_error: bool) -> ToolResult:
+def render_content(
+    blocks: Sequence[Mapping[str, Any]], structured: Any, is_error: bool
+) -> ToolResult:
     """A `tools/call` result (its content blocks as JSON-ready dicts) as the model sees it."""
     parts: list[str] = []
     texts: list[str] = []
