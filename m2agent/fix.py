@@ -28,7 +28,7 @@ from m2agent.extensions import Extensions, open_extensions
 from m2agent.hooks import HookRunner
 from m2agent.runtime import Runtime, build_backend, build_runtime
 from m2agent.settings import Settings
-from m2agent.stream_json import ResultSubtype, StreamJsonEncoder, Usage
+from m2agent.stream_json import PERMISSION_MODES, ResultSubtype, StreamJsonEncoder, Usage
 from m2agent.tools.checkpoints import Checkpoints
 from m2agent.tools.run_tests import TestRun, detect_test_command, run_tests
 
@@ -144,7 +144,7 @@ def _run(
             tuple((s["name"], s["status"]) for s in runtime.extensions.server_states())
             if runtime.extensions is not None
             else (),
-            runtime.approvals.mode,
+            PERMISSION_MODES.get(runtime.approvals.mode, runtime.approvals.mode),
         )
     )
     usage_before = session.usage

@@ -18,6 +18,7 @@ from m2agent.errors import SandboxError, UsageError
 from m2agent.extensions import Extensions
 from m2agent.hooks import HookRunner
 from m2agent.settings import Settings
+from m2agent.stream_json import PERMISSION_MODES
 from m2agent.tools.checkpoints import Checkpoints
 from m2agent.tools.defaults import default_tools
 from m2agent.tools.registry import ToolRegistry
@@ -142,7 +143,8 @@ class Runtime:
         """The configured hooks, bound to `session` (its id and transcript), on the agent."""
         if self.extensions is None:
             return None
-        hooks = self.extensions.hooks(session.id, session.path, self.approvals.mode)
+        mode = PERMISSION_MODES.get(self.approvals.mode, self.approvals.mode)
+        hooks = self.extensions.hooks(session.id, session.path, mode)
         if self.agent is not None:
             self.agent.hooks = hooks
         return hooks

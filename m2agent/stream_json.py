@@ -24,6 +24,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 ResultSubtype = Literal["success", "error_max_turns", "error_during_execution"]
+# m2agent's approval modes under the names Claude Code's tools know (`permissionMode`, and
+# hooks' `permission_mode`).
+PERMISSION_MODES = {
+    "read-only": "plan",
+    "ask": "default",
+    "auto-edit": "acceptEdits",
+    "auto": "bypassPermissions",
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,8 +90,8 @@ def _todo(repl: Repl, arg: str) -> None:
 
 
 def _tools(repl: Repl, arg: str) -> None:
-    """List the tools the model can use."""
-    for schema in repl.runtime.tools.schemas():
+    """List the tools the model can use (MCP servers' included, once they are ready)."""
+    for schema in repl.runtime.refresh_tools().schemas():
         fn = schema["function"]
         repl.console.print(f"{fn['name']:10} {fn['description'][:90]}")
 

@@ -121,6 +121,7 @@ def test_mcp_tools_over_stdio_and_http_in_stream_json(repo: Path, http_mcp: Http
     assert servers == {"local": "connected", "web": "connected", "broken": "failed",
                        "stuck": "failed"}  # fmt: skip
     assert "mcp__local__add" in init["tools"] and "mcp__web__write_file" in init["tools"]
+    assert init["permissionMode"] == "bypassPermissions"  # --yes, in Claude Code's words
     offered = {t["function"]["name"]: t["function"] for t in requests[0]["tools"]}
     assert offered["mcp__local__add"]["parameters"]["required"] == ["a", "b"]
     assert not any(name.startswith(("mcp__broken", "mcp__stuck")) for name in offered)
@@ -211,6 +212,7 @@ def test_hooks_block_rm_and_see_tool_responses(repo: Path, tmp_path: Path) -> No
     assert (repo / "precious.txt").read_text() == "keep me\n"
     posts = [json.loads(line) for line in seen.read_text().splitlines() if line.strip()]
     assert [p["tool_input"]["command"] for p in posts] == ["ls"]  # the blocked call never ran
+    assert posts[0]["permission_mode"] == "bypassPermissions"
     assert posts[0]["hook_event_name"] == "PostToolUse" and "precious.txt" in str(
         posts[0]["tool_response"]
     )
