@@ -383,14 +383,15 @@ def undo(
     nothing to undo it says so and exits 0."""
     from m2agent.agent.session import Session, list_sessions
     from m2agent.errors import M2AgentError
+    from m2agent.runtime import checkpoints_of
     from m2agent.settings import load_settings
-    from m2agent.tools.checkpoints import CheckpointError, Checkpoints
+    from m2agent.tools.checkpoints import CheckpointError
 
     workspace = Path.cwd()
     try:
         settings = load_settings(workspace, {})
         project = settings.project_dir(workspace)
-        checkpoints = Checkpoints(workspace, project / "snapshots.git")
+        checkpoints = checkpoints_of(settings, workspace)
         session, turn, target = None, None, to
         if target is None:
             found = [s for s in list_sessions(project / "sessions") if s.undo_points]

@@ -23,7 +23,7 @@ from m2agent.agent.events import Notice, TaskDone
 from m2agent.agent.loop import Budget, Item
 from m2agent.agent.messages import UserMessage
 from m2agent.backends.base import ModelBackend
-from m2agent.runtime import build_backend, build_runtime
+from m2agent.runtime import Runtime, build_backend, build_runtime
 from m2agent.settings import Settings
 from m2agent.tools.checkpoints import Checkpoints
 from m2agent.tools.run_tests import TestRun, detect_test_command, run_tests
@@ -90,12 +90,15 @@ def run_fix(
     continue_last: bool = False,
     before: TestRun | None = None,
     question: bool = False,
+    runtime: Runtime | None = None,
 ) -> FixResult:
-    """`before`: the test run the caller already made (not repeated)."""
+    """`before`: the test run the caller already made (not repeated); `runtime`: the caller's
+    wiring of this workspace (built here otherwise)."""
     started = time.monotonic()
-    backend = backend or build_backend(settings, lambda text: sink(Notice(text)))
-    runtime = build_runtime(settings, workspace, backend, mode=mode)
-    assert runtime.agent is not None
+    runtime = runtime or build_runtime(settings, workspace, None, mode=mode)
+    agent = runtime.with_backend(
+        backend or build_backend(settings, lambda text: sink(Notice(text)))
+    )
     if resume is not None or continue_last:
         session = runtime.resume_session(resume)
     else:
@@ -124,7 +127,7 @@ def run_fix(
                 max_output_tokens=None if token_budget is None else max(1, token_budget - spent),
             )
             done: TaskDone | None = None
-            for item in runtime.agent.run(session, remaining):
+            for item in agent.run(session, remaining):
                 sink(item)
                 if isinstance(item, TaskDone):
                     done = item
