@@ -328,8 +328,7 @@ def _stream_turns(
     session; a result follows each turn; MCP servers stay up between turns. Exits with the
     last turn's code (2 for a bad input line)."""
     from m2agent.errors import M2AgentError
-    from m2agent.extensions import open_extensions
-    from m2agent.fix import run_fix
+    from m2agent.fix import open_runtime, run_fix
     from m2agent.settings import load_settings
     from m2agent.stream_json import InputError, read_user_turns
     from m2agent.ui.headless import HeadlessFrontEnd
@@ -339,17 +338,20 @@ def _stream_turns(
     try:
         settings = load_settings(workspace, flags)
         mode = "auto" if yes else settings.approval_mode
-        with open_extensions(settings, workspace) as extensions:
+        runtime = open_runtime(settings, workspace, mode, front)
+        try:
             for task in read_user_turns(sys.stdin):
                 result = run_fix(
                     settings, workspace, task, sink=front, mode=mode, resume=session,
-                    question=True, extensions=extensions,
+                    question=True, runtime=runtime,
                 )  # fmt: skip
                 session, code = result.session, result.exit_code
                 if fmt == "text":
                     typer.echo(result.answer)
                 else:
                     front.finish(result, flat_json=flat_json)
+        finally:
+            runtime.close()
     except InputError as e:
         typer.echo(f"error: {e}", err=True)
         front.fail(str(e), 2, flat_json=flat_json)
@@ -444,14 +446,15 @@ def undo(
     nothing to undo it says so and exits 0."""
     from m2agent.agent.session import Session, list_sessions
     from m2agent.errors import M2AgentError
+    from m2agent.runtime import checkpoints_of
     from m2agent.settings import load_settings
-    from m2agent.tools.checkpoints import CheckpointError, Checkpoints
+    from m2agent.tools.checkpoints import CheckpointError
 
     workspace = Path.cwd()
     try:
         settings = load_settings(workspace, {})
         project = settings.project_dir(workspace)
-        checkpoints = Checkpoints(workspace, project / "snapshots.git")
+        checkpoints = checkpoints_of(settings, workspace)
         session, turn, target = None, None, to
         if target is None:
             found = [s for s in list_sessions(project / "sessions") if s.undo_points]

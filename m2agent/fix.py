@@ -20,11 +20,11 @@ from typing import Any, Literal
 
 from m2agent.agent.approvals import Mode
 from m2agent.agent.events import Notice, SessionStarted, TaskDone
-from m2agent.agent.loop import Budget, Item
+from m2agent.agent.loop import Agent, Budget, Item
 from m2agent.agent.messages import UserMessage
 from m2agent.backends.base import ModelBackend
 from m2agent.errors import M2AgentError
-from m2agent.extensions import Extensions, open_extensions
+from m2agent.extensions import open_extensions
 from m2agent.hooks import HookRunner
 from m2agent.runtime import Runtime, build_backend, build_runtime
 from m2agent.settings import Settings
@@ -95,24 +95,38 @@ def run_fix(
     continue_last: bool = False,
     before: TestRun | None = None,
     question: bool = False,
-    extensions: Extensions | None = None,
+    runtime: Runtime | None = None,
 ) -> FixResult:
-    """`before`: the test run the caller already made (not repeated). `extensions`: MCP
-    servers and hooks the caller opened (kept open after); by default they are opened from
-    the settings for this task and stopped after it."""
-    backend = backend or build_backend(settings, lambda text: sink(Notice(text)))
-    owned = extensions is None
-    extensions = extensions or open_extensions(settings, workspace)
+    """`before`: the test run the caller already made (not repeated); `runtime`: the caller's
+    wiring of this workspace, MCP servers and hooks included (`open_runtime`; kept open
+    after). Otherwise it is built here from the settings and closed after the task."""
+    owned = runtime is None
+    runtime = runtime or open_runtime(settings, workspace, mode, sink)
+    try:
+        agent = runtime.with_backend(
+            backend or build_backend(settings, lambda text: sink(Notice(text)))
+        )
+        return _run(settings, workspace, task, runtime, agent, sink, test_cmd=test_cmd,
+                    resume=resume, continue_last=continue_last, before=before,
+                    question=question)  # fmt: skip
+    finally:
+        if owned:
+            runtime.close()
+
+
+def open_runtime(settings: Settings, workspace: Path, mode: Mode, sink: Sink) -> Runtime:
+    """The workspace's wiring with the session's MCP servers and hooks: headless runs wait
+    for the servers to start (each within its startup timeout) and tell what did not. The
+    caller closes it (`Runtime.close()` stops the servers)."""
+    extensions = open_extensions(settings, workspace)
     try:
         extensions.wait_for_servers()
         for note in extensions.notes():
             sink(Notice(note))
-        runtime = build_runtime(settings, workspace, backend, mode=mode, extensions=extensions)
-        return _run(settings, workspace, task, runtime, sink, test_cmd=test_cmd, resume=resume,
-                    continue_last=continue_last, before=before, question=question)  # fmt: skip
-    finally:
-        if owned:
-            extensions.close()
+        return build_runtime(settings, workspace, None, mode=mode, extensions=extensions)
+    except BaseException:
+        extensions.close()
+        raise
 
 
 def _run(
@@ -120,6 +134,7 @@ def _run(
     workspace: Path,
     task: str,
     runtime: Runtime,
+    agent: Agent,
     sink: Sink,
     *,
     test_cmd: str | None,
@@ -129,7 +144,6 @@ def _run(
     question: bool,
 ) -> FixResult:
     started = time.monotonic()
-    assert runtime.agent is not None
     if resume is not None or continue_last:
         session = runtime.resume_session(resume)
     else:
@@ -179,7 +193,7 @@ def _run(
                     else max(1, token_budget - spent),
                 )
                 done: TaskDone | None = None
-                for item in runtime.agent.run(session, remaining):
+                for item in agent.run(session, remaining):
                     sink(item)
                     if isinstance(item, TaskDone):
                         done = item

@@ -171,6 +171,11 @@ class Runtime:
             raise UsageError(str(e)) from None
 
 
+def checkpoints_of(settings: Settings, workspace: Path) -> Checkpoints:
+    """The workspace's snapshot store (in the user's state folder, never in the repository)."""
+    return Checkpoints(workspace, settings.project_dir(workspace) / "snapshots.git")
+
+
 def build_runtime(
     settings: Settings,
     workspace: Path,
@@ -196,7 +201,7 @@ def build_runtime(
         settings=settings,
         workspace=workspace,
         runner=runner,
-        checkpoints=Checkpoints(workspace, project / "snapshots.git"),
+        checkpoints=checkpoints_of(settings, workspace),
         todos=todos,
         tools=tools,
         approvals=ApprovalPolicy(mode, RuleStore(project / "approvals.json")),

@@ -237,16 +237,23 @@ def test_github_issue_and_commit_on_a_new_branch(
     assert changed.stdout.split() == ["calc.py"]
 
 
-def test_embedded_engine_is_started_and_reused(repo: Path, tmp_path: Path) -> None:
-    from m2agent.engine.models.tiny import TinySpec, write_tiny_checkpoint
+def test_embedded_engine_is_started_and_reused(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No endpoint and no --model: the weights in the Hugging Face cache start the embedded
+    engine; naming the same checkpoint with --model reuses it."""
+    from m2agent.engine.models.tiny import write_tiny_checkpoint
 
-    checkpoint = write_tiny_checkpoint(tmp_path / "tiny-m2", TinySpec(max_positions=32768))
-    args = ["fix", "say hi", "--model", str(checkpoint), "--yes", "--json", "--test-cmd", "true",
-            "--max-steps", "1", "--max-tokens", "8", *sandbox_flag()]  # fmt: skip
+    snapshot = tmp_path / "hub" / "models--MiniMaxAI--MiniMax-M2" / "snapshots" / "abc123"
+    write_tiny_checkpoint(snapshot)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    args = ["fix", "say hi", "--yes", "--json", "--test-cmd", "true", "--max-steps", "1",
+            "--max-tokens", "8", *sandbox_flag()]  # fmt: skip
     first = run_cli(repo, *args)
     assert first.returncode in (0, 1), first.stderr
+    assert f"found MiniMax-M2 weights at {snapshot}; serving them on cpu" in first.stderr
     assert "starting the embedded engine" in first.stderr
-    second = run_cli(repo, *args)
+    second = run_cli(repo, *args, "--model", str(snapshot))
     assert "starting the embedded engine" not in second.stderr  # reused
     result = json.loads(second.stdout)
     assert result["steps"] == 1 and result["prompt_tokens"] > 1000
