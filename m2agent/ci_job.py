@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from m2agent.errors import SandboxError, UsageError
+from m2agent.errors import UsageError
 from m2agent.fix import Sink, run_fix
+from m2agent.runtime import build_runtime
 from m2agent.settings import Settings
-from m2agent.tools.checkpoints import Checkpoints
 from m2agent.tools.files import atomic_write
 from m2agent.tools.run_tests import detect_test_command, run_tests
-from m2agent.tools.shell import CommandRunner, SandboxUnavailable
 
 TASK = """The test command `{command}` fails in this repository. Find the cause and fix the code
 so that it passes. Do not delete, skip or weaken tests, and keep the rest of the suite passing.
@@ -79,19 +78,16 @@ def run_ci(
     command = test_cmd or detect_test_command(workspace)
     if not command:
         raise UsageError("no test command found here: pass --test-cmd 'pytest -q'")
-    policy = settings.sandbox_policy(workspace)
-    runner = CommandRunner(policy, settings.sandbox)
-    try:
-        before = run_tests(runner, command)
-    except SandboxUnavailable as e:
-        raise SandboxError(str(e)) from None
+    runtime = build_runtime(settings, workspace, None, mode="auto")  # SandboxError if none
+    before = run_tests(runtime.runner, command)
     if before.passed:
         report = CiReport("green", command, [], [], seconds=round(time.monotonic() - started, 2))
     else:
         task = TASK.format(command=command, summary=before.summary)
         result = run_fix(
-            settings, workspace, task, sink=sink, mode="auto", test_cmd=command, before=before
-        )
+            settings, workspace, task, sink=sink, mode="auto", test_cmd=command, before=before,
+            runtime=runtime,
+        )  # fmt: skip
         report = CiReport(
             "fixed" if result.status == "fixed" else "not_fixed",
             command,
@@ -106,8 +102,7 @@ def run_ci(
             result.answer,
         )
         if result.undo_point is not None:
-            checkpoints = Checkpoints(workspace, settings.project_dir(workspace) / "snapshots.git")
-            atomic_write(patch_path, checkpoints.diff(result.undo_point))
+            atomic_write(patch_path, runtime.checkpoints.diff(result.undo_point))
     if report_path is not None:
         atomic_write(report_path, json.dumps(_report_dict(report), indent=2) + "\n")
     if summary_path is not None:

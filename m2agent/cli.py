@@ -28,7 +28,7 @@ or `--model PATH` to a MiniMax-M2 checkpoint for the embedded engine (found by i
 Hugging Face cache when nothing is configured).
 
 Other commands: `fix` an issue and verify it with the tests, `ci` to repair a failing suite,
-`undo`, `sessions`, `doctor`, `serve` the embedded engine, `bench`."""
+`undo`, `sessions`, `doctor`, `mcp` servers, `serve` the embedded engine, `bench`."""
 
 
 class ModeChoice(StrEnum):
@@ -57,6 +57,11 @@ class FormatChoice(StrEnum):
     stream_json = "stream-json"
 
 
+class InputFormatChoice(StrEnum):
+    text = "text"
+    stream_json = "stream-json"
+
+
 def _value(choice: Enum | None) -> Any:
     return None if choice is None else choice.value
 
@@ -73,6 +78,11 @@ bench_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(bench_app, name="bench")
+mcp_app = typer.Typer(
+    help="MCP servers: list them (and check they start), approve a project's .mcp.json servers.",
+    no_args_is_help=True,
+)
+app.add_typer(mcp_app, name="mcp")
 
 
 EngineTpOption = Annotated[
@@ -131,8 +141,14 @@ def root(
     sandbox: SandboxOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Headless: one JSON result.")] = False,
     output_format: Annotated[
-        FormatChoice, typer.Option(help="Headless: text, json or stream-json (JSON per event).")
+        FormatChoice,
+        typer.Option(help="Headless: text, json (the result object) or stream-json (Claude "
+                     "Code's events, one per line)."),
     ] = FormatChoice.text,
+    input_format: Annotated[
+        InputFormatChoice,
+        typer.Option(help="Headless: text, or stream-json (user turns as JSON lines on stdin)."),
+    ] = InputFormatChoice.text,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Headless: approve everything.")] = False,
 ) -> None:  # fmt: skip
     if ctx.invoked_subcommand is not None:
@@ -144,21 +160,25 @@ def root(
     flags = {"endpoint": endpoint, "api": _value(api), "model": model,
              "sandbox": _value(sandbox), "approval_mode": _value(mode), "tp": tp}  # fmt: skip
     fmt = "json" if json_output else output_format.value
+    if input_format == InputFormatChoice.stream_json:
+        _stream_turns(workspace, flags, fmt=fmt, yes=yes, flat_json=json_output)
     if prompt is not None or not sys.stdin.isatty():
         task = prompt if prompt is not None else sys.stdin.read()
-        _headless(workspace, flags, task, fmt=fmt, yes=yes, question=True)
+        _headless(workspace, flags, task, fmt=fmt, yes=yes, question=True, flat_json=json_output)
     try:
         settings = load_settings(workspace, flags)
         from rich.console import Console
 
-        from m2agent.runtime import build_backend
+        from m2agent.runtime import NO_MODEL, build_backend
         from m2agent.ui.repl import Repl
 
         console = Console()
         try:
             backend = build_backend(settings, console.print, background=True)
-        except UsageError:
-            backend = None  # the REPL starts and says how to set a model
+        except UsageError as e:  # the REPL starts anyway and says how to set a model
+            backend = None
+            if e.message != NO_MODEL:  # e.g. weights found that cannot be served here
+                console.print(e.message, style="yellow", markup=False)
         code = Repl(settings, workspace, backend, console).run()
     except M2AgentError as e:
         typer.echo(f"error: {e.message}", err=True)
@@ -179,11 +199,13 @@ def _headless(
     continue_last: bool = False,
     commit_branch: str | None = None,
     issue: str = "",
+    flat_json: bool = False,
 ) -> None:
-    """One task as `fix`/`-p` run it; exits with its code. With --json/stream-json the last
-    line is a JSON result on every outcome, errors included."""
+    """One task as `fix`/`-p` run it; exits with its code. With json/stream-json the last
+    line is a JSON result on every outcome, errors included (`flat_json`: m2agent's own
+    result object, for `--json`; otherwise Claude Code's)."""
     from m2agent.errors import M2AgentError
-    from m2agent.fix import error_json, result_json, run_fix
+    from m2agent.fix import run_fix
     from m2agent.issue_source import resolve_task
     from m2agent.settings import load_settings
     from m2agent.ui.headless import HeadlessFrontEnd
@@ -214,11 +236,10 @@ def _headless(
         message, code = (e.message, e.exit_code) if isinstance(e, M2AgentError) else (
             "interrupted", 130)  # fmt: skip
         typer.echo(f"error: {message}", err=True)
-        if fmt != "text":
-            typer.echo(error_json(message, code, one_line=fmt == "stream-json"))
+        front.fail(message, code, flat_json=flat_json)
         raise typer.Exit(code) from None
     if fmt != "text":
-        typer.echo(result_json(result, one_line=fmt == "stream-json"))
+        front.finish(result, flat_json=flat_json)
     elif question and result.status == "answered":
         typer.echo(result.answer)
     else:
@@ -296,8 +317,52 @@ def fix(
     _headless(
         Path.cwd(), flags, issue, fmt=fmt, yes=yes, question=False, test_cmd=test_cmd,
         resume=resume, continue_last=continue_last, commit_branch=branch if commit else None,
-        issue=issue,
+        issue=issue, flat_json=json_output,
     )  # fmt: skip
+
+
+def _stream_turns(
+    workspace: Path, flags: dict[str, Any], *, fmt: str, yes: bool, flat_json: bool
+) -> None:
+    """`--input-format stream-json`: each JSON line on stdin is the next user turn of one
+    session; a result follows each turn; MCP servers stay up between turns. Exits with the
+    last turn's code (2 for a bad input line)."""
+    from m2agent.errors import M2AgentError
+    from m2agent.fix import open_runtime, run_fix
+    from m2agent.settings import load_settings
+    from m2agent.stream_json import InputError, read_user_turns
+    from m2agent.ui.headless import HeadlessFrontEnd
+
+    front = HeadlessFrontEnd(fmt, interactive=False)  # type: ignore[arg-type]
+    code, session = 0, None
+    try:
+        settings = load_settings(workspace, flags)
+        mode = "auto" if yes else settings.approval_mode
+        runtime = open_runtime(settings, workspace, mode, front)
+        try:
+            for task in read_user_turns(sys.stdin):
+                result = run_fix(
+                    settings, workspace, task, sink=front, mode=mode, resume=session,
+                    question=True, runtime=runtime,
+                )  # fmt: skip
+                session, code = result.session, result.exit_code
+                if fmt == "text":
+                    typer.echo(result.answer)
+                else:
+                    front.finish(result, flat_json=flat_json)
+        finally:
+            runtime.close()
+    except InputError as e:
+        typer.echo(f"error: {e}", err=True)
+        front.fail(str(e), 2, flat_json=flat_json)
+        raise typer.Exit(2) from None
+    except (M2AgentError, KeyboardInterrupt) as e:
+        message, code = (e.message, e.exit_code) if isinstance(e, M2AgentError) else (
+            "interrupted", 130)  # fmt: skip
+        typer.echo(f"error: {message}", err=True)
+        front.fail(message, code, flat_json=flat_json)
+        raise typer.Exit(code) from None
+    raise typer.Exit(code)
 
 
 @app.command("ci")
@@ -381,14 +446,15 @@ def undo(
     nothing to undo it says so and exits 0."""
     from m2agent.agent.session import Session, list_sessions
     from m2agent.errors import M2AgentError
+    from m2agent.runtime import checkpoints_of
     from m2agent.settings import load_settings
-    from m2agent.tools.checkpoints import CheckpointError, Checkpoints
+    from m2agent.tools.checkpoints import CheckpointError
 
     workspace = Path.cwd()
     try:
         settings = load_settings(workspace, {})
         project = settings.project_dir(workspace)
-        checkpoints = Checkpoints(workspace, project / "snapshots.git")
+        checkpoints = checkpoints_of(settings, workspace)
         session, turn, target = None, None, to
         if target is None:
             found = [s for s in list_sessions(project / "sessions") if s.undo_points]
@@ -616,7 +682,6 @@ def _run_bench(
     """Shared plumbing of the bench commands: the model source, errors, output."""
     if (model is None) == (dummy_config is None):
         raise typer.BadParameter("pass exactly one of --model PATH or --dummy-config CONFIG.json")
-    _require_engine()
     from m2agent.engine.bench.common import resolve_config
     from m2agent.engine.errors import EngineError
 
@@ -629,6 +694,12 @@ def _run_bench(
     typer.echo(report.table())
     if json_out is not None:
         json_out.write_text(report.to_json() + "\n", encoding="utf-8")
+
+
+@bench_app.callback()
+def bench_needs_the_engine() -> None:
+    """Benchmarks of the embedded engine against a named baseline, on this machine."""
+    _require_engine()
 
 
 @bench_app.command("latency")
@@ -725,6 +796,53 @@ def bench_agent(
         )  # fmt: skip
 
     _run_bench(model, dummy_config, run, json_out)
+
+
+def _mcp_run(action: Any) -> None:
+    from m2agent.errors import M2AgentError
+    from m2agent.settings import load_settings
+
+    workspace = Path.cwd()
+    try:
+        typer.echo(action(load_settings(workspace, {}), workspace))
+    except M2AgentError as e:
+        typer.echo(f"error: {e.message}", err=True)
+        raise typer.Exit(e.exit_code) from None
+
+
+@mcp_app.command("list")
+def mcp_list(
+    check: Annotated[
+        bool, typer.Option("--check", help="Start the servers that would start; show tools.")
+    ] = False,
+) -> None:
+    """The MCP servers configured here (user config, trusted project config, .mcp.json), and
+    whether each starts."""
+    from m2agent.mcp.commands import list_servers
+
+    _mcp_run(lambda settings, workspace: list_servers(settings, workspace, check=check))
+
+
+@mcp_app.command("approve")
+def mcp_approve(
+    names: Annotated[list[str] | None, typer.Argument(help="Project servers to approve.")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Approve every pending one.")] = False,
+) -> None:
+    """Approve this project's .mcp.json servers (kept in your state folder, bound to each
+    server's command, arguments, environment and URL: a change asks again)."""
+    from m2agent.mcp.commands import approve
+
+    _mcp_run(lambda settings, workspace: approve(settings, workspace, names or [], every=every))
+
+
+@mcp_app.command("revoke")
+def mcp_revoke(
+    names: Annotated[list[str], typer.Argument(help="Project servers to stop trusting.")],
+) -> None:
+    """Withdraw the approval of this project's .mcp.json servers."""
+    from m2agent.mcp.commands import revoke
+
+    _mcp_run(lambda settings, workspace: revoke(settings, workspace, names))
 
 
 def main() -> None:

@@ -38,7 +38,45 @@ def run_checks(settings: Settings, workspace: Path) -> list[Check]:
         protections_check(settings, workspace),
         _model(settings),
         _engine(settings),
+        *_mcp(settings, workspace),
     ]
+    return checks
+
+
+def _mcp(settings: Settings, workspace: Path) -> list[Check]:
+    """Each configured MCP server, started for real (the approved ones) and stopped again."""
+    from m2agent.mcp.startup import plan, start
+
+    started = plan(settings, workspace)
+    checks = [
+        Check(
+            f"mcp {spec.name}",
+            False,
+            f"project server not approved: {spec.describe()}",
+            f"m2agent mcp approve {spec.name}",
+            needed=False,
+        )
+        for spec in started.pending
+    ]
+    if not started.approved:
+        return checks
+    manager = start(settings, workspace, started.approved)
+    try:
+        manager.wait_ready()
+        statuses = manager.statuses()
+    finally:
+        manager.stop()
+    for status in statuses:
+        fix = "" if status.state in ("ready", "disabled") else "see `m2agent mcp list --check`"
+        checks.append(
+            Check(
+                f"mcp {status.name}",
+                status.state in ("ready", "disabled"),
+                f"{status.state}: {status.detail} ({status.source}, {status.transport})",
+                fix,
+                needed=False,
+            )
+        )
     return checks
 
 

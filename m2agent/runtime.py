@@ -15,7 +15,10 @@ from m2agent.agent.prompts import system_prompt
 from m2agent.agent.session import Session, find_session
 from m2agent.backends.base import ModelBackend
 from m2agent.errors import SandboxError, UsageError
+from m2agent.extensions import Extensions
+from m2agent.hooks import HookRunner
 from m2agent.settings import Settings
+from m2agent.stream_json import PERMISSION_MODES
 from m2agent.tools.checkpoints import Checkpoints
 from m2agent.tools.defaults import default_tools
 from m2agent.tools.registry import ToolRegistry
@@ -87,7 +90,7 @@ def build_backend(
     if settings.api == "anthropic":
         from m2agent.backends.anthropic import AnthropicBackend
 
-        return AnthropicBackend(*target, **limits)
+        return AnthropicBackend(*target, auth_token=settings.auth_token, **limits)
     if settings.api == "completions":
         from m2agent.backends.completions import CompletionsBackend
 
@@ -112,6 +115,8 @@ class Runtime:
     approvals: ApprovalPolicy
     agent: Agent | None
     project: Path  # this workspace's state folder (sessions, snapshots, approvals)
+    extensions: Extensions | None = None  # MCP servers and hooks from the configuration
+    builtin: ToolRegistry | None = None  # the tools before MCP servers' were added
 
     @property
     def sessions(self) -> Path:
@@ -119,15 +124,42 @@ class Runtime:
 
     def with_backend(self, backend: ModelBackend) -> Agent:
         """The agent, now talking to `backend` (tools, approvals, snapshots unchanged)."""
-        self.agent = Agent(backend, self.tools, self.approvals, self.checkpoints)
+        hooks = self.agent.hooks if self.agent is not None else None
+        self.agent = Agent(backend, self.tools, self.approvals, self.checkpoints, hooks)
         return self.agent
+
+    def refresh_tools(self) -> ToolRegistry:
+        """The built-in tools plus the MCP tools of the servers ready now (servers start in the
+        background: the REPL calls this before each turn)."""
+        builtin = self.builtin or self.tools
+        extra = self.extensions.tools() if self.extensions is not None else []
+        self.builtin, self.tools = builtin, builtin.with_tools(extra)
+        if self.agent is not None:
+            self.agent.tools = self.tools
+        return self.tools
+
+    def attach_hooks(self, session: Session) -> HookRunner | None:
+        """The configured hooks, bound to `session` (its id and transcript), on the agent."""
+        if self.extensions is None:
+            return None
+        mode = PERMISSION_MODES.get(self.approvals.mode, self.approvals.mode)
+        hooks = self.extensions.hooks(session.id, session.path, mode)
+        if self.agent is not None:
+            self.agent.hooks = hooks
+        return hooks
+
+    def close(self) -> None:
+        """Stop what runs beside the agent (MCP servers)."""
+        if self.extensions is not None:
+            self.extensions.close()
 
     def new_session(self, title: str) -> Session:
         """A fresh session, its first message the system prompt."""
         from m2agent.agent.messages import SystemMessage
 
         session = Session.create(self.sessions, self.workspace, title)
-        session.append(SystemMessage(system_prompt(self.workspace)))
+        prompt = system_prompt(self.workspace, user_dir=self.settings.config_dir, home=Path.home())
+        session.append(SystemMessage(prompt))
         return session
 
     def resume_session(self, session_id: str | None) -> Session:
@@ -138,10 +170,21 @@ class Runtime:
             raise UsageError(str(e)) from None
 
 
+def checkpoints_of(settings: Settings, workspace: Path) -> Checkpoints:
+    """The workspace's snapshot store (in the user's state folder, never in the repository)."""
+    return Checkpoints(workspace, settings.project_dir(workspace) / "snapshots.git")
+
+
 def build_runtime(
-    settings: Settings, workspace: Path, backend: ModelBackend | None, *, mode: Mode
+    settings: Settings,
+    workspace: Path,
+    backend: ModelBackend | None,
+    *,
+    mode: Mode,
+    extensions: Extensions | None = None,
 ) -> Runtime:
-    """Raises SandboxError when commands could not run safely here."""
+    """Raises SandboxError when commands could not run safely here. `extensions`: the
+    session's MCP servers and hooks (`open_extensions`); `Runtime.close()` stops them."""
     policy = settings.sandbox_policy(workspace)
     runner = CommandRunner(policy, settings.sandbox)
     try:
@@ -155,13 +198,15 @@ def build_runtime(
         settings=settings,
         workspace=workspace,
         runner=runner,
-        checkpoints=Checkpoints(workspace, project / "snapshots.git"),
+        checkpoints=checkpoints_of(settings, workspace),
         todos=todos,
         tools=tools,
         approvals=ApprovalPolicy(mode, RuleStore(project / "approvals.json")),
         agent=None,
         project=project,
+        extensions=extensions,
     )
+    runtime.refresh_tools()
     if backend is not None:
         runtime.with_backend(backend)
     return runtime

@@ -4,6 +4,9 @@ Precedence: flags > environment (M2AGENT_*, then OPENAI_*/ANTHROPIC_*) > project
 `.m2agent/config.toml` > user `~/.config/m2agent/config.toml` > defaults. A project config
 cannot change endpoints, keys or the sandbox unless the user trusts the folder (listed under
 `trusted_projects` in the user config): cloning a repository must not redirect your keys.
+Hooks and MCP servers in an untrusted project's config.toml are skipped (with a warning);
+a project's `.mcp.json` servers are read here but start only once the user approves them
+(`m2agent.mcp.config.ProjectApprovals`).
 """
 
 from __future__ import annotations
@@ -12,11 +15,14 @@ import hashlib
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from m2agent.errors import UsageError
+from m2agent.hooks import HookConfigError, HooksConfig, merge_hooks, parse_hooks
+from m2agent.mcp.config import ConfigError, ServerSpec, merge_servers, parse_mcp_json
+from m2agent.mcp.config import parse_toml_servers as parse_mcp_servers
 
 if TYPE_CHECKING:
     from m2agent.tools.sandbox.policy import SandboxPolicy
@@ -25,8 +31,8 @@ Api = Literal["openai", "completions", "anthropic"]
 # What only the user's own config (or a trusted project's) may set: where keys go, how far the
 # agent may act on its own, what the sandbox lets through, and how long it may run.
 SENSITIVE = frozenset(
-    {"endpoint", "api_key", "api", "sandbox", "allow_network", "github_token", "github_api_url",
-     "approval_mode", "state_dir", "max_steps", "max_minutes", "max_tokens", "max_total_tokens",
+    {"endpoint", "api_key", "auth_token", "api", "sandbox", "allow_network", "github_token",
+     "github_api_url", "approval_mode", "state_dir", "max_steps", "max_minutes", "max_tokens", "max_total_tokens",
      "allow_read", "env_allow", "limit_processes", "limit_memory_mb", "limit_file_mb",
      "limit_open_files"}
 )  # fmt: skip
@@ -52,7 +58,7 @@ class Settings:
     github_repository: str | None = None  # owner/name (GITHUB_REPOSITORY in Actions)
     github_event_path: str | None = None  # the Actions event payload (fork detection)
     state_dir: Path = Path("~/.local/state/m2agent")
-    config_dir: Path = Path("~/.config/m2agent")  # where the user's config.toml lives (derived)
+    config_dir: Path = Path("~/.config/m2agent")  # the user's config.toml and AGENTS.md (derived)
     # The sandbox: paths hidden from commands on top of the built-in secrets, paths made
     # readable again, environment variables kept although their names look secret, and
     # per-command limits (0: none).
@@ -63,6 +69,10 @@ class Settings:
     limit_memory_mb: int = 8192
     limit_file_mb: int = 4096
     limit_open_files: int = 4096
+    auth_token: str | None = None  # ANTHROPIC_AUTH_TOKEN: sent as a bearer token
+    mcp_servers: tuple[ServerSpec, ...] = ()  # user, trusted project, then .mcp.json entries
+    hooks: HooksConfig = field(default_factory=HooksConfig)
+    warnings: tuple[str, ...] = ()  # for the user: what was ignored and why
     # Where Hugging Face keeps downloads (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub):
     # with no endpoint, the embedded engine looks for MiniMax-M2 weights there.
     hf_hub_cache: Path = Path("~/.cache/huggingface/hub")
@@ -102,10 +112,14 @@ def load_settings(
     home = Path(env.get("HOME", "~")).expanduser()
     config_home = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
     state_home = Path(env.get("XDG_STATE_HOME") or home / ".local" / "state")
-    user = _read_toml(config_home / "m2agent" / "config.toml")
+    user_file = config_home / "m2agent" / "config.toml"
+    project_file = workspace / ".m2agent" / "config.toml"
+    user = _read_toml(user_file)
     trusted = {str(Path(p).expanduser().resolve()) for p in user.pop("trusted_projects", [])}
-    project = _read_toml(workspace / ".m2agent" / "config.toml")
-    if str(workspace.resolve()) not in trusted:
+    project = _read_toml(project_file)
+    is_trusted = str(workspace.resolve()) in trusted
+    warnings: list[str] = []
+    if not is_trusted:
         blocked = sorted(SENSITIVE & set(project))
         if blocked:
             raise UsageError(
@@ -113,10 +127,38 @@ def load_settings(
                 f"trusted project may; add {str(workspace.resolve())!r} to trusted_projects in "
                 f"{config_home / 'm2agent/config.toml'} if you trust it"
             )
+        skipped = [key for key in ("hooks", "mcp_servers") if project.pop(key, None) is not None]
+        if skipped:
+            warnings.append(
+                f"{project_file}: {' and '.join(skipped)} ignored: the project is not trusted "
+                f"(add {str(workspace.resolve())!r} to trusted_projects in {user_file})"
+            )
+    try:
+        hooks = merge_hooks(
+            parse_hooks(user.pop("hooks", {}), str(user_file)),
+            parse_hooks(project.pop("hooks", {}), str(project_file)),
+        )
+        servers = merge_servers(
+            parse_mcp_servers(user.pop("mcp_servers", {}), str(user_file)),
+            tuple(
+                replace(s, source="project")
+                for s in parse_mcp_servers(project.pop("mcp_servers", {}), str(project_file))
+            ),
+        )
+        mcp_json = workspace / ".mcp.json"
+        if mcp_json.is_file():
+            text = mcp_json.read_text(encoding="utf-8", errors="replace")
+            servers = merge_servers(servers, parse_mcp_json(text, str(mcp_json), env))
+    except (HookConfigError, ConfigError) as e:
+        raise UsageError(str(e)) from None
     hf_home = Path(env.get("HF_HOME") or Path(env.get("XDG_CACHE_HOME") or home / ".cache")
                    / "huggingface")  # fmt: skip
     values: dict[str, Any] = {
         "state_dir": state_home / "m2agent",
+        "config_dir": config_home / "m2agent",
+        "hooks": hooks,
+        "mcp_servers": servers,
+        "warnings": tuple(warnings),
         "hf_hub_cache": Path(env.get("HF_HUB_CACHE") or hf_home / "hub"),
     }
     if "config_dir" in user or "config_dir" in project:
@@ -132,6 +174,10 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         out.update(endpoint=env["ANTHROPIC_BASE_URL"], api="anthropic")
         if env.get("ANTHROPIC_API_KEY"):
             out["api_key"] = env["ANTHROPIC_API_KEY"]
+        if env.get("ANTHROPIC_AUTH_TOKEN"):  # Claude Code's name for a bearer token
+            out["auth_token"] = env["ANTHROPIC_AUTH_TOKEN"]
+        if env.get("ANTHROPIC_MODEL"):
+            out["model"] = env["ANTHROPIC_MODEL"]
     for name, key in (("OPENAI_BASE_URL", "endpoint"), ("OPENAI_API_KEY", "api_key")):
         if env.get(name):
             out[key] = env[name]
@@ -184,7 +230,7 @@ def _build(values: dict[str, Any]) -> Settings:
         raise UsageError(
             f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
-    paths = ("state_dir", "hf_hub_cache")
+    paths = ("state_dir", "config_dir", "hf_hub_cache")
     settings = replace(Settings(), **{k: v for k, v in values.items() if k not in paths})
     checks = [
         (
@@ -229,5 +275,6 @@ def _build(values: dict[str, Any]) -> Settings:
     return replace(
         settings,
         state_dir=Path(values["state_dir"]).expanduser(),
+        config_dir=Path(values["config_dir"]).expanduser(),
         hf_hub_cache=Path(values["hf_hub_cache"]).expanduser(),
     )

@@ -23,6 +23,10 @@ class ToolRegistry:
                 raise ValueError(f"duplicate tool name {tool.name!r}")
             self._tools[tool.name] = tool
 
+    def with_tools(self, extra: Iterable[Tool]) -> ToolRegistry:
+        """A registry of these tools and `extra` (a duplicate name is an error)."""
+        return ToolRegistry([*self._tools.values(), *extra])
+
     @property
     def names(self) -> list[str]:
         return list(self._tools)

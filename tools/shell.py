@@ -69,6 +69,55 @@ class CommandRunner:
             )
         return found.backend
 
+    def sandboxed_argv(
+        self, argv: list[str], cwd: Path, private_tmp: Path | None = None
+    ) -> tuple[list[str], dict[str, str]]:
+        """`argv` wrapped in this runner's sandbox (the same confinement, seccomp filter and
+        limits as a Bash command), and the scrubbed environment to start it with, for a
+        long-lived process that another library spawns (an MCP server): it needs no inherited
+        descriptor. The sandbox needs a private folder (`private_tmp`, which the caller creates
+        and removes). Raises SandboxUnavailable when no sandbox works (fails closed)."""
+        env = command_environment(self.policy)
+        backend = self.backend()
+        if backend == "off":
+            return argv, env
+        if private_tmp is None:
+            raise ValueError("a sandboxed process needs a private temp folder")
+        if backend == "landlock":
+            env["TMPDIR"] = str(private_tmp)
+            return self._launcher_argv(argv, cwd, private_tmp), env
+        binary = bwrap.find_bwrap()
+        if binary is None:
+            raise SandboxUnavailable("bubblewrap disappeared after the probe found it")
+        families = seccomp.denied_families(allow_network=self.policy.allow_network, deny_unix=False)
+        program = private_tmp / "seccomp.bpf"
+        program.write_bytes(seccomp.program(families))
+        limited = _with_limits(argv, self.policy.limits)
+        wrapped = bwrap.bwrap_argv(binary, self.policy, limited, cwd, 3)
+        # the shell opens the filter as fd 3 for bubblewrap's --seccomp, then becomes bubblewrap
+        return ["/bin/sh", "-c", 'exec 3<"$0" && exec "$@"', str(program), *wrapped], env
+
+    def _launcher_argv(self, argv: list[str], cwd: Path, private_tmp: Path) -> list[str]:
+        """`argv` under the Landlock launcher. It runs with -I -S from a script path, so nothing
+        from the workspace (or PYTHON* variables, or site-packages) runs before the sandbox is
+        in place, whatever the working directory."""
+        limits = self.policy.limits
+        flags = launcher.options(
+            str(self.policy.workspace),
+            str(private_tmp),
+            str(cwd),
+            allow_network=self.policy.allow_network,
+            hidden=[str(p) for p in self.policy.hidden],
+            deny_unix=True,
+            limits={
+                "processes": limits.processes,
+                "memory_bytes": limits.memory_bytes,
+                "file_bytes": limits.file_bytes,
+                "open_files": limits.open_files,
+            },
+        )
+        return [sys.executable, "-I", "-S", launcher.script_path(), *flags, "--", *argv]
+
     def run(
         self, command: str, timeout_s: float = DEFAULT_TIMEOUT_S, cwd: Path | None = None
     ) -> CommandResult:
@@ -91,25 +140,7 @@ class CommandRunner:
             elif backend == "landlock":
                 private_tmp = tempfile.mkdtemp(prefix="m2agent-cmd-")
                 env["TMPDIR"] = private_tmp
-                limits = self.policy.limits
-                flags = launcher.options(
-                    str(self.policy.workspace),
-                    private_tmp,
-                    str(cwd),
-                    allow_network=self.policy.allow_network,
-                    hidden=[str(p) for p in self.policy.hidden],
-                    deny_unix=True,
-                    limits={
-                        "processes": limits.processes,
-                        "memory_bytes": limits.memory_bytes,
-                        "file_bytes": limits.file_bytes,
-                        "open_files": limits.open_files,
-                    },
-                )
-                # -I -S and `/` as the working directory: nothing from the workspace (or from
-                # PYTHON* variables, or site-packages) runs before the sandbox is in place.
-                python = [sys.executable, "-I", "-S", launcher.script_path()]
-                argv = [*python, *flags, "--", *argv]
+                argv = self._launcher_argv(argv, cwd, Path(private_tmp))
                 popen_cwd = Path("/")
             watch = self.policy.limits.processes if os.geteuid() == 0 and backend != "off" else None
             result = self._run(argv, popen_cwd, env, timeout_s, pass_fds, watch)
@@ -295,7 +326,20 @@ class _CappedCapture:
     def text(self) -> str:
         if not self.dropped:
             return self.head + self.tail
-        return f"{self.head}\n[... {self.dropped} characters omitted ...]\n{self.tail}"
+        return omission(self.head, self.dropped, self.tail)
+
+
+def omission(head: str, dropped: int, tail: str) -> str:
+    return f"{head}\n[... {dropped} characters omitted ...]\n{tail}"
+
+
+def cap_text(text: str, limit: int = MAX_OUTPUT_CHARS) -> str:
+    """`text` cut to about `limit` characters the way command output is: head and tail kept,
+    the middle replaced by a marker counting what was dropped."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return omission(text[:half], len(text) - 2 * half, text[-half:])
 
 
 class BashArgs(BaseModel):

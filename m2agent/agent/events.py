@@ -68,6 +68,18 @@ class StepUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionStarted:
+    """A task begins in a session: what front ends announce (stream-json's `init`)."""
+
+    session_id: str
+    cwd: str
+    model: str
+    tools: tuple[str, ...]
+    mcp_servers: tuple[tuple[str, str], ...]  # (name, status)
+    permission_mode: str
+
+
+@dataclass(frozen=True, slots=True)
 class TaskDone:
     reason: Literal["answered", "max_steps", "max_time", "max_tokens"]
     steps: int
@@ -83,6 +95,7 @@ Event = (
     | Retry
     | SnapshotTaken
     | StepUsage
+    | SessionStarted
     | TaskDone
 )
 

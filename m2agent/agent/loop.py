@@ -7,6 +7,7 @@ message so far already in the session."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import Counter
@@ -28,10 +29,11 @@ from m2agent.agent.events import (
     ToolFinished,
     ToolStarted,
 )
-from m2agent.agent.messages import AssistantMessage, CallRecord, ToolMessage
+from m2agent.agent.messages import AssistantMessage, CallRecord, ToolMessage, UserMessage
 from m2agent.agent.session import Session
 from m2agent.backends.base import ModelBackend, Retrying, TurnDone
 from m2agent.engine.protocol import ContentDelta, ReasoningDelta
+from m2agent.hooks import HookEvent, HookOutcome, HookRunner, Permission
 from m2agent.tools.base import Description, ToolError
 from m2agent.tools.checkpoints import Checkpoints
 from m2agent.tools.registry import ToolRegistry
@@ -54,6 +56,17 @@ class _Outcome:
     content: str
     is_error: bool
     metadata: dict[str, object]
+    notes: tuple[str, ...] = ()  # for the user (hook warnings)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pre:
+    """A call after its PreToolUse hooks: possibly new arguments, or already answered."""
+
+    record: CallRecord
+    description: Description | _Outcome
+    permission: Permission | None = None
+    context: tuple[str, ...] = ()
 
 
 @dataclass
@@ -62,6 +75,7 @@ class Agent:
     tools: ToolRegistry
     approvals: ApprovalPolicy
     checkpoints: Checkpoints | None = None
+    hooks: HookRunner | None = None  # PreToolUse, PostToolUse and Stop run here
 
     def run(self, session: Session, budget: Budget) -> Iterator[Item]:
         """Continue `session` (its last message is the user's) until the model answers without
@@ -70,6 +84,7 @@ class Agent:
         schemas = self.tools.schemas()
         failures: Counter[str] = Counter()
         generated = 0
+        stop_hook_active = False
         for step in range(1, budget.max_steps + 1):
             if time.monotonic() - started > budget.max_seconds:
                 yield TaskDone("max_time", step - 1, "")
@@ -97,6 +112,13 @@ class Agent:
             used = done.usage.prompt_tokens + done.usage.completion_tokens
             generated += done.usage.completion_tokens
             if not done.message.calls:
+                stop = self._hook("Stop", None, {"stop_hook_active": stop_hook_active})
+                yield from (Notice(text) for text in stop.messages)
+                if stop.blocked and not stop.stop:  # a Stop hook wants the model to go on
+                    stop_hook_active = True
+                    session.append(UserMessage(f"Stop hook: {stop.reason}"))
+                    yield Notice(f"a Stop hook asks the model to go on: {stop.reason}")
+                    continue
                 yield TaskDone("answered", step, done.message.content)
                 return
             yield from self._run_calls(session, done.message, step, used, budget, failures)
@@ -125,6 +147,13 @@ class Agent:
             for record, description in zip(batch, described, strict=True):
                 summary = description.summary if isinstance(description, Description) else ""
                 yield ToolStarted(record.id, record.call.name, dict(record.call.arguments), summary)
+            permissions: list[Permission | None] = []
+            contexts: list[tuple[str, ...]] = []  # PreToolUse hooks' additionalContext
+            for index, record in enumerate(batch):
+                pre = yield from self._pre_tool_use(record, described[index], len(batch) > 1)
+                batch[index], described[index] = pre.record, pre.description
+                permissions.append(pre.permission)
+                contexts.append(pre.context)
             if len(batch) > 1:
                 with ThreadPoolExecutor(max_workers=min(8, len(batch))) as pool:
                     outcomes = list(pool.map(self._execute, batch, described))
@@ -132,12 +161,12 @@ class Agent:
                 record, description = batch[0], described[0]
                 outcome = None
                 if isinstance(description, Description):
-                    outcome = yield from self._approve(record, description)
+                    outcome = yield from self._approve(record, description, permissions[0])
                 if outcome is None and snapshot is None and self._mutates(record.call.name):
                     snapshot = self._snapshot(f"before step {step}: {record.call.name}")
                 outcomes = [outcome or self._execute(record, description)]
-            for record, outcome in zip(batch, outcomes, strict=True):
-                content = outcome.content
+            for record, outcome, context in zip(batch, outcomes, contexts, strict=True):
+                content = outcome.content + "".join(f"\n[hook context: {c}]" for c in context)
                 if outcome.is_error:
                     key = json.dumps([record.call.name, record.call.arguments], sort_keys=True,
                                      default=str)  # fmt: skip
@@ -151,6 +180,7 @@ class Agent:
                 if record.id == last and used:
                     content += "\n" + context_note(used, budget.context_tokens)
                 session.append(ToolMessage(record.id, content, outcome.is_error))
+                yield from (Notice(text) for text in outcome.notes)
                 yield ToolFinished(record.id, record.call.name, content, outcome.is_error,
                                    dict(outcome.metadata))  # fmt: skip
         if snapshot is not None and self.checkpoints is not None:
@@ -161,12 +191,44 @@ class Agent:
             else:
                 self.checkpoints.drop(snapshot)
 
+    def _pre_tool_use(
+        self, record: CallRecord, description: Description | _Outcome, is_batched: bool
+    ) -> Generator[Item, None, _Pre]:
+        """The PreToolUse hooks' say on a call: a block becomes the call's answer (the model
+        reads the reason); `updatedInput` replaces the arguments (described again, so the
+        approval shows what will run); a decision (allow / ask / deny) goes to the approval
+        step. In a batch of read-only calls, an `ask` is asked here, before they run."""
+        if not isinstance(description, Description):
+            return _Pre(record, description)
+        name, arguments = record.call.name, dict(record.call.arguments)
+        pre = self._hook("PreToolUse", name, {"tool_name": name, "tool_input": arguments})
+        yield from (Notice(text) for text in pre.messages)
+        if pre.blocked:
+            refusal = _Outcome(f"not run: blocked by a PreToolUse hook: {pre.reason}", True, {})
+            return _Pre(record, refusal)
+        if pre.updated_input is not None:
+            call = dataclasses.replace(record.call, arguments=dict(pre.updated_input))
+            record = CallRecord(record.id, call)
+            description = self._describe(record)
+            yield Notice(f"a PreToolUse hook changed the input of {name}: {pre.updated_input}")
+            if not isinstance(description, Description):
+                return _Pre(record, description)
+        if is_batched and pre.permission == "ask":
+            refused = yield from self._approve(record, description, "ask")
+            return _Pre(record, refused or description, "allow", pre.context)
+        return _Pre(record, description, pre.permission, pre.context)
+
     def _approve(
-        self, record: CallRecord, description: Description
+        self, record: CallRecord, description: Description, hook: Permission | None = None
     ) -> Generator[ApprovalRequest, None, _Outcome | None]:
-        """None when the call may run; otherwise the refusal to answer it with."""
+        """None when the call may run; otherwise the refusal to answer it with. `hook`: a
+        PreToolUse hook's decision (allow answers the question, ask forces it)."""
         annotations = self.tools.get(record.call.name).annotations
         decision = self.approvals.decide(annotations, description)
+        if decision == "allow" and hook == "ask":
+            decision = "ask"
+        elif decision == "ask" and hook == "allow":  # a hook may answer the question, not
+            decision = "allow"  # lift the mode's deny
         if decision == "allow":
             return None
         if decision == "deny":
@@ -190,8 +252,22 @@ class Agent:
     def _execute(self, record: CallRecord, description: Description | _Outcome) -> _Outcome:
         if isinstance(description, _Outcome):
             return description
-        result = self.tools.call(record.call.name, record.call.arguments)
-        return _Outcome(result.content, result.is_error, dict(result.metadata))
+        name, arguments = record.call.name, dict(record.call.arguments)
+        result = self.tools.call(name, arguments)
+        response = {"content": result.content, "is_error": result.is_error, **result.metadata}
+        payload = {"tool_name": name, "tool_input": arguments, "tool_response": response}
+        post = self._hook("PostToolUse", name, payload)
+        content = result.content
+        if post.blocked:
+            content += f"\n[PostToolUse hook: {post.reason}]"
+        for context in post.context:
+            content += f"\n[hook context: {context}]"
+        return _Outcome(content, result.is_error, dict(result.metadata), post.messages)
+
+    def _hook(self, event: HookEvent, tool: str | None, payload: dict[str, object]) -> HookOutcome:
+        if self.hooks is None:
+            return HookOutcome()
+        return self.hooks.run(event, payload, tool)
 
     def _batches(self, calls: tuple[CallRecord, ...]) -> Iterator[list[CallRecord]]:
         """Consecutive read-only calls together; every other call on its own, in order."""

@@ -1,5 +1,5 @@
-"""The system prompt: who the agent is, how it works, where it is, and the repository's own
-instructions (AGENTS.md, CLAUDE.md)."""
+"""The system prompt: who the agent is, how it works, where it is, and the user's and the
+repository's own instructions (AGENTS.md, CLAUDE.md: see `instructions.py`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import datetime
 import platform
 import subprocess
 from pathlib import Path
+
+from m2agent.agent import instructions
 
 RULES = """\
 You are m2agent, a coding agent working in the user's repository through tools.
@@ -19,18 +21,24 @@ How to work:
 - Be brief. When the task is done, answer with a short summary of what you changed and why."""
 
 
-def system_prompt(workspace: Path, today: datetime.date | None = None) -> str:
+def system_prompt(
+    workspace: Path,
+    today: datetime.date | None = None,
+    *,
+    user_dir: Path | None = None,
+    home: Path | None = None,
+) -> str:
+    """`user_dir`: where the user's own AGENTS.md / CLAUDE.md live (m2agent's config folder);
+    `home`: what `@~/...` imports in them resolve against."""
     today = today or datetime.date.today()
     parts = [RULES, "", "Environment:", f"- working directory: {workspace}"]
     parts.append(f"- OS: {platform.system()} {platform.release()}; date: {today.isoformat()}")
     status = _git_status(workspace)
     if status is not None:
         parts.append(f"- git status:\n{status or '  (clean)'}")
-    for name in ("AGENTS.md", "CLAUDE.md"):
-        file = workspace / name
-        if file.is_file():
-            text = file.read_text(encoding="utf-8", errors="replace")[:20_000]
-            parts += ["", f"Repository instructions from {name}:", text]
+    found = instructions.render(instructions.collect(workspace, user_dir, home))
+    if found:
+        parts += ["", found]
     return "\n".join(parts)
 
 

@@ -85,6 +85,7 @@ class AnthropicBackend:
         model: str,
         api_key: str | None = None,
         *,
+        auth_token: str | None = None,
         max_tokens: int = 8192,
         temperature: float | None = None,
         timeout_s: float = 600.0,
@@ -97,6 +98,8 @@ class AnthropicBackend:
         self.headers = {"anthropic-version": "2023-06-01"}
         if api_key:
             self.headers["x-api-key"] = api_key
+        if auth_token:  # ANTHROPIC_AUTH_TOKEN, as Claude Code sends it (gateways, proxies)
+            self.headers["Authorization"] = f"Bearer {auth_token}"
         self.client = client or httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0))
         self.retry_base_delay_s = retry_base_delay_s
 

@@ -1,11 +1,10 @@
 """Headless front end: the event sink of `fix`, `-p` and `ci`. Short progress lines on stderr
-(text and json formats), or one JSON object per event on stdout (`stream-json`). Approval
+(text and json formats), or Claude Code's stream-json on stdout (`stream-json`). Approval
 requests are answered here: on a terminal, by asking (the tool's preview first); otherwise no,
-with the reason the model reads."""
+with the reason the model reads. The final result is printed here too (`finish`, `fail`)."""
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Literal, TextIO
 
@@ -15,13 +14,16 @@ from m2agent.agent.events import (
     Notice,
     ReasoningText,
     Retry,
+    SessionStarted,
     SnapshotTaken,
     TaskDone,
     ToolFinished,
     ToolStarted,
-    event_json,
 )
 from m2agent.agent.loop import Item
+from m2agent.fix import FixResult, error_event, error_json, result_event, result_json
+from m2agent.stream_json import StreamJsonEncoder, dumps
+from m2agent.ui.stream_json_sink import StreamJsonSink
 
 OutputFormat = Literal["text", "json", "stream-json"]
 ANSWERS: dict[str, Literal["yes", "no", "always"]] = {"y": "yes", "n": "no", "a": "always"}
@@ -39,13 +41,21 @@ class HeadlessFrontEnd:
         """`interactive`: approval requests are asked on the terminal (stdin and stderr)."""
         self.output, self.interactive = output, interactive
         self.out, self.err = out or sys.stdout, err or sys.stderr
+        self.session_id, self.model = "", ""
+        self._stream: StreamJsonSink | None = None
 
     def __call__(self, item: Item) -> None:
         if isinstance(item, ApprovalRequest):
             self._approval(item)
             return
+        if isinstance(item, SessionStarted):
+            self._started(item)
+            return
         if self.output == "stream-json":
-            self._json(event_json(item))
+            if self._stream is not None and isinstance(item, Retry):
+                self._stream.discard_partial()
+            elif self._stream is not None:
+                self._stream.render(item)
             return
         if isinstance(item, ReasoningText | AnswerText):
             return  # reasoning stays in the session; progress lines stay short
@@ -70,8 +80,6 @@ class HeadlessFrontEnd:
                 f"{request.tool} needs approval and nobody can approve here (headless); the "
                 "user can allow it with --yes or --mode auto-edit/auto"
             )))  # fmt: skip
-            if self.output == "stream-json":
-                self._json(request.as_json())
             return
         self._line(f"\n{request.tool} {request.reason}: {request.summary}")
         if request.preview:
@@ -84,9 +92,35 @@ class HeadlessFrontEnd:
         self._line(f"-> {ANSWERS[key]}")
         request.answer(ApprovalReply(ANSWERS[key]))
 
-    def _json(self, data: dict[str, object]) -> None:
-        self.out.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
+    def finish(self, result: FixResult, *, flat_json: bool = False) -> None:
+        """The result on stdout: Claude Code's result object (json, stream-json), or
+        m2agent's own flat object (`--json`). Text output is the caller's."""
+        if flat_json:
+            self.out.write(result_json(result) + "\n")
+        elif self.output != "text":
+            self.out.write(dumps(result_event(result, self.model)) + "\n")
         self.out.flush()
+
+    def fail(self, message: str, exit_code: int, *, flat_json: bool = False) -> None:
+        """A task that could not run or failed, as the last line (json and stream-json)."""
+        if flat_json:
+            self.out.write(error_json(message, exit_code) + "\n")
+        elif self.output != "text":
+            event = error_event(message, exit_code, self.session_id, self.model)
+            self.out.write(dumps(event) + "\n")
+        self.out.flush()
+
+    def _started(self, item: SessionStarted) -> None:
+        self.session_id, self.model = item.session_id, item.model
+        if self.output != "stream-json" or self._stream is not None:
+            return  # one init per run, however many turns
+        self._stream = StreamJsonSink(StreamJsonEncoder(item.session_id, item.model), self.out)
+        self._stream.start(
+            cwd=item.cwd,
+            tools=item.tools,
+            mcp_servers=[{"name": name, "status": status} for name, status in item.mcp_servers],
+            permission_mode=item.permission_mode,
+        )
 
     def _line(self, text: str) -> None:
         self.err.write(text + "\n")

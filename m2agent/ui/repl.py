@@ -36,6 +36,7 @@ from m2agent.agent.loop import Budget
 from m2agent.agent.session import Session
 from m2agent.backends.base import ModelBackend
 from m2agent.errors import M2AgentError
+from m2agent.extensions import open_extensions
 from m2agent.runtime import build_runtime
 from m2agent.settings import Settings
 from m2agent.ui.render import EventPrinter
@@ -121,7 +122,11 @@ class Repl:
     ) -> None:
         self.settings, self.workspace, self.console = settings, workspace, console
         self.backend = backend
-        self.runtime = build_runtime(settings, workspace, backend, mode=settings.approval_mode)
+        self.extensions = open_extensions(settings, workspace)  # MCP servers start meanwhile
+        self.runtime = build_runtime(
+            settings, workspace, backend, mode=settings.approval_mode, extensions=self.extensions
+        )
+        self.announced: set[str] = set()  # MCP failures and sessions already announced
         self.printer = EventPrinter(console)
         self.session: Session | None = None
         self.pending_note = ""  # told to the model with the next message (after an undo)
@@ -146,6 +151,8 @@ class Repl:
         )
         if self.runtime.agent is None:
             self.console.print(Text(NO_MODEL_HINT, style="yellow"))
+        for note in self.extensions.notes():
+            self.console.print(Text(note, style="yellow"))
         interrupted_at_empty = False
         try:
             while True:
@@ -168,8 +175,19 @@ class Repl:
                     continue
                 self.turn(text)
         finally:
-            if self.session is not None:
-                self.session.close()
+            self.end_session("prompt_input_exit")
+            self.runtime.close()
+
+    def end_session(self, reason: str) -> None:
+        """Close the session (SessionEnd hooks run) and forget it."""
+        if self.session is None:
+            return
+        hooks = self.runtime.attach_hooks(self.session)
+        if hooks is not None:
+            for text in hooks.run("SessionEnd", {"reason": reason}).messages:
+                self.console.print(Text(text, style="yellow"))
+        self.session.close()
+        self.session = None
 
     def turn(self, text: str) -> None:
         """One user message and everything the agent does about it; Ctrl-C cancels it, a
@@ -180,7 +198,9 @@ class Repl:
             return
         if self.session is None:
             self.session = self.runtime.new_session(text)
-        message = self.pending_note + self._with_mentions(text)
+        message = self._hooked_message(self.pending_note + self._with_mentions(text))
+        if message is None:
+            return
         self.pending_note = ""
         self.session.begin_turn(message)
         started, generated_before = time.monotonic(), self.session.usage.completion_tokens
@@ -207,6 +227,39 @@ class Repl:
         self.last_rate = generated / elapsed if elapsed > 0 else 0.0
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _hooked_message(self, message: str) -> str | None:
+        """Before a message goes out: MCP tools that became ready join the tool set, newly
+        failed servers are reported, and the session's hooks run (SessionStart once per
+        session, UserPromptSubmit every time: its context joins the message; a refusal keeps
+        the message from the model, None)."""
+        assert self.session is not None
+        self.runtime.refresh_tools()
+        for status in self.extensions.manager.statuses() if self.extensions.manager else []:
+            if status.state == "failed" and f"mcp:{status.name}" not in self.announced:
+                self.announced.add(f"mcp:{status.name}")
+                self.console.print(Text(f"MCP server {status.name} failed: {status.detail}",
+                                        style="yellow"))  # fmt: skip
+        hooks = self.runtime.attach_hooks(self.session)
+        if hooks is None:
+            return message
+        outcomes = []
+        if self.session.id not in self.announced:
+            self.announced.add(self.session.id)
+            source = "resume" if self.session.turns else "startup"
+            outcomes.append(hooks.run("SessionStart", {"source": source}, source))
+        submit = hooks.run("UserPromptSubmit", {"prompt": message})
+        outcomes.append(submit)
+        for outcome in outcomes:
+            for text in outcome.messages:
+                self.console.print(Text(text, style="yellow"))
+        if submit.blocked or submit.stop:
+            why = submit.reason or submit.stop_reason
+            self.console.print(Text(f"not sent: a UserPromptSubmit hook refused it: {why}",
+                                    style="red"))  # fmt: skip
+            return None
+        context = [c for outcome in outcomes for c in outcome.context]
+        return message + "".join(f"\n\n[hook context: {c}]" for c in context)
 
     def _with_mentions(self, text: str) -> str:
         attached = []

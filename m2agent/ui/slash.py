@@ -90,8 +90,8 @@ def _todo(repl: Repl, arg: str) -> None:
 
 
 def _tools(repl: Repl, arg: str) -> None:
-    """List the tools the model can use."""
-    for schema in repl.runtime.tools.schemas():
+    """List the tools the model can use (MCP servers' included, once they are ready)."""
+    for schema in repl.runtime.refresh_tools().schemas():
         fn = schema["function"]
         repl.console.print(f"{fn['name']:10} {fn['description'][:90]}")
 
@@ -125,9 +125,7 @@ def _cost(repl: Repl, arg: str) -> None:
 
 def _clear(repl: Repl, arg: str) -> None:
     """Start a fresh conversation (files are not touched)."""
-    if repl.session is not None:
-        repl.session.close()
-    repl.session = None
+    repl.end_session("clear")
     repl.console.print("conversation cleared")
 
 
@@ -208,6 +206,40 @@ def _resume(repl: Repl, arg: str) -> None:
     repl.console.print(f"resumed {session.id} ({turns} user messages)")
 
 
+def _mcp(repl: Repl, arg: str) -> None:
+    """MCP servers and their state; /mcp approve [NAME|all] starts this project's servers."""
+    from m2agent.errors import UsageError
+    from m2agent.extensions import open_extensions
+    from m2agent.mcp.commands import approve
+
+    words = arg.split()
+    if words[:1] == ["approve"]:
+        names = words[1:]
+        try:
+            told = approve(repl.settings, repl.workspace, [n for n in names if n != "all"],
+                           every=names in ([], ["all"]))  # fmt: skip
+        except UsageError as e:
+            repl.console.print(Text(e.message, style="red"))
+            return
+        repl.console.print(told)
+        repl.extensions.close()  # start again with the approved servers
+        repl.extensions = repl.runtime.extensions = open_extensions(repl.settings, repl.workspace)
+        repl.console.print("starting them; their tools join with your next message")
+        return
+    manager = repl.extensions.manager
+    statuses = manager.statuses() if manager is not None else []
+    if not statuses and not repl.extensions.plan.pending:
+        repl.console.print("no MCP servers (see README: [mcp_servers.NAME] or .mcp.json)")
+    for status in statuses:
+        style = {"ready": "green", "failed": "red"}.get(status.state, "")
+        repl.console.print(Text(f"{status.name:16} {status.state}: {status.detail}", style=style))
+        if status.tools:
+            repl.console.print(Text("    " + ", ".join(status.tools), style="dim"))
+    for spec in repl.extensions.plan.pending:
+        repl.console.print(Text(f"{spec.name:16} needs approval: {spec.describe()} "
+                                f"(/mcp approve {spec.name})", style="yellow"))  # fmt: skip
+
+
 COMMANDS: dict[str, Callable[..., Any]] = {
     "help": _help,
     "model": _model,
@@ -223,6 +255,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "sessions": _sessions,
     "resume": _resume,
     "sandbox": _sandbox,
+    "mcp": _mcp,
     "think": _think,
     "exit": _exit,
 }

@@ -1,14 +1,13 @@
 """The embedded engine as the default: weights found in a real Hugging Face cache layout, the
 split they need on the GPUs there are, and a newcomer's machine where they cannot be served
 (told exactly how to point at an endpoint instead). Also: the tiny checkpoint's context holds
-the agent's first prompt."""
+the agent's first prompt. (The engine started from the cache: tests/e2e/test_fix.py.)"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -91,29 +90,6 @@ def test_weights_too_big_for_this_machine_say_how_to_use_an_endpoint(tmp_path: P
     assert done.returncode == 2
     assert f"found MiniMax-M2 weights at {snapshot}" in done.stderr
     assert "no GPU here for 3 GiB" in done.stderr and "--endpoint URL --model NAME" in done.stderr
-
-
-def test_weights_in_the_hf_cache_start_the_embedded_engine(tmp_path: Path) -> None:
-    from m2agent.engine.models.tiny import write_tiny_checkpoint
-
-    snapshot = fake_cache(tmp_path / "hub")
-    (snapshot / "config.json").unlink()
-    write_tiny_checkpoint(snapshot)
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub")}
-    done = subprocess.run(
-        [sys.executable, "-m", "m2agent", "fix", "say hi", "--yes", "--json", "--test-cmd",
-         "true", "--max-steps", "1", "--max-tokens", "8", "--sandbox", "off"],
-        cwd=repo, capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
-    try:
-        assert f"found MiniMax-M2 weights at {snapshot}; serving them on cpu" in done.stderr
-        result = json.loads(done.stdout)
-        assert result["steps"] == 1 and result["prompt_tokens"] > 1000, done.stderr
-    finally:
-        for record in (Path(env["HOME"]) / "xdg_state_home").rglob("engines/*.json"):
-            os.kill(json.loads(record.read_text())["pid"], signal.SIGTERM)
 
 
 def test_the_tiny_checkpoint_holds_the_agents_first_prompt(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from model_server import FakeM2Server
+from stream_json_shape import check_stream
 
 from m2agent.tools.sandbox import bwrap
 
@@ -236,16 +237,23 @@ def test_github_issue_and_commit_on_a_new_branch(
     assert changed.stdout.split() == ["calc.py"]
 
 
-def test_embedded_engine_is_started_and_reused(repo: Path, tmp_path: Path) -> None:
-    from m2agent.engine.models.tiny import TinySpec, write_tiny_checkpoint
+def test_embedded_engine_is_started_and_reused(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No endpoint and no --model: the weights in the Hugging Face cache start the embedded
+    engine; naming the same checkpoint with --model reuses it."""
+    from m2agent.engine.models.tiny import write_tiny_checkpoint
 
-    checkpoint = write_tiny_checkpoint(tmp_path / "tiny-m2", TinySpec(max_positions=32768))
-    args = ["fix", "say hi", "--model", str(checkpoint), "--yes", "--json", "--test-cmd", "true",
-            "--max-steps", "1", "--max-tokens", "8", *sandbox_flag()]  # fmt: skip
+    snapshot = tmp_path / "hub" / "models--MiniMaxAI--MiniMax-M2" / "snapshots" / "abc123"
+    write_tiny_checkpoint(snapshot)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    args = ["fix", "say hi", "--yes", "--json", "--test-cmd", "true", "--max-steps", "1",
+            "--max-tokens", "8", *sandbox_flag()]  # fmt: skip
     first = run_cli(repo, *args)
     assert first.returncode in (0, 1), first.stderr
+    assert f"found MiniMax-M2 weights at {snapshot}; serving them on cpu" in first.stderr
     assert "starting the embedded engine" in first.stderr
-    second = run_cli(repo, *args)
+    second = run_cli(repo, *args, "--model", str(snapshot))
     assert "starting the embedded engine" not in second.stderr  # reused
     result = json.loads(second.stdout)
     assert result["steps"] == 1 and result["prompt_tokens"] > 1000
@@ -304,13 +312,17 @@ def test_stream_json_prints_one_event_per_line(repo: Path) -> None:
             "--output-format", "stream-json", "--test-cmd", verify_command(), *sandbox_flag(),
         )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    lines = [json.loads(line) for line in done.stdout.splitlines()]
-    kinds = [line.get("type") for line in lines]
-    assert (
-        "ToolStarted" in kinds and "ToolFinished" in kinds and kinds[-2:] == ["TaskDone", "result"]
+    lines = check_stream(done.stdout)  # Claude Code's shape, line by line
+    kinds = [line["type"] for line in lines]
+    assert kinds.count("user") == 2 and kinds[-1] == "result"
+    assert lines[-1]["m2agent"]["verified"] is True and lines[-1]["subtype"] == "success"
+    reasoning = "".join(
+        block["thinking"]
+        for line in lines
+        if line["type"] == "assistant"
+        for block in line["message"]["content"]
+        if block["type"] == "thinking"
     )
-    assert lines[-1]["verified"] is True
-    reasoning = "".join(line["text"] for line in lines if line.get("type") == "ReasoningText")
     assert "The add test fails" in reasoning
 
 

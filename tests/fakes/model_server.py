@@ -31,6 +31,7 @@ class FakeM2Server:
     style: Style
     faults: dict[int, Fault] = field(default_factory=dict)  # request index -> fault
     requests: list[dict[str, Any]] = field(default_factory=list)
+    headers_seen: list[dict[str, str]] = field(default_factory=list)  # per request
     chunk_chars: int = 7
     port: int = 0  # a fixed port plays "the same endpoint again"
     delay_s: float = 0.0  # pause between chunks (a slow stream, to interrupt)
@@ -78,6 +79,7 @@ class FakeM2Server:
 
             def do_POST(self) -> None:  # /v1/chat/completions, /v1/completions, /v1/messages
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.headers_seen.append({k.lower(): v for k, v in self.headers.items()})
                 _, text, fault = fake._next(body)
                 if fault == "429":
                     return self._json(
