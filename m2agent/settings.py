@@ -32,9 +32,9 @@ Api = Literal["openai", "completions", "anthropic"]
 # agent may act on its own, what the sandbox lets through, and how long it may run.
 SENSITIVE = frozenset(
     {"endpoint", "api_key", "auth_token", "api", "sandbox", "allow_network", "github_token",
-     "github_api_url", "approval_mode", "state_dir", "max_steps", "max_minutes", "max_tokens", "max_total_tokens",
-     "allow_read", "env_allow", "limit_processes", "limit_memory_mb", "limit_file_mb",
-     "limit_open_files"}
+     "github_api_url", "approval_mode", "state_dir", "max_steps", "max_minutes", "max_tokens",
+     "max_total_tokens", "allow_read", "env_allow", "limit_processes", "limit_memory_mb",
+     "limit_file_mb", "limit_open_files"}
 )  # fmt: skip
 
 
