@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,26 @@ def require_user(user: str) -> None:
         pytest.skip(f"runs as {user} only when the tests run as root (setpriv switches user)")
     if user == "nobody" and shutil.which("setpriv") is None:
         pytest.skip("setpriv is not installed: cannot switch to an unprivileged user")
+    if user == "nobody" and (why := _nobody_cannot_run_the_agent()):
+        pytest.skip(
+            f"the unprivileged user cannot run this interpreter with m2agent ({why}): create "
+            "the virtualenv from a Python it can execute (e.g. /usr/bin/python3) in a folder it "
+            "can read; .ci/run does this"
+        )
+
+
+@cache
+def _nobody_cannot_run_the_agent() -> str:
+    """Why `nobody` cannot start sys.executable and import the sandbox ('' when it can): a
+    Python under a private home (pyenv in /root) is out of its reach."""
+    probe = subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+         sys.executable, "-I", "-c", "import m2agent.tools.shell"],
+        capture_output=True, text=True, cwd="/", timeout=60,
+    )  # fmt: skip
+    if probe.returncode == 0:
+        return ""
+    return (probe.stderr.strip().splitlines() or [f"exit {probe.returncode}"])[-1]
 
 
 @dataclass(frozen=True, slots=True)
