@@ -125,6 +125,7 @@ def run_throughput_bench(
     baseline: bool,
     experts_impl: str = "grouped_mm",
     tp: int = 1,
+    quant: str = "auto",
     report: Report = print,
 ) -> ThroughputReport:
     """With tp > 1 the transformers baseline is skipped: it has no tensor parallelism, and its
@@ -132,7 +133,7 @@ def run_throughput_bench(
     with tempfile.TemporaryDirectory(prefix="m2agent-bench-") as tmp:
         blocks = max(streams) * -(-(prompt_tokens + new_tokens) // 16) + 8
         llm, folder = open_model(
-            model_path, dummy_config, layers, device, Path(tmp), report,
+            model_path, dummy_config, layers, device, Path(tmp), report, quant,
             max_num_seqs=max(streams), num_kv_blocks=blocks, block_size=16,
             tensor_parallel_size=tp,
         )  # fmt: skip
@@ -152,8 +153,8 @@ def run_throughput_bench(
         elif baseline:
             report(f"building transformers' MiniMaxM2ForCausalLM ({experts_impl} experts) ...")
             model = build_transformers_model(llm, folder, experts_impl)
-            baseline_round(model, all_prompts[:2], new_tokens)  # warm-up at full length
-            for n in streams:
+            for n in streams:  # warmed at each batch size: its first run is several times slower
+                baseline_round(model, all_prompts[:n], min(new_tokens, 16))
                 baseline_times[n] = baseline_round(model, all_prompts[:n], new_tokens)
                 report(
                     f"  transformers, {n} streams: {n * new_tokens / baseline_times[n]:.1f} tok/s"

@@ -4,6 +4,8 @@ I expert intermediate, C hidden (model width)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -12,6 +14,31 @@ from torch.nn.attention.bias import causal_lower_right
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 _SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+@dataclass(frozen=True, slots=True)
+class ExpertWeights:
+    """One layer's stacked experts as stored: w13 [E, 2I, C], w2 [E, C, I] (FP8 or float) and,
+    for FP8, their block scales (`block` = (rows, cols) of one scale's block)."""
+
+    w13: torch.Tensor
+    w2: torch.Tensor
+    w13_scale: torch.Tensor | None = None
+    w2_scale: torch.Tensor | None = None
+    block: tuple[int, int] = (128, 128)
+
+    @property
+    def is_fp8(self) -> bool:
+        return self.w13_scale is not None
+
+    def dense(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w13, w2) in `dtype`, dequantized when FP8: a full copy (the reference path)."""
+        if self.w13_scale is None or self.w2_scale is None:
+            return self.w13.to(dtype), self.w2.to(dtype)
+        return (
+            dequantize_fp8_block(self.w13, self.w13_scale, self.block, dtype),
+            dequantize_fp8_block(self.w2, self.w2_scale, self.block, dtype),
+        )
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
