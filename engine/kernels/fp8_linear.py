@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-_SM_COUNT: dict[int, int] = {}
+from m2agent.engine.kernels.occupancy import split_k
 
 
 @triton.jit
@@ -68,15 +68,6 @@ def _fp8_linear_kernel(
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=n_ok[:, None] & m_ok[None, :])
 
 
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":  # Triton's interpreter (TRITON_INTERPRET=1) runs on CPU tensors
-        return 132
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SM_COUNT:
-        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SM_COUNT[index]
-
-
 def fp8_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -101,9 +92,7 @@ def fp8_linear(
         raise ValueError(f"FP8 block columns {block_cols} must be a multiple of {block_k}")
     tiles = triton.cdiv(num_rows, block_m) * triton.cdiv(n_dim, block_n)
     k_blocks = triton.cdiv(k_dim, block_k)
-    split = 1
-    while tiles * split < _sm_count(x.device) and split * 2 <= k_blocks and split < 8:
-        split *= 2
+    split = split_k(tiles, k_blocks, x.device)
     k_per_split = triton.cdiv(k_blocks, split) * block_k
     split = triton.cdiv(k_dim, k_per_split)
     if split == 1:

@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
+from m2agent.engine.kernels.occupancy import split_k
 from m2agent.engine.kernels.reference import ExpertWeights
 
 
@@ -65,10 +66,11 @@ def _gate_up_kernel(
     x_ptr,  # [T, C]
     w_ptr,  # [E, 2I, C]: rows 0..I-1 gate (w1), I..2I-1 up (w3)
     s_ptr,  # [E, ceil(2I/BR), ceil(C/BC)] fp32 scale_inv (unused without HAS_SCALE)
-    act_ptr,  # out: [rows, I] in x's dtype
+    act_ptr,  # out: [rows, I] in x's dtype; with SPLIT > 1, fp32 [SPLIT, rows, 2I] partial sums
     rows_ptr,  # grouped: pair of each row, sorted by expert (>= num_pairs: padding)
     expert_ptr,  # grouped: expert of each row block; per pair: expert of each pair
     num_pairs,
+    act_rows,
     stride_we,
     stride_wn,
     stride_se,
@@ -81,12 +83,15 @@ def _gate_up_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    SPLIT: tl.constexpr,
+    K_PER_SPLIT: tl.constexpr,
     PER_PAIR: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     block = tl.program_id(0)
     tile = tl.program_id(1)
+    split = tl.program_id(2)
     expert = tl.load(expert_ptr + block)
     if expert < 0:
         return
@@ -107,7 +112,8 @@ def _gate_up_kernel(
     s_base = s_ptr + expert.to(tl.int64) * stride_se
     gate = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     up = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    for k0 in range(0, HIDDEN, BLOCK_K):
+    for step in range(0, K_PER_SPLIT, BLOCK_K):
+        k0 = split * K_PER_SPLIT + step
         kk = k0 + k
         k_ok = kk < HIDDEN
         a = tl.load(
@@ -131,12 +137,40 @@ def _gate_up_kernel(
         else:
             gate += g
             up += u
+    mask = n_ok[:, None] & valid[None, :]
+    if SPLIT == 1:
+        act = gate / (1.0 + tl.exp(-gate)) * up
+        tl.store(
+            act_ptr + out_row[None, :] * INTER + n[:, None],
+            act.to(act_ptr.dtype.element_ty),
+            mask=mask,
+        )
+    else:
+        part = act_ptr + (split * act_rows + out_row[None, :]).to(tl.int64) * (2 * INTER)
+        tl.store(part + n[:, None], gate, mask=mask)
+        tl.store(part + INTER + n[:, None], up, mask=mask)
+
+
+@triton.jit
+def _silu_mul_kernel(
+    part_ptr,  # [SPLIT, rows, 2I] fp32: gate and up partial sums
+    act_ptr,  # out: [rows, I]
+    rows_total,
+    INTER: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0)
+    i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < INTER
+    gate = tl.zeros((BLOCK,), dtype=tl.float32)
+    up = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in tl.static_range(SPLIT):
+        base = part_ptr + (s * rows_total + row).to(tl.int64) * (2 * INTER)
+        gate += tl.load(base + i, mask=ok, other=0.0)
+        up += tl.load(base + INTER + i, mask=ok, other=0.0)
     act = gate / (1.0 + tl.exp(-gate)) * up
-    tl.store(
-        act_ptr + out_row[None, :] * INTER + n[:, None],
-        act.to(act_ptr.dtype.element_ty),
-        mask=n_ok[:, None] & valid[None, :],
-    )
+    tl.store(act_ptr + row.to(tl.int64) * INTER + i, act.to(act_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -144,7 +178,7 @@ def _down_kernel(
     act_ptr,  # [rows, I]
     w_ptr,  # [E, C, I]
     s_ptr,  # [E, ceil(C/BR), ceil(I/BC)] fp32
-    out_ptr,  # out: [num_pairs, C] fp32, each pair's expert output times its routing weight
+    out_ptr,  # out: [SPLIT, num_pairs, C] fp32: each pair's expert output x its routing weight
     rows_ptr,
     expert_ptr,
     weights_ptr,  # [num_pairs] fp32 routing weights
@@ -160,12 +194,15 @@ def _down_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    SPLIT: tl.constexpr,
+    K_PER_SPLIT: tl.constexpr,
     PER_PAIR: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     block = tl.program_id(0)
     tile = tl.program_id(1)
+    split = tl.program_id(2)
     expert = tl.load(expert_ptr + block)
     if expert < 0:
         return
@@ -184,7 +221,8 @@ def _down_kernel(
     w_base = w_ptr + expert.to(tl.int64) * stride_we
     s_base = s_ptr + expert.to(tl.int64) * stride_se
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    for k0 in range(0, INTER, BLOCK_K):
+    for step in range(0, K_PER_SPLIT, BLOCK_K):
+        k0 = split * K_PER_SPLIT + step
         kk = k0 + k
         k_ok = kk < INTER
         a = tl.load(
@@ -205,8 +243,9 @@ def _down_kernel(
             acc += p
     routing = tl.load(weights_ptr + pair, mask=valid, other=0.0)
     acc = acc * routing[None, :]
+    out = out_ptr + (split * num_pairs + pair[None, :]).to(tl.int64) * HIDDEN
     tl.store(
-        out_ptr + pair[None, :] * HIDDEN + n[:, None],
+        out + n[:, None],
         acc,
         mask=n_ok[:, None] & valid[None, :],
     )
@@ -282,18 +321,40 @@ def moe_experts(
         PER_PAIR=not tiles.grouped, HAS_SCALE=experts.is_fp8, PRECISION=precision,
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )  # fmt: skip
-    _gate_up_kernel[(num_blocks, triton.cdiv(inter, tiles.block_n))](
-        x, w13, s13, act, rows, block_expert, pairs,
+    # Split the reduction when the tiles alone are too few programs (decode: 8 pairs).
+    n_tiles = triton.cdiv(inter, tiles.block_n)
+    k_blocks = triton.cdiv(hidden, tiles.block_k)
+    split = split_k(num_blocks * n_tiles, k_blocks, x.device)
+    k_per_split = triton.cdiv(k_blocks, split) * tiles.block_k
+    split = triton.cdiv(hidden, k_per_split)
+    gate_up_out = (
+        act
+        if split == 1
+        else torch.empty((split, act_rows, 2 * inter), dtype=torch.float32, device=x.device)
+    )
+    _gate_up_kernel[(num_blocks, n_tiles, split)](
+        x, w13, s13, gate_up_out, rows, block_expert, pairs, act_rows,
         w13.stride(0), w13.stride(1), s13.stride(0), s13.stride(1),
-        TOP_K=top_k, HIDDEN=hidden, INTER=inter, BLOCK_N=tiles.block_n, **common,
+        TOP_K=top_k, HIDDEN=hidden, INTER=inter, BLOCK_N=tiles.block_n,
+        SPLIT=split, K_PER_SPLIT=k_per_split, **common,
     )  # fmt: skip
+    if split > 1:
+        _silu_mul_kernel[(act_rows, triton.cdiv(inter, 256))](
+            gate_up_out, act, act_rows, INTER=inter, SPLIT=split, BLOCK=256, num_warps=4
+        )
+    n_tiles = triton.cdiv(hidden, tiles.block_n)
+    k_blocks = triton.cdiv(inter, tiles.block_k)
+    split = split_k(num_blocks * n_tiles, k_blocks, x.device)
+    k_per_split = triton.cdiv(k_blocks, split) * tiles.block_k
+    split = triton.cdiv(inter, k_per_split)
     skipped = expert_map is not None
     partial = (torch.zeros if skipped else torch.empty)(
-        (pairs, hidden), dtype=torch.float32, device=x.device
+        (split, pairs, hidden), dtype=torch.float32, device=x.device
     )
-    _down_kernel[(num_blocks, triton.cdiv(hidden, tiles.block_n))](
+    _down_kernel[(num_blocks, n_tiles, split)](
         act, w2, s2, partial, rows, block_expert, weights.reshape(-1).float().contiguous(), pairs,
         w2.stride(0), w2.stride(1), s2.stride(0), s2.stride(1),
-        HIDDEN=hidden, INTER=inter, BLOCK_N=tiles.block_n, **common,
+        HIDDEN=hidden, INTER=inter, BLOCK_N=tiles.block_n,
+        SPLIT=split, K_PER_SPLIT=k_per_split, **common,
     )  # fmt: skip
-    return partial.view(num_tokens, top_k, hidden).sum(dim=1).to(x.dtype)
+    return partial.view(split, num_tokens, top_k, hidden).sum(dim=(0, 2)).to(x.dtype)

@@ -17,8 +17,9 @@ import torch
 import triton
 import triton.language as tl
 
+from m2agent.engine.kernels.occupancy import sm_count
+
 MAX_SPLITS = 32
-_SM_COUNT: dict[int, int] = {}
 
 
 @triton.jit
@@ -139,13 +140,7 @@ def supports(head_dim: int) -> bool:
 
 def choose_splits(num_seqs: int, num_kv_heads: int, device: torch.device) -> int:
     """Chunks per sequence: enough (sequence, head, chunk) programs for two per SM."""
-    if device.type != "cuda":  # Triton's interpreter (TRITON_INTERPRET=1) runs on CPU tensors
-        sms = 132
-    else:
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        if index not in _SM_COUNT:
-            _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-        sms = _SM_COUNT[index]
+    sms = sm_count(device)
     return max(1, min(MAX_SPLITS, -(-2 * sms // max(1, num_seqs * num_kv_heads))))
 
 
