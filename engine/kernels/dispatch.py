@@ -56,6 +56,46 @@ def fp8_linear(
     return F.linear(x, reference.dequantize_fp8_block(weight, scale_inv, block, x.dtype))
 
 
+def route(
+    x: torch.Tensor, gate_weight: torch.Tensor, correction_bias: torch.Tensor, top_k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """M2's router (reference.route): on CUDA the logits and one fused top-k kernel."""
+    fused = _triton_fused() if x.is_cuda else None
+    if fused is not None:
+        return fused.route(x, gate_weight, correction_bias, top_k)
+    return reference.route(x, gate_weight, correction_bias, top_k)
+
+
+def add_rms_norm(
+    x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + delta, its RMSNorm): on CUDA one kernel that updates x in place."""
+    fused = _triton_fused() if x.is_cuda and x.is_contiguous() else None
+    if fused is not None:
+        return fused.add_rms_norm(x, delta, weight, eps)
+    return reference.add_rms_norm(x, delta, weight, eps)
+
+
+def qk_norm_rope_store(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_weight: torch.Tensor,
+    k_weight: torch.Tensor,
+    rope: tuple[torch.Tensor, torch.Tensor],
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    eps: float,
+    head_dim: int,
+) -> torch.Tensor:
+    """Full-width QK-norm, partial RoPE and the KV-cache write (reference.qk_norm_rope_store):
+    on CUDA one kernel per step."""
+    fused = _triton_fused() if q.is_cuda and head_dim & (head_dim - 1) == 0 else None
+    impl = fused.qk_norm_rope_store if fused is not None else reference.qk_norm_rope_store
+    return impl(q, k, v, q_weight, k_weight, *rope, k_cache, v_cache, slot_mapping, eps, head_dim)
+
+
 def decode_graphs_supported(head_dim: int) -> bool:
     """Whether a decode step can be captured: its attention must run in the Triton kernel."""
     kernel = _triton_attention()
@@ -69,6 +109,15 @@ def _triton_moe() -> ModuleType | None:
     except ImportError:
         return None
     return moe_triton
+
+
+@functools.cache
+def _triton_fused() -> ModuleType | None:
+    try:
+        from m2agent.engine.kernels import fused_small_ops
+    except ImportError:
+        return None
+    return fused_small_ops
 
 
 @functools.cache

@@ -48,6 +48,44 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * normed.to(x.dtype)
 
 
+def add_rms_norm(
+    x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual stream after adding `delta` (None: nothing to add), and its RMSNorm."""
+    if delta is not None:
+        x = x + delta
+    return x, rms_norm(x, weight, eps)
+
+
+def qk_norm_rope_store(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_weight: torch.Tensor,
+    k_weight: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    eps: float,
+    head_dim: int,
+) -> torch.Tensor:
+    """M2's attention prologue: q [T, Hq*D] and k [T, Hkv*D] RMS-normed over their whole width,
+    the first rotary dims of each head rotated; k and v [T, Hkv*D] stored in the paged caches
+    at `slot_mapping`. Returns q [T, Hq, D]."""
+    num_tokens = q.shape[0]
+    q = rms_norm(q, q_weight, eps).view(num_tokens, -1, head_dim)
+    k = rms_norm(k, k_weight, eps).view(num_tokens, -1, head_dim)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    num_kv_heads = k.shape[1]
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, k)
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(
+        0, slot_mapping, v.reshape(num_tokens, num_kv_heads, head_dim)
+    )
+    return q
+
+
 def rope_cos_sin(
     positions: torch.Tensor, rotary_dim: int, theta: float, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,6 @@ from m2agent.engine.kernels.reference import (
     FP8_DTYPE,
     ExpertWeights,
     dequantize_fp8_block,
-    route,
 )
 from m2agent.engine.layers.loading import Slice, expert_loader, new_parameter
 from m2agent.engine.model_config import FP8Config, ModelConfig
@@ -121,5 +120,7 @@ class SparseMoE(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights, expert_ids = route(x, self.gate.weight, self.e_score_correction_bias, self.top_k)
+        weights, expert_ids = dispatch.route(
+            x, self.gate.weight, self.e_score_correction_bias, self.top_k
+        )
         return self.tp.all_reduce(self.experts(x, weights, expert_ids))

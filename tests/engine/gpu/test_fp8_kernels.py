@@ -252,3 +252,80 @@ def test_fp8_engine_greedy_64_tokens_match_cpu_reference(tiny_fp8_checkpoint: Pa
     gpu = gpu_llm.generate(prompts, params)
     cpu = LLM(tiny_fp8_checkpoint, device="cpu", dtype="float32").generate(prompts, params)
     assert [o.token_ids for o in gpu] == [o.token_ids for o in cpu]
+
+
+@pytest.mark.parametrize("rows", [0, 1, 7, 300])
+@pytest.mark.parametrize("width", [3072, 200])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("with_delta", [True, False])
+def test_fused_add_rms_norm_matches_reference(
+    rows: int, width: int, dtype: torch.dtype, with_delta: bool
+) -> None:
+    from m2agent.engine.kernels.fused_small_ops import add_rms_norm
+
+    gen = torch.Generator(device="cuda").manual_seed(rows + width)
+    x = torch.randn(rows, width, generator=gen, device="cuda").to(dtype)
+    delta = torch.randn(rows, width, generator=gen, device="cuda").to(dtype) if with_delta else None
+    weight = torch.randn(width, generator=gen, device="cuda").to(dtype)
+    expected_x, expected = reference.add_rms_norm(x.clone(), delta, weight, 1e-6)
+    poisoned_pool()
+    got_x, got = add_rms_norm(x.clone(), delta, weight, 1e-6)
+    if rows:
+        assert relative_error(got_x, expected_x) < tolerance(dtype) / 4
+        assert relative_error(got, expected) < tolerance(dtype) / 4
+
+
+@pytest.mark.parametrize("tokens", [0, 1, 5, 130])
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "head_dim", "rotary"), [(48, 8, 128, 64), (6, 2, 32, 16), (2, 1, 128, 64)]
+)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_qk_norm_rope_store_matches_reference(
+    tokens: int, heads: int, kv_heads: int, head_dim: int, rotary: int, dtype: torch.dtype
+) -> None:
+    from m2agent.engine.kernels.fused_small_ops import qk_norm_rope_store
+
+    gen = torch.Generator(device="cuda").manual_seed(tokens + heads)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=gen, device="cuda").to(dtype)
+
+    qkv = randn(tokens, (heads + 2 * kv_heads) * head_dim)  # strided views, as a fused q/k/v
+    q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=1)
+    q_weight, k_weight = randn(heads * head_dim), randn(kv_heads * head_dim)
+    positions = torch.randint(0, 100_000, (tokens,), generator=gen, device="cuda")
+    cos, sin = reference.rope_cos_sin(positions, rotary, 5e6, dtype)
+    blocks, page = 40, 16
+    slots = torch.randperm(blocks * page, generator=gen, device="cuda")[:tokens]
+    caches = [randn(blocks, page, kv_heads, head_dim) for _ in range(2)]
+    ref_caches = [c.clone() for c in caches]
+    expected = reference.qk_norm_rope_store(
+        q.clone(), k, v, q_weight, k_weight, cos, sin, *ref_caches, slots, 1e-6, head_dim
+    )
+    got = qk_norm_rope_store(
+        q.clone(), k, v, q_weight, k_weight, cos, sin, *caches, slots, 1e-6, head_dim
+    )
+    if tokens:
+        assert relative_error(got, expected) < tolerance(dtype) / 4
+    for cache, ref in zip(caches, ref_caches, strict=True):
+        assert relative_error(cache, ref) < tolerance(dtype) / 4
+
+
+@pytest.mark.parametrize("tokens", [0, 1, 9, 1000])
+@pytest.mark.parametrize(("experts", "top_k"), [(256, 8), (7, 3), (16, 4)])
+def test_fused_router_matches_reference(tokens: int, experts: int, top_k: int) -> None:
+    from m2agent.engine.kernels.fused_small_ops import route
+
+    gen = torch.Generator(device="cuda").manual_seed(tokens + experts)
+    x = torch.randn(tokens, 512, generator=gen, device="cuda").bfloat16()
+    gate = torch.randn(experts, 512, generator=gen, device="cuda")
+    bias = torch.randn(experts, generator=gen, device="cuda") * 0.1
+    expected_w, expected_ids = reference.route(x, gate, bias, top_k)
+    got_w, got_ids = route(x, gate, bias, top_k)
+    assert got_ids.shape == (tokens, top_k) and got_w.dtype == torch.float32
+    expected_ids, order = expected_ids.sort(dim=1)
+    got_ids, got_order = got_ids.sort(dim=1)
+    assert torch.equal(got_ids, expected_ids)
+    torch.testing.assert_close(
+        got_w.gather(1, got_order), expected_w.gather(1, order), rtol=1e-6, atol=1e-7
+    )
