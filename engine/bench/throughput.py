@@ -139,11 +139,11 @@ def run_throughput_bench(
         )  # fmt: skip
         vocab = llm.config.vocab_size
         all_prompts = [random_prompt(vocab, prompt_tokens, seed=i) for i in range(max(streams))]
-        # Warm-up at the largest batch: every prefill chunk size and decode graph the timed
-        # rounds use (first use of a shape compiles kernels and sizes NCCL buffers).
-        engine_round(llm, all_prompts, min(new_tokens, 8))
         rounds = {}
         for n in streams:
+            # Warm-up at this batch size: its prefill chunks and decode graphs (the first use of
+            # a shape compiles kernels for its token-count bucket and sizes NCCL buffers).
+            engine_round(llm, all_prompts[:n], min(new_tokens, 8))
             llm.engine.blocks.reset_prefix_cache()  # distinct prompts anyway; keep runs cold
             rounds[n] = engine_round(llm, all_prompts[:n], new_tokens)
             report(f"  m2agent engine, {n} streams: {n * new_tokens / rounds[n].total_s:.1f} tok/s")

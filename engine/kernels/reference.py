@@ -74,11 +74,10 @@ def qk_norm_rope_store(
     """M2's attention prologue: q [T, Hq*D] and k [T, Hkv*D] RMS-normed over their whole width,
     the first rotary dims of each head rotated; k and v [T, Hkv*D] stored in the paged caches
     at `slot_mapping`. Returns q [T, Hq, D]."""
-    num_tokens = q.shape[0]
-    q = rms_norm(q, q_weight, eps).view(num_tokens, -1, head_dim)
-    k = rms_norm(k, k_weight, eps).view(num_tokens, -1, head_dim)
+    num_tokens, num_kv_heads = q.shape[0], k.shape[1] // head_dim
+    q = rms_norm(q, q_weight, eps).view(num_tokens, q.shape[1] // head_dim, head_dim)
+    k = rms_norm(k, k_weight, eps).view(num_tokens, num_kv_heads, head_dim)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    num_kv_heads = k.shape[1]
     k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, k)
     v_cache.view(-1, num_kv_heads, head_dim).index_copy_(
         0, slot_mapping, v.reshape(num_tokens, num_kv_heads, head_dim)

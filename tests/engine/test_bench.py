@@ -115,3 +115,15 @@ def test_bench_latency_needs_exactly_one_source() -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "--model PATH or --dummy-config" in result.stderr
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the message on a machine without CUDA"
+)
+def test_bench_kernels_says_it_needs_cuda() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "m2agent", "bench", "kernels"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "needs a CUDA GPU" in result.stderr

@@ -106,22 +106,22 @@ def test_fp8_moe_matches_reference_on_both_paths(
 ) -> None:
     from m2agent.engine.kernels import fp8_moe
 
-    if hidden == 3072 and tokens > 64:
-        pytest.skip("the full-size experts are checked up to 64 tokens (time)")
+    if hidden == 3072 and (tokens > 64 or dtype == torch.float32):
+        pytest.skip("full-size experts: bf16 up to 64 tokens (each tile config compiles anew)")
     gen = torch.Generator(device="cuda").manual_seed(tokens + hidden)
     experts = fp8_experts(num_experts, hidden, inter, gen)
     x, weights, ids = routed(tokens, hidden, num_experts, top_k, dtype, seed=tokens)
     expected = moe_oracle(x, weights, ids, experts)
-    for grouped in (False, True):
-        for block_m, block_n in ((16, 32), (32, 64), (64, 128)):
-            tiles = fp8_moe.TileConfig(grouped, block_m, block_n, 128, 4, 3)
-            poisoned_pool()
-            got = fp8_moe.moe_experts(x, weights, ids, experts, tiles=tiles)
-            assert got.dtype == dtype
-            if tokens:
-                assert relative_error(got, expected) < tolerance(dtype), (grouped, block_m)
-            else:
-                assert got.shape == (0, hidden)
+    configs = [(False, 16, 64), (False, 16, 32), (True, 16, 64), (True, 64, 128)]
+    for grouped, block_m, block_n in configs:
+        tiles = fp8_moe.TileConfig(grouped, block_m, block_n, 128, 4, 3)
+        poisoned_pool()
+        got = fp8_moe.moe_experts(x, weights, ids, experts, tiles=tiles)
+        assert got.dtype == dtype
+        if tokens:
+            assert relative_error(got, expected) < tolerance(dtype), (grouped, block_m)
+        else:
+            assert got.shape == (0, hidden)
 
 
 @pytest.mark.parametrize("grouped", [False, True])
@@ -141,8 +141,8 @@ def test_fp8_moe_expert_map_skips_unowned_experts(grouped: bool) -> None:
     assert relative_error(got, expected) < 1e-5
 
 
-@pytest.mark.parametrize("rows", [0, 1, 5, 17, 100])
-@pytest.mark.parametrize(("n", "k"), [(8192, 3072), (3072, 6144), (200, 300), (128, 128)])
+@pytest.mark.parametrize("rows", [0, 1, 17, 100])
+@pytest.mark.parametrize(("n", "k"), [(8192, 3072), (3072, 6144), (200, 300)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_fp8_linear_matches_reference(rows: int, n: int, k: int, dtype: torch.dtype) -> None:
     from m2agent.engine.kernels.fp8_linear import fp8_linear
