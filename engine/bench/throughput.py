@@ -39,14 +39,15 @@ class ThroughputReport:
     prompt_tokens: int
     new_tokens: int
     rows: list[ThroughputRow]
+    quant: str = "bf16"  # the engine's weights: fp8 (block-scaled, as stored) or bf16
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
     def table(self) -> str:
         lines = [
-            f"device: {self.device}; {self.layers} layers, prompt {self.prompt_tokens}, "
-            f"{self.new_tokens} new tokens per stream",
+            f"device: {self.device}; {self.layers} layers, {self.quant} weights, "
+            f"prompt {self.prompt_tokens}, {self.new_tokens} new tokens per stream",
             f"{'streams':>8} {'engine tok/s':>13} {'decode tok/s':>13} {'last TTFT ms':>13} "
             f"{'transformers tok/s':>19}",
         ]
@@ -173,4 +174,6 @@ def run_throughput_bench(
         name = torch.cuda.get_device_name(llm.device) if llm.device.type == "cuda" else "cpu"
         name += f" x{tp}" if tp > 1 else ""
         llm.close()
-        return ThroughputReport(name, llm.config.num_hidden_layers, prompt_tokens, new_tokens, rows)
+        quant = "fp8" if llm.config.fp8 else "bf16"
+        layers = llm.config.num_hidden_layers
+        return ThroughputReport(name, layers, prompt_tokens, new_tokens, rows, quant)
