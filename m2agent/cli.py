@@ -676,6 +676,24 @@ TpOption = Annotated[
 ]
 
 
+QuantOption = Annotated[
+    str,
+    typer.Option(
+        "--quant",
+        help=(
+            "Weights of the dummy model: fp8 (the published block-scaled FP8), bf16, or auto "
+            "(what the config says: minimax-m2 is FP8)."
+        ),
+    ),
+]
+
+
+def _check_quant(quant: str) -> str:
+    if quant not in ("auto", "fp8", "bf16"):
+        raise typer.BadParameter(f"--quant must be auto, fp8 or bf16, got {quant!r}")
+    return quant
+
+
 def _run_bench(
     model: Path | None, dummy_config: str | None, run: Any, json_out: Path | None
 ) -> None:
@@ -719,17 +737,25 @@ def bench_latency(
         bool, typer.Option(help="Also print the CUDA kernels of a few decode steps.")
     ] = False,
     tp: TpOption = 1,
+    quant: QuantOption = "auto",
+    kv_tokens: Annotated[
+        int, typer.Option(min=0, help="Size the KV pool for this many tokens (0: just enough).")
+    ] = 0,
     json_out: JsonOption = None,
 ) -> None:
-    """Batch-1 decode tok/s and time to first token, against transformers and the bandwidth
-    bound of the same config. With --tp N the baseline is our engine on one GPU."""
+    """Batch-1 decode tok/s and cold time to first token (a prompt never seen before),
+    against transformers and the bandwidth bound of the same config. With --tp N the baseline
+    is our engine on one GPU."""
     from m2agent.engine.bench.latency import run_latency_bench
+
+    _check_quant(quant)
 
     def run(config: Path | None, report: Any) -> Any:
         return run_latency_bench(
             model_path=model, dummy_config=config, layers=layers, prompt_tokens=prompt_tokens,
             new_tokens=new_tokens, device=device, repeats=repeats, baseline=baseline,
-            experts_impl=experts_impl, profile=profile, tp=tp, report=report,
+            experts_impl=experts_impl, profile=profile, tp=tp, quant=quant,
+            kv_tokens=kv_tokens, report=report,
         )  # fmt: skip
 
     _run_bench(model, dummy_config, run, json_out)
@@ -747,10 +773,12 @@ def bench_throughput(
     baseline: BaselineOption = True,
     experts_impl: ExpertsOption = "grouped_mm",
     tp: TpOption = 1,
+    quant: QuantOption = "auto",
     json_out: JsonOption = None,
 ) -> None:
     """Output tok/s with N concurrent streams, against transformers batching the same prompts
     (no baseline with --tp N > 1: compare with a --tp 1 run)."""
+    _check_quant(quant)
     from m2agent.engine.bench.throughput import run_throughput_bench
 
     try:
@@ -766,7 +794,7 @@ def bench_throughput(
         return run_throughput_bench(
             model_path=model, dummy_config=config, layers=layers, streams=counts,
             prompt_tokens=prompt_tokens, new_tokens=new_tokens, device=device, baseline=baseline,
-            experts_impl=experts_impl, tp=tp, report=report,
+            experts_impl=experts_impl, tp=tp, quant=quant, report=report,
         )  # fmt: skip
 
     _run_bench(model, dummy_config, run, json_out)
@@ -784,18 +812,60 @@ def bench_agent(
     device: DeviceOption = "cuda",
     repeats: Annotated[int, typer.Option(min=1, help="Cold/cached pairs (median).")] = 3,
     tp: TpOption = 1,
+    quant: QuantOption = "auto",
     json_out: JsonOption = None,
 ) -> None:
     """Time to first token of an agent turn with its prefix cached, against a cold cache."""
     from m2agent.engine.bench.agent import run_agent_bench
 
+    _check_quant(quant)
+
     def run(config: Path | None, report: Any) -> Any:
         return run_agent_bench(
             model_path=model, dummy_config=config, layers=layers, prefix_tokens=prefix_tokens,
-            new_tokens=new_tokens, device=device, repeats=repeats, tp=tp, report=report,
+            new_tokens=new_tokens, device=device, repeats=repeats, tp=tp, quant=quant,
+            report=report,
         )  # fmt: skip
 
     _run_bench(model, dummy_config, run, json_out)
+
+
+@bench_app.command("kernels")
+def bench_kernels(
+    tokens: Annotated[str, typer.Option(help="Comma-separated token counts for the MoE layer.")] = (
+        "1,4,16,64,256,1024"
+    ),
+    contexts: Annotated[
+        str, typer.Option(help="Comma-separated context lengths for decode attention.")
+    ] = "4096,16384,65536",
+    bf16: Annotated[bool, typer.Option(help="Also time the bf16 MoE path.")] = True,
+    json_out: JsonOption = None,
+) -> None:
+    """The MoE layer (M2 shapes, FP8), FP8 linears and split-KV decode attention alone, against
+    the bytes they must read and the measured matmul rate (CUDA only)."""
+    from m2agent.engine.bench.kernels import run_kernels_bench
+    from m2agent.engine.errors import EngineError
+
+    try:
+        counts = [int(n) for n in tokens.split(",")]
+        lengths = [int(n) for n in contexts.split(",")]
+    except ValueError:
+        raise typer.BadParameter("--tokens and --contexts take integers like 1,4,16") from None
+    if min(counts + lengths, default=0) < 1:
+        raise typer.BadParameter("--tokens and --contexts need positive integers")
+    try:
+        report = run_kernels_bench(
+            token_counts=counts,
+            contexts=lengths,
+            bf16=bf16,
+            report=lambda line: typer.echo(line, err=True),
+        )
+    except EngineError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(report.table())
+    if json_out is not None:
+        json_out.write_text(report.to_json() + "\n", encoding="utf-8")
 
 
 def _mcp_run(action: Any) -> None:

@@ -6,9 +6,11 @@
 # (see docs/architecture.md, "GPU runs"); elsewhere, install the project with [engine,dev].
 # `python3 -P` keeps the source folder m2agent/ (the cwd) from shadowing the installed package.
 #
-# Knobs: SKIP_TESTS=1, TESTS="tests/engine/gpu" (paths), BENCHES="latency throughput agent",
-# BENCH_LAYERS=6, BENCH_REPEATS=7, BENCH_TP=1 (tensor-parallel size; >1 times our engine on one
-# GPU too, as the baseline), BENCH_EXTRA="..." (more bench arguments).
+# Knobs: SKIP_TESTS=1, TESTS="tests/engine/gpu" (paths), BENCHES="latency throughput agent"
+# (also: kernels, context, memory), BENCH_LAYERS="6" (several: "6 18"), BENCH_QUANTS="fp8 bf16",
+# BENCH_REPEATS=7, BENCH_TP=1 (tensor-parallel size; >1 times our engine on one GPU too, as the
+# baseline), BENCH_BASELINE=1 (0: no transformers baseline), BENCH_STREAMS=1,4,16,
+# CONTEXTS="16384 65536", MEMORY_LAYERS=32, BENCH_EXTRA="..." (more bench arguments).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-/tmp/m2agent-gpu}
@@ -29,20 +31,39 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
     --import-mode=importlib 2>&1 | tee "$OUT/gpu-tests.log" || status=1
 fi
 
-layers=${BENCH_LAYERS:-6}
-bench() {  # name, then its arguments
-  local name=$1 tag=${BENCH_TP:-1}
-  shift
-  [ "$tag" = 1 ] && tag="" || tag="-tp$tag"
+baseline=--baseline
+[ "${BENCH_BASELINE:-1}" = 1 ] || baseline=--no-baseline
+bench() {  # name, layers, quant, tag, then its arguments
+  local name=$1 layers=$2 quant=$3 tag=$4 tp=${BENCH_TP:-1}
+  shift 4
+  [ "$tp" = 1 ] || tag="$tag-tp$tp"
   python3 -P -m m2agent bench "$name" --dummy-config minimax-m2 --layers "$layers" \
-    --tp "${BENCH_TP:-1}" --json "$OUT/bench-$name$tag.json" "$@" ${BENCH_EXTRA:-} 2>&1 \
-    | tee "$OUT/bench-$name$tag.log" || status=1
+    --quant "$quant" --tp "$tp" --json "$OUT/bench-$name-$tag.json" "$@" ${BENCH_EXTRA:-} 2>&1 \
+    | tee "$OUT/bench-$name-$tag.log" || status=1
 }
 for name in ${BENCHES:-latency throughput agent}; do
+  for quant in ${BENCH_QUANTS:-fp8 bf16}; do
+    for layers in ${BENCH_LAYERS:-6}; do
+      tag="$quant-$layers"
+      case $name in
+        latency) bench latency "$layers" "$quant" "$tag" --prompt-tokens 512 --new-tokens 128 \
+          --repeats "${BENCH_REPEATS:-7}" $baseline ${BENCH_PROFILE:+--profile} ;;
+        context) for ctx in ${CONTEXTS:-16384 65536}; do
+            bench latency "$layers" "$quant" "$tag-ctx$ctx" --prompt-tokens "$ctx" \
+              --new-tokens 64 --repeats 3 --no-baseline
+          done ;;
+        throughput) bench throughput "$layers" "$quant" "$tag" --streams "${BENCH_STREAMS:-1,4,16}" \
+          --prompt-tokens 512 --new-tokens 128 $baseline ;;
+        agent) bench agent "$layers" "$quant" "$tag" --prefix-tokens 16384 --new-tokens 512 \
+          --repeats 3 ;;
+      esac
+    done
+  done
   case $name in
-    latency) bench latency --prompt-tokens 512 --new-tokens 128 --repeats "${BENCH_REPEATS:-7}" ${BENCH_PROFILE:+--profile} ;;
-    throughput) bench throughput --streams 1,4,16 --prompt-tokens 512 --new-tokens 128 ;;
-    agent) bench agent --prefix-tokens 16384 --new-tokens 512 --repeats 3 ;;
+    kernels) python3 -P -m m2agent bench kernels --json "$OUT/bench-kernels.json" 2>&1 \
+      | tee "$OUT/bench-kernels.log" || status=1 ;;
+    memory) bench latency "${MEMORY_LAYERS:-32}" fp8 "memory-fp8-${MEMORY_LAYERS:-32}" \
+      --prompt-tokens 512 --new-tokens 32 --repeats 1 --kv-tokens 65536 --no-baseline ;;
   esac
 done
 exit $status

@@ -67,6 +67,7 @@ def run_agent_bench(
     device: str,
     repeats: int,
     tp: int = 1,
+    quant: str = "auto",
     report: Report = print,
 ) -> AgentReport:
     with tempfile.TemporaryDirectory(prefix="m2agent-bench-") as tmp:
@@ -77,6 +78,7 @@ def run_agent_bench(
             device,
             Path(tmp),
             report,
+            quant,
             max_num_seqs=1,
             max_model_len=prefix_tokens + new_tokens + 64,
             block_size=16,

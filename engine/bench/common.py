@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from m2agent.engine.errors import ConfigError
+from m2agent.engine.layers.linear import Linear
 from m2agent.engine.llm import LLM
 from m2agent.engine.models.minimax_m2 import MiniMaxM2ForCausalLM
 
@@ -31,17 +32,35 @@ def resolve_config(value: str) -> Path:
     raise ConfigError(f"{value}: no such config file, and not a built-in config ({names})")
 
 
-def reduced_config(config_file: Path, layers: int, folder: Path) -> Path:
-    """Write config.json: the given config at `layers` layers, bf16 (no quantization)."""
+# What M2 publishes; used when --quant fp8 meets a config without quantization_config.
+DEFAULT_FP8 = {
+    "quant_method": "fp8",
+    "fmt": "float8_e4m3fn",
+    "activation_scheme": "dynamic",
+    "weight_block_size": [128, 128],
+    "modules_to_not_convert": ["gate", "e_score_correction_bias", "lm_head"],
+}
+
+
+def reduced_config(config_file: Path, layers: int, folder: Path, quant: str = "auto") -> Path:
+    """Write config.json: the given config at `layers` layers. `quant`: "auto" keeps the
+    config's quantization_config (FP8 for M2), "fp8" makes the weights FP8 block-quantized,
+    "bf16" drops the quantization."""
     try:
         raw = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"{config_file}: cannot read a JSON config ({e})") from e
+    if quant not in ("auto", "fp8", "bf16"):
+        raise ConfigError(f"quant must be auto, fp8 or bf16, got {quant!r}")
     raw["num_hidden_layers"] = layers
     if isinstance(raw.get("attn_type_list"), list):
         raw["attn_type_list"] = raw["attn_type_list"][:layers]
-    raw.pop("quantization_config", None)
+    if quant == "bf16":
+        raw.pop("quantization_config", None)
+    elif quant == "fp8" and not raw.get("quantization_config"):
+        raw["quantization_config"] = DEFAULT_FP8
     raw["use_mtp"] = False
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(raw), encoding="utf-8")
     return folder
 
@@ -53,20 +72,22 @@ def open_model(
     device: str,
     tmp: Path,
     report: Report,
+    quant: str = "auto",
     **engine_options: Any,
 ) -> tuple[LLM, Path]:
     """The engine under test, and a folder with its unquantized config.json (for transformers,
-    which receives our weights)."""
+    which receives our weights, dequantized when they are FP8)."""
     if dummy_config is not None:
-        folder = reduced_config(dummy_config, layers, tmp)
-        report(f"building a {layers}-layer model with dummy bf16 weights on {device} ...")
-        return LLM(
-            folder, device=device, dtype="bfloat16", load_format="dummy", **engine_options
-        ), folder
+        folder = reduced_config(dummy_config, layers, tmp / "engine", quant)
+        llm = LLM(folder, device=device, dtype="bfloat16", load_format="dummy", **engine_options)
+        kind = "FP8 (block-scaled)" if llm.config.fp8 else "bf16"
+        report(f"built a {layers}-layer model with dummy {kind} weights on {device}")
+        return llm, reduced_config(dummy_config, layers, tmp / "baseline", "bf16")
     if model_path is not None:
         report(f"loading {model_path} on {device} ...")
         llm = LLM(model_path, device=device, dtype="bfloat16", **engine_options)
-        return llm, reduced_config(model_path / "config.json", llm.config.num_hidden_layers, tmp)
+        layers = llm.config.num_hidden_layers
+        return llm, reduced_config(model_path / "config.json", layers, tmp / "baseline", "bf16")
     raise ConfigError("pass --model PATH or --dummy-config CONFIG.json")
 
 
@@ -76,12 +97,14 @@ def random_prompt(vocab_size: int, length: int, seed: int) -> list[int]:
 
 
 def transformers_weights(model: MiniMaxM2ForCausalLM) -> Iterator[tuple[str, torch.Tensor]]:
-    """Our parameters under transformers' internal names (fused gate_up experts)."""
+    """Our parameters under transformers' internal names (fused gate_up experts); FP8 weights
+    dequantized (a copy: the baseline is the bf16 model those weights stand for)."""
+    linears = {f"{name}.weight": m for name, m in model.named_modules() if isinstance(m, Linear)}
     for name, param in model.named_parameters():
-        if ".experts." in name:
+        if ".experts." in name or name.endswith("weight_scale_inv"):
             continue
-        name = name.replace(".block_sparse_moe.", ".mlp.")
-        yield name, param.data
+        data = linears[name].dense_weight() if name in linears else param.data
+        yield name.replace(".block_sparse_moe.", ".mlp."), data
     for i, layer in enumerate(model.model.layers):
         experts = layer.block_sparse_moe.experts
         prefix = f"model.layers.{i}.mlp.experts"

@@ -36,7 +36,7 @@ from m2agent.engine.sampling import SamplingParams
 @dataclass(frozen=True, slots=True)
 class Timing:
     name: str
-    ttft_ms: float  # prefill of the prompt + the first token
+    ttft_ms: float  # cold: prefill of a prompt never seen before (no cached prefix) + 1 token
     decode_tok_s: float  # tokens after the first, per second
     runs: int
     decode_tok_s_runs: list[float]  # every timed run, for the spread
@@ -54,6 +54,10 @@ class LatencyReport:
     timings: list[Timing]
     decode_graph_gpu_ms: float | None = None  # one captured decode step, GPU time alone
     tensor_parallel_size: int = 1
+    quant: str = "bf16"  # the engine's weights: fp8 (block-scaled, as stored) or bf16
+    weight_bytes: int = 0  # resident parameter bytes of the engine's model (this rank)
+    kv_pool_tokens: int = 0
+    peak_memory_gb: float = 0.0  # the engine's peak CUDA memory, KV pool and graphs included
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -63,20 +67,22 @@ class LatencyReport:
             f"device: {self.device}"
             + (f" x{self.tensor_parallel_size}" if self.tensor_parallel_size > 1 else "")
             + f"; {self.layers} layers, prompt {self.prompt_tokens}, "
-            f"{self.new_tokens} new tokens, batch 1",
-            f"{'':28} {'TTFT ms':>10} {'decode tok/s':>14}",
+            f"{self.new_tokens} new tokens, batch 1, {self.quant} weights "
+            f"({self.weight_bytes / 1e9:.2f} GB resident; KV pool {self.kv_pool_tokens} tokens; "
+            f"peak {self.peak_memory_gb:.1f} GB)",
+            f"{'':28} {'cold TTFT ms':>12} {'decode tok/s':>14}",
         ]
         for t in self.timings:
             spread = f"{min(t.decode_tok_s_runs):.1f}-{max(t.decode_tok_s_runs):.1f}"
-            lines.append(f"{t.name:28} {t.ttft_ms:10.1f} {t.decode_tok_s:14.1f}   (runs {spread})")
+            lines.append(f"{t.name:28} {t.ttft_ms:12.1f} {t.decode_tok_s:14.1f}   (runs {spread})")
         lines.append(
-            f"{'bandwidth bound':28} {'':>10} {self.bound_tok_s:14.1f}   "
+            f"{'bandwidth bound':28} {'':>12} {self.bound_tok_s:14.1f}   "
             f"({self.bytes_per_token / 1e9:.2f} GB/token at {self.copy_bandwidth_gb_s:.0f} GB/s"
             + (f" x {self.tensor_parallel_size} GPUs)" if self.tensor_parallel_size > 1 else ")")
         )
         if self.decode_graph_gpu_ms is not None:
             lines.append(
-                f"{'decode graph, GPU only':28} {'':>10} {1e3 / self.decode_graph_gpu_ms:14.1f}   "
+                f"{'decode graph, GPU only':28} {'':>12} {1e3 / self.decode_graph_gpu_ms:14.1f}   "
                 f"({self.decode_graph_gpu_ms:.3f} ms per step: the rest is host time)"
             )
         return "\n".join(lines)
@@ -84,17 +90,21 @@ class LatencyReport:
 
 def time_engine(
     llm: LLM,
-    prompt: list[int],
+    prompt_tokens: int,
     new_tokens: int,
     repeats: int,
     report: Report,
     name: str = "m2agent engine",
 ) -> Timing:
+    """Each run has a prompt never seen before, so its TTFT is a cold prefill (no cached
+    prefix); a warm-up run of another prompt of the same length compiles the kernels first."""
     params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
     warm_up = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
-    list(llm.stream_tokens(prompt, warm_up))  # kernels chosen for this prompt length
+    vocab = llm.config.vocab_size
+    list(llm.stream_tokens(random_prompt(vocab, prompt_tokens, seed=1000), warm_up))
     ttfts, rates = [], []
     for i in range(repeats):
+        prompt = random_prompt(vocab, prompt_tokens, seed=i)
         sync(llm.device)
         started = time.perf_counter()
         first = last = started
@@ -177,19 +187,29 @@ def run_latency_bench(
     experts_impl: str = "grouped_mm",
     profile: bool = False,
     tp: int = 1,
+    quant: str = "auto",
+    kv_tokens: int = 0,
     report: Report = print,
 ) -> LatencyReport:
     with tempfile.TemporaryDirectory(prefix="m2agent-bench-") as tmp:
-        blocks = -(-(prompt_tokens + new_tokens) // 16) + 4
-        options: dict[str, Any] = dict(max_num_seqs=1, num_kv_blocks=blocks, block_size=16)
+        pool_tokens = max(kv_tokens, prompt_tokens + new_tokens)
+        blocks = -(-pool_tokens // 16) + 4
+        options: dict[str, Any] = dict(
+            max_num_seqs=1, num_kv_blocks=blocks, block_size=16,
+            max_model_len=max(pool_tokens, prompt_tokens + new_tokens + 16),
+        )  # fmt: skip
+        if device != "cpu":
+            torch.cuda.reset_peak_memory_stats()
         llm, folder = open_model(
-            model_path, dummy_config, layers, device, Path(tmp), report,
+            model_path, dummy_config, layers, device, Path(tmp), report, quant,
             tensor_parallel_size=tp, **options,
         )  # fmt: skip
+        weight_bytes = sum(p.numel() * p.element_size() for p in llm.model.parameters())
         prompt_ids = random_prompt(llm.config.vocab_size, prompt_tokens, seed=0)
         name = f"m2agent engine, tp {tp}" if tp > 1 else "m2agent engine"
         report(f"timing the {name} ...")
-        timings = [time_engine(llm, prompt_ids, new_tokens, repeats, report, name)]
+        timings = [time_engine(llm, prompt_tokens, new_tokens, repeats, report, name)]
+        peak = torch.cuda.max_memory_allocated() / 1e9 if device != "cpu" else 0.0
         # Replaying rank 0's graph alone would wait forever on the other ranks' collectives.
         graph_ms = graph_step_ms(llm) if llm.device.type == "cuda" and tp == 1 else None
         if profile:
@@ -200,9 +220,13 @@ def run_latency_bench(
             torch.cuda.empty_cache()
             single = Path(tmp) / "single"
             single.mkdir()
-            llm, _ = open_model(model_path, dummy_config, layers, device, single, report, **options)
+            llm, _ = open_model(
+                model_path, dummy_config, layers, device, single, report, quant, **options
+            )
             timings.append(
-                time_engine(llm, prompt_ids, new_tokens, repeats, report, "m2agent engine, 1 GPU")
+                time_engine(
+                    llm, prompt_tokens, new_tokens, repeats, report, "m2agent engine, 1 GPU"
+                )
             )
         elif baseline:
             report(f"building transformers' MiniMaxM2ForCausalLM ({experts_impl} experts) ...")
@@ -215,7 +239,9 @@ def run_latency_bench(
         report("measuring copy bandwidth ...")
         bandwidth = measure_copy_bandwidth(llm.device, 1 << 30 if device != "cpu" else 1 << 26)
         context = prompt_tokens + new_tokens // 2
-        per_token = decode_bytes_per_token(llm.config, weight_bytes=2, context_tokens=context)
+        # FP8: one byte per weight plus one fp32 scale per 128x128 block.
+        element = 1 + 4 / (128 * 128) if llm.config.fp8 else 2
+        per_token = decode_bytes_per_token(llm.config, weight_bytes=element, context_tokens=context)
         name = torch.cuda.get_device_name(llm.device) if llm.device.type == "cuda" else "cpu"
         llm.close()
         return LatencyReport(
@@ -229,4 +255,8 @@ def run_latency_bench(
             timings=timings,
             decode_graph_gpu_ms=graph_ms,
             tensor_parallel_size=tp,
+            quant="fp8" if llm.config.fp8 else "bf16",
+            weight_bytes=weight_bytes,
+            kv_pool_tokens=(blocks - 4) * 16,
+            peak_memory_gb=peak,
         )

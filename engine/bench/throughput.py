@@ -39,14 +39,15 @@ class ThroughputReport:
     prompt_tokens: int
     new_tokens: int
     rows: list[ThroughputRow]
+    quant: str = "bf16"  # the engine's weights: fp8 (block-scaled, as stored) or bf16
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
     def table(self) -> str:
         lines = [
-            f"device: {self.device}; {self.layers} layers, prompt {self.prompt_tokens}, "
-            f"{self.new_tokens} new tokens per stream",
+            f"device: {self.device}; {self.layers} layers, {self.quant} weights, "
+            f"prompt {self.prompt_tokens}, {self.new_tokens} new tokens per stream",
             f"{'streams':>8} {'engine tok/s':>13} {'decode tok/s':>13} {'last TTFT ms':>13} "
             f"{'transformers tok/s':>19}",
         ]
@@ -125,6 +126,7 @@ def run_throughput_bench(
     baseline: bool,
     experts_impl: str = "grouped_mm",
     tp: int = 1,
+    quant: str = "auto",
     report: Report = print,
 ) -> ThroughputReport:
     """With tp > 1 the transformers baseline is skipped: it has no tensor parallelism, and its
@@ -132,17 +134,17 @@ def run_throughput_bench(
     with tempfile.TemporaryDirectory(prefix="m2agent-bench-") as tmp:
         blocks = max(streams) * -(-(prompt_tokens + new_tokens) // 16) + 8
         llm, folder = open_model(
-            model_path, dummy_config, layers, device, Path(tmp), report,
+            model_path, dummy_config, layers, device, Path(tmp), report, quant,
             max_num_seqs=max(streams), num_kv_blocks=blocks, block_size=16,
             tensor_parallel_size=tp,
         )  # fmt: skip
         vocab = llm.config.vocab_size
         all_prompts = [random_prompt(vocab, prompt_tokens, seed=i) for i in range(max(streams))]
-        # Warm-up at the largest batch: every prefill chunk size and decode graph the timed
-        # rounds use (first use of a shape compiles kernels and sizes NCCL buffers).
-        engine_round(llm, all_prompts, min(new_tokens, 8))
         rounds = {}
         for n in streams:
+            # Warm-up at this batch size: its prefill chunks and decode graphs (the first use of
+            # a shape compiles kernels for its token-count bucket and sizes NCCL buffers).
+            engine_round(llm, all_prompts[:n], min(new_tokens, 8))
             llm.engine.blocks.reset_prefix_cache()  # distinct prompts anyway; keep runs cold
             rounds[n] = engine_round(llm, all_prompts[:n], new_tokens)
             report(f"  m2agent engine, {n} streams: {n * new_tokens / rounds[n].total_s:.1f} tok/s")
@@ -152,8 +154,8 @@ def run_throughput_bench(
         elif baseline:
             report(f"building transformers' MiniMaxM2ForCausalLM ({experts_impl} experts) ...")
             model = build_transformers_model(llm, folder, experts_impl)
-            baseline_round(model, all_prompts[:2], new_tokens)  # warm-up at full length
-            for n in streams:
+            for n in streams:  # warmed at each batch size: its first run is several times slower
+                baseline_round(model, all_prompts[:n], min(new_tokens, 16))
                 baseline_times[n] = baseline_round(model, all_prompts[:n], new_tokens)
                 report(
                     f"  transformers, {n} streams: {n * new_tokens / baseline_times[n]:.1f} tok/s"
@@ -172,4 +174,6 @@ def run_throughput_bench(
         name = torch.cuda.get_device_name(llm.device) if llm.device.type == "cuda" else "cpu"
         name += f" x{tp}" if tp > 1 else ""
         llm.close()
-        return ThroughputReport(name, llm.config.num_hidden_layers, prompt_tokens, new_tokens, rows)
+        quant = "fp8" if llm.config.fp8 else "bf16"
+        layers = llm.config.num_hidden_layers
+        return ThroughputReport(name, layers, prompt_tokens, new_tokens, rows, quant)

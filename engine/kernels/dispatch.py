@@ -10,21 +10,31 @@ import functools
 from types import ModuleType
 
 import torch
+import torch.nn.functional as F
 
 from m2agent.engine.forward_batch import ForwardBatch
 from m2agent.engine.kernels import grouped_moe, reference
+from m2agent.engine.kernels.reference import ExpertWeights
 
 
 def moe_experts(
     x: torch.Tensor,
     weights: torch.Tensor,
     expert_ids: torch.Tensor,
-    w13: torch.Tensor,
-    w2: torch.Tensor,
+    experts: ExpertWeights,
+    expert_map: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """On CUDA a path with no host sync (graph-capturable): for a few tokens the Triton GEMV
-    kernels, else grouped GEMMs in bf16, else every expert on every token (small fp32 test
-    models). On CPU the reference."""
+    """On CUDA a path with no host sync (graph-capturable). FP8 experts: the Triton kernels
+    that read the FP8 weights and block scales as stored (never a dequantized copy). bf16: for
+    a few tokens the Triton GEMV kernels, else grouped GEMMs. Small fp32 test models: every
+    expert on every token. On CPU the reference on dequantized weights. `expert_map` (global
+    expert id -> local index, -1 where not owned) is for expert parallelism: FP8 only."""
+    fp8 = _triton_fp8_moe() if x.is_cuda else None
+    if fp8 is not None and (experts.is_fp8 or expert_map is not None):
+        return fp8.moe_experts(x, weights, expert_ids, experts, expert_map)
+    if expert_map is not None:
+        raise NotImplementedError("expert_map needs the Triton MoE kernels (CUDA)")
+    w13, w2 = experts.dense(x.dtype) if experts.is_fp8 else (experts.w13, experts.w2)
     if x.is_cuda:
         small = _triton_moe()
         if small is not None and x.dtype == torch.bfloat16 and x.shape[0] <= small.MAX_TOKENS:
@@ -33,6 +43,57 @@ def moe_experts(
             return grouped_moe.moe_experts_grouped(x, weights, expert_ids, w13, w2)
         return reference.moe_experts_dense(x, weights, expert_ids, w13, w2)
     return reference.moe_experts(x, weights, expert_ids, w13, w2)
+
+
+def fp8_linear(
+    x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]
+) -> torch.Tensor:
+    """x @ W^T for an FP8 block-quantized W: on CUDA the Triton kernel on the stored bytes; on
+    CPU (or without Triton) through a dequantized temporary."""
+    kernel = _triton_fp8_linear() if x.is_cuda else None
+    if kernel is not None:
+        return kernel.fp8_linear(x, weight, scale_inv, block)
+    return F.linear(x, reference.dequantize_fp8_block(weight, scale_inv, block, x.dtype))
+
+
+def route(
+    x: torch.Tensor, gate_weight: torch.Tensor, correction_bias: torch.Tensor, top_k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """M2's router (reference.route): on CUDA the logits and one fused top-k kernel."""
+    fused = _triton_fused() if x.is_cuda else None
+    if fused is not None:
+        return fused.route(x, gate_weight, correction_bias, top_k)
+    return reference.route(x, gate_weight, correction_bias, top_k)
+
+
+def add_rms_norm(
+    x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + delta, its RMSNorm): on CUDA one kernel that updates x in place."""
+    fused = _triton_fused() if x.is_cuda and x.is_contiguous() else None
+    if fused is not None:
+        return fused.add_rms_norm(x, delta, weight, eps)
+    return reference.add_rms_norm(x, delta, weight, eps)
+
+
+def qk_norm_rope_store(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_weight: torch.Tensor,
+    k_weight: torch.Tensor,
+    rope: tuple[torch.Tensor, torch.Tensor],
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    eps: float,
+    head_dim: int,
+) -> torch.Tensor:
+    """Full-width QK-norm, partial RoPE and the KV-cache write (reference.qk_norm_rope_store):
+    on CUDA one kernel per step."""
+    fused = _triton_fused() if q.is_cuda and head_dim & (head_dim - 1) == 0 else None
+    impl = fused.qk_norm_rope_store if fused is not None else reference.qk_norm_rope_store
+    return impl(q, k, v, q_weight, k_weight, *rope, k_cache, v_cache, slot_mapping, eps, head_dim)
 
 
 def decode_graphs_supported(head_dim: int) -> bool:
@@ -48,6 +109,33 @@ def _triton_moe() -> ModuleType | None:
     except ImportError:
         return None
     return moe_triton
+
+
+@functools.cache
+def _triton_fused() -> ModuleType | None:
+    try:
+        from m2agent.engine.kernels import fused_small_ops
+    except ImportError:
+        return None
+    return fused_small_ops
+
+
+@functools.cache
+def _triton_fp8_moe() -> ModuleType | None:
+    try:
+        from m2agent.engine.kernels import fp8_moe
+    except ImportError:
+        return None
+    return fp8_moe
+
+
+@functools.cache
+def _triton_fp8_linear() -> ModuleType | None:
+    try:
+        from m2agent.engine.kernels import fp8_linear
+    except ImportError:
+        return None
+    return fp8_linear
 
 
 @functools.cache

@@ -1,9 +1,14 @@
 """Decode attention over the paged KV cache, in Triton: one query token per sequence.
 
-One program per (sequence, KV head) serves that head's whole group of query heads (GQA), so
-each key and value is read once. Keys are visited a tile of pages at a time with an online
-softmax. Reads sequence lengths and block tables from device tensors: no host sync, so it can
-be captured in a CUDA graph. The readable reference is `reference.paged_attention`.
+Split-KV (flash-decoding): each sequence's keys are cut into up to SPLITS contiguous chunks, one
+program per (sequence, KV head, chunk), so even a batch of one keeps every SM streaming KV.
+Each program serves its KV head's whole group of query heads (GQA: each key and value is read
+once), runs an online softmax over its chunk, and writes its partial output with its
+log-sum-exp; a second kernel combines the chunks. The chunk count depends only on the batch
+size (fixed per captured graph); the chunk length follows each sequence's length on the device,
+so short contexts use few chunks and the rest exit at once. Sequence lengths and block tables
+are read from device tensors: no host sync, so CUDA graphs capture it. The readable reference
+is `reference.paged_attention`.
 """
 
 from __future__ import annotations
@@ -12,13 +17,18 @@ import torch
 import triton
 import triton.language as tl
 
+from m2agent.engine.kernels.occupancy import sm_count
+
+MAX_SPLITS = 32
+
 
 @triton.jit
 def _paged_decode_kernel(
     q_ptr,
     k_ptr,
     v_ptr,
-    out_ptr,
+    out_ptr,  # [B, H, D] when SPLITS == 1, else partials [B, H, SPLITS, D] fp32
+    lse_ptr,  # [B, H, SPLITS] fp32 (unused when SPLITS == 1)
     block_tables_ptr,
     seq_lens_ptr,
     scale,
@@ -30,16 +40,23 @@ def _paged_decode_kernel(
     stride_table,
     stride_o_tok,
     stride_o_head,
+    NUM_HEADS: tl.constexpr,
     GROUP: tl.constexpr,
     GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     PAGE: tl.constexpr,
     TILE: tl.constexpr,
+    SPLITS: tl.constexpr,
     PRECISION: tl.constexpr,  # "ieee" keeps fp32 inputs exact; bf16 ignores it
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
+    split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq)
+    # This program's chunk of the keys: whole tiles, the same length for every chunk.
+    chunk = tl.cdiv(tl.cdiv(seq_len, SPLITS), TILE) * TILE
+    lo = split * chunk
+    num_tiles = tl.cdiv(tl.minimum(seq_len - lo, chunk), TILE)  # <= 0: no keys here
     g = tl.arange(0, GROUP_PAD)
     d = tl.arange(0, HEAD_DIM)
     n = tl.arange(0, TILE)
@@ -54,8 +71,8 @@ def _paged_decode_kernel(
     m_i = tl.full((GROUP_PAD,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((GROUP_PAD,), dtype=tl.float32)
     acc = tl.zeros((GROUP_PAD, HEAD_DIM), dtype=tl.float32)
-    for start in range(0, seq_len, TILE):
-        pos = start + n
+    for i in range(0, num_tiles):
+        pos = lo + i * TILE + n
         valid = pos < seq_len
         block = tl.load(block_tables_ptr + seq * stride_table + pos // PAGE, mask=valid, other=0)
         offsets = (
@@ -68,22 +85,63 @@ def _paged_decode_kernel(
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
         s = tl.where(valid[None, :], s * scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp(s - m_new[:, None])
-        alpha = tl.exp(m_i - m_new)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet
+        p = tl.exp(s - m_safe[:, None])
+        alpha = tl.exp(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
-    out = acc / l_i[:, None]
+    has_keys = l_i > 0
+    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+    if SPLITS == 1:
+        tl.store(
+            out_ptr + seq * stride_o_tok + heads[:, None] * stride_o_head + d[None, :],
+            out.to(out_ptr.dtype.element_ty),
+            mask=q_mask,
+        )
+    else:
+        row = (seq * NUM_HEADS + heads) * SPLITS + split
+        tl.store(out_ptr + row[:, None] * HEAD_DIM + d[None, :], out, mask=q_mask)
+        lse = tl.where(has_keys, m_i + tl.log(tl.where(has_keys, l_i, 1.0)), float("-inf"))
+        tl.store(lse_ptr + row, lse, mask=g < GROUP)
+
+
+@triton.jit
+def _combine_kernel(
+    part_ptr,  # [B, H, SPLITS, D] fp32
+    lse_ptr,  # [B, H, SPLITS] fp32
+    out_ptr,  # [B, H, D]
+    stride_o_tok,
+    stride_o_head,
+    NUM_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    SPLITS: tl.constexpr,
+    SPLITS_PAD: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    s = tl.arange(0, SPLITS_PAD)
+    d = tl.arange(0, HEAD_DIM)
+    row = (seq * NUM_HEADS + head) * SPLITS + s
+    lse = tl.load(lse_ptr + row, mask=s < SPLITS, other=float("-inf"))
+    weight = tl.exp(lse - tl.max(lse, 0))  # the first chunk always has keys: max is finite
+    part = tl.load(part_ptr + row[:, None] * HEAD_DIM + d[None, :], mask=(s < SPLITS)[:, None])
+    out = tl.sum(part * weight[:, None], 0) / tl.sum(weight, 0)
     tl.store(
-        out_ptr + seq * stride_o_tok + heads[:, None] * stride_o_head + d[None, :],
+        out_ptr + seq * stride_o_tok + head * stride_o_head + d,
         out.to(out_ptr.dtype.element_ty),
-        mask=q_mask,
     )
 
 
 def supports(head_dim: int) -> bool:
     """tl.dot needs a power-of-two inner size of at least 16."""
     return head_dim >= 16 and head_dim & (head_dim - 1) == 0
+
+
+def choose_splits(num_seqs: int, num_kv_heads: int, device: torch.device) -> int:
+    """Chunks per sequence: enough (sequence, head, chunk) programs for two per SM."""
+    sms = sm_count(device)
+    return max(1, min(MAX_SPLITS, -(-2 * sms // max(1, num_seqs * num_kv_heads))))
 
 
 def paged_decode_attention(
@@ -93,36 +151,40 @@ def paged_decode_attention(
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float,
+    splits: int | None = None,
 ) -> torch.Tensor:
     """q [B, H, D] (one token per sequence); caches [N_blocks, page, Hkv, D];
-    block_tables [B, max_blocks] int32; seq_lens [B] int32 (>= 1). Returns [B, H, D]."""
+    block_tables [B, max_blocks] int32; seq_lens [B] int32 (>= 1). Returns [B, H, D].
+    `splits`: chunks per sequence (default: from the batch size and the SM count)."""
     num_seqs, num_heads, head_dim = q.shape
     page, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
     out = torch.empty_like(q)
+    if num_seqs == 0:
+        return out
+    splits = splits or choose_splits(num_seqs, num_kv_heads, q.device)
     tile = max(64, page)
-    _paged_decode_kernel[(num_seqs, num_kv_heads)](
-        q,
-        k_cache,
-        v_cache,
-        out,
-        block_tables,
-        seq_lens,
-        scale,
-        q.stride(0),
-        q.stride(1),
-        k_cache.stride(0),
-        k_cache.stride(1),
-        k_cache.stride(2),
-        block_tables.stride(0),
-        out.stride(0),
-        out.stride(1),
-        GROUP=group,
-        GROUP_PAD=max(16, triton.next_power_of_2(group)),
-        HEAD_DIM=head_dim,
-        PAGE=page,
-        TILE=tile,
+    if splits == 1:
+        part, lse = out, out
+    else:
+        part = torch.empty(
+            (num_seqs, num_heads, splits, head_dim), dtype=torch.float32, device=q.device
+        )
+        lse = torch.empty((num_seqs, num_heads, splits), dtype=torch.float32, device=q.device)
+    _paged_decode_kernel[(num_seqs, num_kv_heads, splits)](
+        q, k_cache, v_cache, part, lse, block_tables, seq_lens, scale,
+        q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_tables.stride(0), out.stride(0), out.stride(1),
+        NUM_HEADS=num_heads, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
+        HEAD_DIM=head_dim, PAGE=page, TILE=tile, SPLITS=splits,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=4,
-    )
+    )  # fmt: skip
+    if splits > 1:
+        _combine_kernel[(num_seqs, num_heads)](
+            part, lse, out, out.stride(0), out.stride(1),
+            NUM_HEADS=num_heads, HEAD_DIM=head_dim, SPLITS=splits,
+            SPLITS_PAD=triton.next_power_of_2(splits), num_warps=4,
+        )  # fmt: skip
     return out

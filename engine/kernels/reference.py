@@ -4,6 +4,8 @@ I expert intermediate, C hidden (model width)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -14,11 +16,73 @@ FP8_MAX = 448.0  # largest finite float8_e4m3fn
 _SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
+@dataclass(frozen=True, slots=True)
+class ExpertWeights:
+    """One layer's stacked experts as stored: w13 [E, 2I, C], w2 [E, C, I] (FP8 or float) and,
+    for FP8, their block scales (`block` = (rows, cols) of one scale's block)."""
+
+    w13: torch.Tensor
+    w2: torch.Tensor
+    w13_scale: torch.Tensor | None = None
+    w2_scale: torch.Tensor | None = None
+    block: tuple[int, int] = (128, 128)
+
+    @property
+    def is_fp8(self) -> bool:
+        return self.w13_scale is not None
+
+    def dense(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w13, w2) in `dtype`, dequantized when FP8: a full copy (the reference path)."""
+        if self.w13_scale is None or self.w2_scale is None:
+            return self.w13.to(dtype), self.w2.to(dtype)
+        return (
+            dequantize_fp8_block(self.w13, self.w13_scale, self.block, dtype),
+            dequantize_fp8_block(self.w2, self.w2_scale, self.block, dtype),
+        )
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """`weight * x * rsqrt(mean(x^2) + eps)`, statistics in fp32, result in x's dtype."""
     x32 = x.float()
     normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
     return weight * normed.to(x.dtype)
+
+
+def add_rms_norm(
+    x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual stream after adding `delta` (None: nothing to add), and its RMSNorm."""
+    if delta is not None:
+        x = x + delta
+    return x, rms_norm(x, weight, eps)
+
+
+def qk_norm_rope_store(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_weight: torch.Tensor,
+    k_weight: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    eps: float,
+    head_dim: int,
+) -> torch.Tensor:
+    """M2's attention prologue: q [T, Hq*D] and k [T, Hkv*D] RMS-normed over their whole width,
+    the first rotary dims of each head rotated; k and v [T, Hkv*D] stored in the paged caches
+    at `slot_mapping`. Returns q [T, Hq, D]."""
+    num_tokens, num_kv_heads = q.shape[0], k.shape[1] // head_dim
+    q = rms_norm(q, q_weight, eps).view(num_tokens, q.shape[1] // head_dim, head_dim)
+    k = rms_norm(k, k_weight, eps).view(num_tokens, num_kv_heads, head_dim)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, k)
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(
+        0, slot_mapping, v.reshape(num_tokens, num_kv_heads, head_dim)
+    )
+    return q
 
 
 def rope_cos_sin(

@@ -53,13 +53,21 @@ class Attention(nn.Module):
         [N_blocks, block_size, Hkv, D] receive these tokens' keys and values at
         `batch.slot_mapping`, then each sequence attends over all of its cached tokens."""
         num_tokens = x.shape[0]
-        q, k = self._normed_qk(self.q_proj(x), self.k_proj(x))
-        q = q.view(num_tokens, self.num_heads, self.head_dim)
-        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
-        q, k = PartialRotary.rotate(q, k, *rope)
-        k_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, batch.slot_mapping, k)
-        v_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, batch.slot_mapping, v)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.tp.size == 1:  # QK-norm, RoPE and the KV write: one kernel on CUDA
+            q = dispatch.qk_norm_rope_store(
+                q, k, v, self.q_norm.weight, self.k_norm.weight, rope, k_cache, v_cache,
+                batch.slot_mapping, self.q_norm.eps, self.head_dim,
+            )  # fmt: skip
+        else:
+            q, k = self._normed_qk(q, k)
+            q = q.view(num_tokens, self.num_heads, self.head_dim)
+            k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+            v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+            q, k = PartialRotary.rotate(q, k, *rope)
+            slots = batch.slot_mapping
+            k_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, slots, k)
+            v_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, slots, v)
         out = dispatch.paged_attention(q, k_cache, v_cache, batch, self.scale)
         out = self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
         return self.tp.all_reduce(out)

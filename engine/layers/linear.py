@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from m2agent.engine.distributed.parallel import SINGLE, TensorParallel
+from m2agent.engine.kernels import dispatch
 from m2agent.engine.kernels.reference import FP8_DTYPE, dequantize_fp8_block
 from m2agent.engine.layers.loading import Slice, new_parameter, sliced_loader
 from m2agent.engine.model_config import FP8Config
@@ -21,7 +22,7 @@ Split = Literal["columns", "rows"] | None
 class Linear(nn.Module):
     """y = x W^T with W [out, in]. With `fp8`, W is float8_e4m3fn and `weight_scale_inv` holds
     one fp32 scale per (block_rows x block_cols) block, exactly as the checkpoint stores them;
-    the GPU path can consume them directly, the reference path dequantizes on the fly.
+    on CUDA the Triton kernel reads them as stored; on CPU they are dequantized on the fly.
 
     `split="columns"` (of the output; Megatron's column-parallel) keeps this rank's slice of
     the out features: y is this rank's slice of the full y. `split="rows"` keeps a slice of
@@ -70,7 +71,10 @@ class Linear(nn.Module):
         return dequantize_fp8_block(self.weight, self.weight_scale_inv, block, self.compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dense_weight())
+        if self.fp8 is None or self.weight_scale_inv is None:
+            return F.linear(x, self.weight)
+        block = (self.fp8.block_rows, self.fp8.block_cols)
+        return dispatch.fp8_linear(x, self.weight, self.weight_scale_inv, block)
 
     def extra_repr(self) -> str:
         kind = f"fp8 block {self.fp8.block_rows}x{self.fp8.block_cols}" if self.fp8 else "dense"

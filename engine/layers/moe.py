@@ -14,7 +14,11 @@ from torch import nn
 from m2agent.engine.distributed.parallel import SINGLE, TensorParallel
 from m2agent.engine.errors import ConfigError
 from m2agent.engine.kernels import dispatch
-from m2agent.engine.kernels.reference import FP8_DTYPE, dequantize_fp8_block, route
+from m2agent.engine.kernels.reference import (
+    FP8_DTYPE,
+    ExpertWeights,
+    dequantize_fp8_block,
+)
 from m2agent.engine.layers.loading import Slice, expert_loader, new_parameter
 from m2agent.engine.model_config import FP8Config, ModelConfig
 
@@ -69,8 +73,21 @@ class Experts(nn.Module):
                 scale = new_parameter((num_experts, *blocks), torch.float32, scale_loader)
                 self.register_parameter(f"{name}_weight_scale_inv", scale)
 
+    def stored(self) -> ExpertWeights:
+        """The weights as stored (FP8 with their scales, or float), for the kernels."""
+        if self.fp8 is None:
+            return ExpertWeights(self.w13_weight, self.w2_weight)
+        return ExpertWeights(
+            self.w13_weight,
+            self.w2_weight,
+            self.w13_weight_scale_inv,
+            self.w2_weight_scale_inv,
+            (self.fp8.block_rows, self.fp8.block_cols),
+        )
+
     def dense(self, name: str) -> torch.Tensor:
-        """`w13` or `w2` in the compute dtype (dequantized when stored as FP8)."""
+        """`w13` or `w2` in the compute dtype (dequantized when stored as FP8: a full copy, for
+        baselines and tests only; the forward pass never makes one)."""
         weight = getattr(self, f"{name}_weight")
         if self.fp8 is None:
             return weight
@@ -81,7 +98,7 @@ class Experts(nn.Module):
     def forward(
         self, x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor
     ) -> torch.Tensor:
-        return dispatch.moe_experts(x, weights, expert_ids, self.dense("w13"), self.dense("w2"))
+        return dispatch.moe_experts(x, weights, expert_ids, self.stored())
 
 
 class SparseMoE(nn.Module):
@@ -103,5 +120,7 @@ class SparseMoE(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights, expert_ids = route(x, self.gate.weight, self.e_score_correction_bias, self.top_k)
+        weights, expert_ids = dispatch.route(
+            x, self.gate.weight, self.e_score_correction_bias, self.top_k
+        )
         return self.tp.all_reduce(self.experts(x, weights, expert_ids))

@@ -31,13 +31,19 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        delta: torch.Tensor | None,
         rope: tuple[torch.Tensor, torch.Tensor],
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         batch: ForwardBatch,
-    ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, k_cache, v_cache, batch)
-        return x + self.block_sparse_moe(self.post_attention_layernorm(x))
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`x + delta` is the residual stream entering this layer (`delta`: the previous
+        layer's MoE output, None for the first layer): each residual add is fused with the
+        norm that follows it. Returns (the stream after attention, this layer's MoE output)."""
+        x, h = self.input_layernorm.add_and_norm(x, delta)
+        attn = self.self_attn(h, rope, k_cache, v_cache, batch)
+        x, h = self.post_attention_layernorm.add_and_norm(x, attn)
+        return x, self.block_sparse_moe(h)
 
 
 class DecoderStack(nn.Module):
@@ -72,9 +78,10 @@ class MiniMaxM2ForCausalLM(nn.Module):
         (Hkv: this rank's key/value heads)."""
         x = self.model.embed_tokens(batch.token_ids)
         rope = self.rotary.cos_sin(batch.positions, x.dtype)
+        delta: torch.Tensor | None = None
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, rope, k_caches[i], v_caches[i], batch)
-        return self.model.norm(x)
+            x, delta = layer(x, delta, rope, k_caches[i], v_caches[i], batch)
+        return self.model.norm.add_and_norm(x, delta)[1]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)

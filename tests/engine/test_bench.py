@@ -15,6 +15,7 @@ import torch
 from m2agent.engine import LLM
 from m2agent.engine.bench.common import BUILTIN_CONFIGS, build_transformers_model, reduced_config
 from m2agent.engine.bench.roofline import decode_bytes_per_token
+from m2agent.engine.errors import ConfigError
 from m2agent.engine.model_config import load_model_config
 
 SHARED_CONFIG = BUILTIN_CONFIGS / "minimax-m2.json"
@@ -24,13 +25,13 @@ def small_config(tmp_path: Path) -> Path:
     raw = {
         "architectures": ["MiniMaxM2ForCausalLM"],
         "model_type": "minimax_m2",
-        "hidden_size": 64,
-        "intermediate_size": 32,
+        "hidden_size": 256,  # FP8 blocks are 128x128: every quantized dim a multiple of 128
+        "intermediate_size": 128,
         "num_hidden_layers": 6,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 16,
-        "rotary_dim": 8,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 128,
+        "rotary_dim": 64,
         "rope_theta": 5000000,
         "num_local_experts": 8,
         "num_experts_per_tok": 2,
@@ -52,13 +53,21 @@ def test_full_size_bytes_per_token_matches_the_published_roofline() -> None:
     assert abs(six / 1e9 - 3.13) < 0.02
 
 
-def test_transformers_baseline_runs_on_our_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize("quant", ["auto", "fp8", "bf16"])
+def test_transformers_baseline_runs_on_our_weights(tmp_path: Path, quant: str) -> None:
+    """The dummy model keeps the config's FP8 (auto), or is made FP8 or bf16; transformers gets
+    the same weights (dequantized when FP8) under an unquantized config."""
     pytest.importorskip("transformers")
-    folder = tmp_path / "model"
-    folder.mkdir()
-    reduced_config(small_config(tmp_path), 2, folder)
+    config = small_config(tmp_path)
+    folder = reduced_config(config, 2, tmp_path / "model", quant)
     llm = LLM(folder, dtype="float32", load_format="dummy", seed=3)
-    reference = build_transformers_model(llm, folder, "eager")
+    fp8 = quant != "bf16"
+    assert (llm.config.fp8 is not None) == fp8
+    dtypes = {p.dtype for p in llm.model.parameters()}
+    assert (torch.float8_e4m3fn in dtypes) == fp8
+    baseline = reduced_config(config, 2, tmp_path / "baseline", "bf16")
+    assert "quantization_config" not in json.loads((baseline / "config.json").read_text())
+    reference = build_transformers_model(llm, baseline, "eager")
     ids = [5, 17, 250, 3, 99, 42]
     ours = llm.prompt_logits(ids)
     with torch.inference_mode():
@@ -83,6 +92,20 @@ def test_bench_latency_cli_on_cpu(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert [t["name"] for t in report["timings"]] == ["m2agent engine", "transformers (grouped_mm)"]
     assert report["layers"] == 2 and report["bound_tok_s"] > 0
+    assert report["quant"] == "fp8" and report["weight_bytes"] > 0  # the config's default
+
+
+def test_reduced_config_quant_choices(tmp_path: Path) -> None:
+    bf16 = json.loads(
+        (reduced_config(SHARED_CONFIG, 3, tmp_path / "a", "bf16") / "config.json").read_text()
+    )
+    auto = json.loads(
+        (reduced_config(SHARED_CONFIG, 3, tmp_path / "b") / "config.json").read_text()
+    )
+    assert "quantization_config" not in bf16 and bf16["num_hidden_layers"] == 3
+    assert auto["quantization_config"]["weight_block_size"] == [128, 128]
+    with pytest.raises(ConfigError, match="quant must be"):
+        reduced_config(SHARED_CONFIG, 3, tmp_path / "c", "int4")
 
 
 def test_bench_latency_needs_exactly_one_source() -> None:
@@ -92,3 +115,15 @@ def test_bench_latency_needs_exactly_one_source() -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "--model PATH or --dummy-config" in result.stderr
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the message on a machine without CUDA"
+)
+def test_bench_kernels_says_it_needs_cuda() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "m2agent", "bench", "kernels"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "needs a CUDA GPU" in result.stderr

@@ -1,0 +1,31 @@
+"""How many programs a memory-bound kernel needs: the device's SM count, and the split of a
+reduction dimension that gives every SM several programs to keep loads in flight."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+PROGRAMS_PER_SM = 4  # enough loads in flight per SM to cover HBM latency (measured on an H200)
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type != "cuda":  # Triton's interpreter (TRITON_INTERPRET=1) runs on CPU tensors
+        return 132
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def split_k(programs: int, k_blocks: int, device: torch.device, max_split: int = 16) -> int:
+    """Pieces to cut a loop of `k_blocks` steps into (a power of two, each piece >= 2 steps)
+    so that `programs` x pieces reaches PROGRAMS_PER_SM per SM."""
+    target = PROGRAMS_PER_SM * sm_count(device)
+    split = 1
+    while programs * split < target and k_blocks >= 4 * split and split < max_split:
+        split *= 2
+    return split

@@ -1,0 +1,331 @@
+"""The FP8 kernels (MoE experts, dense linear) and split-KV decode attention on CUDA, against the
+reference on dequantized weights; CUDA-graph replay against eager; the FP8 engine's greedy
+tokens against the CPU reference path.
+
+Inputs are random (never zeros) and every output buffer the kernels take from the caching
+allocator is poisoned with NaN first (`poisoned_pool`), so an element a kernel fails to write
+shows up. Tolerances, as relative error of the whole output (||got - ref|| / ||ref||): fp32
+activations 1e-5 (exact fp32 products, sums in another order); bf16 activations 2e-2 (8
+significant bits; the kernels round the SwiGLU activations to bf16 as the reference does, but
+in other places).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from m2agent.engine import LLM, SamplingParams
+from m2agent.engine.kernels import reference
+from m2agent.engine.kernels.reference import ExpertWeights
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+BLOCK = (128, 128)
+
+
+def poisoned_pool(megabytes: int = 512) -> None:
+    """Fill free cached memory with NaN so the next allocations start poisoned."""
+    chunks = [
+        torch.full((size * 2**18,), float("nan"), device="cuda")
+        for size in (megabytes // 2, megabytes // 4, 16, 4, 1)
+    ]
+    del chunks
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    assert got.shape == expected.shape
+    assert torch.isfinite(got).all(), "unwritten (NaN-poisoned) or non-finite output"
+    return (
+        (got.float() - expected.float()).norm() / expected.float().norm().clamp(min=1e-30)
+    ).item()
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    return 1e-5 if dtype == torch.float32 else 2e-2
+
+
+_EXPERTS: dict[tuple[int, int, int], ExpertWeights] = {}
+
+
+def fp8_experts(experts: int, hidden: int, inter: int, gen: torch.Generator) -> ExpertWeights:
+    """Random FP8 experts (cached per shape: the full-size set takes seconds to quantize)."""
+    key = (experts, hidden, inter)
+    if key not in _EXPERTS:
+        parts = []
+        for rows, cols in ((2 * inter, hidden), (hidden, inter)):
+            weight = torch.empty(experts, rows, cols, dtype=reference.FP8_DTYPE, device="cuda")
+            scale = torch.empty(experts, -(-rows // 128), -(-cols // 128), device="cuda")
+            for e in range(experts):
+                dense = torch.randn(rows, cols, generator=gen, device="cuda") * 0.05
+                weight[e], scale[e] = reference.quantize_fp8_block(dense, BLOCK)
+            parts += [weight, scale]
+        _EXPERTS[key] = ExpertWeights(parts[0], parts[2], parts[1], parts[3], BLOCK)
+    return _EXPERTS[key]
+
+
+def routed(tokens: int, hidden: int, experts: int, top_k: int, dtype: torch.dtype, seed: int):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(tokens, hidden, generator=gen, device="cuda").to(dtype)
+    gate = torch.randn(experts, hidden, generator=gen, device="cuda")
+    bias = torch.randn(experts, generator=gen, device="cuda")
+    weights, ids = reference.route(x, gate, bias, top_k)
+    return x, weights, ids
+
+
+def moe_oracle(x, weights, ids, experts: ExpertWeights) -> torch.Tensor:
+    """The reference in float64, dequantizing only the experts the tokens use."""
+    assert experts.w13_scale is not None and experts.w2_scale is not None
+    out = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+    for e in torch.unique(ids).tolist():
+        token, slot = torch.where(ids == e)
+        w13 = reference.dequantize_fp8_block(
+            experts.w13[e], experts.w13_scale[e], BLOCK, torch.float64
+        )
+        w2 = reference.dequantize_fp8_block(
+            experts.w2[e], experts.w2_scale[e], BLOCK, torch.float64
+        )
+        gate, up = (x[token].double() @ w13.T).chunk(2, dim=-1)
+        y = (torch.nn.functional.silu(gate) * up) @ w2.T
+        out.index_add_(0, token, y * weights[token, slot, None].double())
+    return out
+
+
+SHAPES = [(3072, 1536, 256, 8), (384, 256, 16, 4), (200, 128, 7, 3)]
+
+
+@pytest.mark.parametrize("tokens", [0, 1, 3, 17, 64, 300])
+@pytest.mark.parametrize(("hidden", "inter", "num_experts", "top_k"), SHAPES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fp8_moe_matches_reference_on_both_paths(
+    tokens: int, hidden: int, inter: int, num_experts: int, top_k: int, dtype: torch.dtype
+) -> None:
+    from m2agent.engine.kernels import fp8_moe
+
+    if hidden == 3072 and (tokens > 64 or dtype == torch.float32):
+        pytest.skip("full-size experts: bf16 up to 64 tokens (each tile config compiles anew)")
+    gen = torch.Generator(device="cuda").manual_seed(tokens + hidden)
+    experts = fp8_experts(num_experts, hidden, inter, gen)
+    x, weights, ids = routed(tokens, hidden, num_experts, top_k, dtype, seed=tokens)
+    expected = moe_oracle(x, weights, ids, experts)
+    configs = [(False, 16, 64), (False, 16, 32), (True, 16, 64), (True, 64, 128)]
+    for grouped, block_m, block_n in configs:
+        tiles = fp8_moe.TileConfig(grouped, block_m, block_n, 128, 4, 3)
+        poisoned_pool()
+        got = fp8_moe.moe_experts(x, weights, ids, experts, tiles=tiles)
+        assert got.dtype == dtype
+        if tokens:
+            assert relative_error(got, expected) < tolerance(dtype), (grouped, block_m)
+        else:
+            assert got.shape == (0, hidden)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_fp8_moe_expert_map_skips_unowned_experts(grouped: bool) -> None:
+    from m2agent.engine.kernels import fp8_moe
+
+    num_experts, hidden, inter, top_k = 16, 384, 256, 4
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    experts = fp8_experts(num_experts, hidden, inter, gen)
+    x, weights, ids = routed(33, hidden, num_experts, top_k, torch.float32, seed=7)
+    owned = torch.arange(num_experts, device="cuda") % 2 == 0  # this rank owns the even ones
+    expert_map = torch.where(owned, torch.arange(num_experts, device="cuda"), -1)
+    poisoned_pool()
+    tiles = fp8_moe.TileConfig(grouped, 16, 64, 128, 4, 3)
+    got = fp8_moe.moe_experts(x, weights, ids, experts, expert_map=expert_map, tiles=tiles)
+    expected = moe_oracle(x, weights * owned[ids], ids, experts)
+    assert relative_error(got, expected) < 1e-5
+
+
+@pytest.mark.parametrize("rows", [0, 1, 17, 100])
+@pytest.mark.parametrize(("n", "k"), [(8192, 3072), (3072, 6144), (200, 300)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fp8_linear_matches_reference(rows: int, n: int, k: int, dtype: torch.dtype) -> None:
+    from m2agent.engine.kernels.fp8_linear import fp8_linear
+
+    gen = torch.Generator(device="cuda").manual_seed(rows + n + k)
+    weight, scale = reference.quantize_fp8_block(
+        torch.randn(n, k, generator=gen, device="cuda") * 0.05, BLOCK
+    )
+    x = torch.randn(rows, k, generator=gen, device="cuda").to(dtype)
+    expected = x.double() @ reference.dequantize_fp8_block(weight, scale, BLOCK, torch.float64).T
+    poisoned_pool()
+    got = fp8_linear(x, weight, scale, BLOCK)
+    assert got.dtype == dtype and got.shape == (rows, n)
+    if rows:
+        assert relative_error(got, expected) < tolerance(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_split_kv_attention_matches_reference_at_long_context(dtype: torch.dtype) -> None:
+    from m2agent.engine.kernels.paged_attention_triton import paged_decode_attention
+
+    heads, kv_heads, head_dim, page = 48, 8, 128, 16
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    lengths = [1, 63, 64, 65, 5000, 20011]
+    blocks = sum(-(-n // page) for n in lengths) + 3
+    k_cache = torch.randn(blocks, page, kv_heads, head_dim, generator=gen, device="cuda").to(dtype)
+    v_cache = torch.randn(blocks, page, kv_heads, head_dim, generator=gen, device="cuda").to(dtype)
+    order = torch.randperm(blocks, generator=torch.Generator().manual_seed(0)).tolist()
+    tables = []
+    for n in lengths:
+        tables.append([order.pop() for _ in range(-(-n // page))])
+    width = max(len(t) for t in tables)
+    block_tables = torch.tensor(
+        [t + [0] * (width - len(t)) for t in tables], dtype=torch.int32, device="cuda"
+    )
+    seq_lens = torch.tensor(lengths, dtype=torch.int32, device="cuda")
+    q = torch.randn(len(lengths), heads, head_dim, generator=gen, device="cuda").to(dtype)
+    expected = reference.paged_attention(
+        q.double(), k_cache.double(), v_cache.double(), [1] * len(lengths), lengths, tables,
+        head_dim**-0.5,
+    )  # fmt: skip
+    for splits in (1, 2, 7, 32):
+        poisoned_pool()
+        got = paged_decode_attention(
+            q, k_cache, v_cache, block_tables, seq_lens, head_dim**-0.5, splits=splits
+        )
+        assert relative_error(got, expected) < tolerance(dtype), splits
+
+
+def test_graph_replay_equals_eager_for_the_new_kernels() -> None:
+    from m2agent.engine.kernels import fp8_moe
+    from m2agent.engine.kernels.fp8_linear import fp8_linear
+    from m2agent.engine.kernels.paged_attention_triton import paged_decode_attention
+
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    experts = fp8_experts(16, 384, 256, gen)
+    weight, scale = reference.quantize_fp8_block(
+        torch.randn(512, 384, generator=gen, device="cuda") * 0.05, BLOCK
+    )
+    k_cache = torch.randn(64, 16, 2, 64, generator=gen, device="cuda").bfloat16()
+    v_cache = torch.randn(64, 16, 2, 64, generator=gen, device="cuda").bfloat16()
+    table = torch.randperm(64, device="cuda", dtype=torch.int32)[None].repeat(4, 1)
+    lens = torch.tensor([1, 100, 700, 1024], dtype=torch.int32, device="cuda")
+    static = {"x": torch.empty(4, 384, device="cuda", dtype=torch.bfloat16)}
+    static["q"] = torch.empty(4, 8, 64, device="cuda", dtype=torch.bfloat16)
+    gate = torch.randn(16, 384, generator=gen, device="cuda")
+    bias = torch.randn(16, generator=gen, device="cuda")
+
+    def step() -> list[torch.Tensor]:
+        x = static["x"]
+        weights, ids = reference.route(x, gate, bias, 4)
+        outs = [fp8_linear(x, weight, scale, BLOCK)]
+        for grouped in (False, True):
+            tiles = fp8_moe.TileConfig(grouped, 16, 64, 128, 4, 3)
+            outs.append(fp8_moe.moe_experts(x, weights, ids, experts, tiles=tiles))
+        outs.append(paged_decode_attention(static["q"], k_cache, v_cache, table, lens, 0.125))
+        return outs
+
+    static["x"].copy_(torch.randn(4, 384, generator=gen, device="cuda"))
+    static["q"].copy_(torch.randn(4, 8, 64, generator=gen, device="cuda"))
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    for seed in (1, 2):
+        new = torch.Generator(device="cuda").manual_seed(seed)
+        static["x"].copy_(torch.randn(4, 384, generator=new, device="cuda"))
+        static["q"].copy_(torch.randn(4, 8, 64, generator=new, device="cuda"))
+        graph.replay()
+        eager = step()
+        for replayed, direct in zip(captured, eager, strict=True):
+            assert torch.equal(replayed, direct)
+
+
+def test_fp8_engine_greedy_64_tokens_match_cpu_reference(tiny_fp8_checkpoint: Path) -> None:
+    """The whole FP8 model through the CUDA kernels (graphs included) against the CPU path,
+    which dequantizes; fp32 activations, so greedy tokens must agree exactly."""
+    params = SamplingParams(temperature=0, max_tokens=64, ignore_eos=True)
+    prompts = ["]~!b[]~b]user\nhello[e~[\n]~b]ai\n<think>\n", "def add(a, b):\n    return"]
+    gpu_llm = LLM(tiny_fp8_checkpoint, device="cuda", dtype="float32")
+    resident = {p.dtype for p in gpu_llm.model.parameters()}
+    assert torch.float8_e4m3fn in resident  # stored FP8: no dequantized copy replaces it
+    gpu = gpu_llm.generate(prompts, params)
+    cpu = LLM(tiny_fp8_checkpoint, device="cpu", dtype="float32").generate(prompts, params)
+    assert [o.token_ids for o in gpu] == [o.token_ids for o in cpu]
+
+
+@pytest.mark.parametrize("rows", [0, 1, 7, 300])
+@pytest.mark.parametrize("width", [3072, 200])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("with_delta", [True, False])
+def test_fused_add_rms_norm_matches_reference(
+    rows: int, width: int, dtype: torch.dtype, with_delta: bool
+) -> None:
+    from m2agent.engine.kernels.fused_small_ops import add_rms_norm
+
+    gen = torch.Generator(device="cuda").manual_seed(rows + width)
+    x = torch.randn(rows, width, generator=gen, device="cuda").to(dtype)
+    delta = torch.randn(rows, width, generator=gen, device="cuda").to(dtype) if with_delta else None
+    weight = torch.randn(width, generator=gen, device="cuda").to(dtype)
+    expected_x, expected = reference.add_rms_norm(x.clone(), delta, weight, 1e-6)
+    poisoned_pool()
+    got_x, got = add_rms_norm(x.clone(), delta, weight, 1e-6)
+    if rows:
+        assert relative_error(got_x, expected_x) < tolerance(dtype) / 4
+        assert relative_error(got, expected) < tolerance(dtype) / 4
+
+
+@pytest.mark.parametrize("tokens", [0, 1, 5, 130])
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "head_dim", "rotary"), [(48, 8, 128, 64), (6, 2, 32, 16), (2, 1, 128, 64)]
+)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_qk_norm_rope_store_matches_reference(
+    tokens: int, heads: int, kv_heads: int, head_dim: int, rotary: int, dtype: torch.dtype
+) -> None:
+    from m2agent.engine.kernels.fused_small_ops import qk_norm_rope_store
+
+    gen = torch.Generator(device="cuda").manual_seed(tokens + heads)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=gen, device="cuda").to(dtype)
+
+    qkv = randn(tokens, (heads + 2 * kv_heads) * head_dim)  # strided views, as a fused q/k/v
+    q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=1)
+    q_weight, k_weight = randn(heads * head_dim), randn(kv_heads * head_dim)
+    positions = torch.randint(0, 100_000, (tokens,), generator=gen, device="cuda")
+    cos, sin = reference.rope_cos_sin(positions, rotary, 5e6, dtype)
+    blocks, page = 40, 16
+    slots = torch.randperm(blocks * page, generator=gen, device="cuda")[:tokens]
+    caches = [randn(blocks, page, kv_heads, head_dim) for _ in range(2)]
+    ref_caches = [c.clone() for c in caches]
+    expected = reference.qk_norm_rope_store(
+        q.clone(), k, v, q_weight, k_weight, cos, sin, *ref_caches, slots, 1e-6, head_dim
+    )
+    got = qk_norm_rope_store(
+        q.clone(), k, v, q_weight, k_weight, cos, sin, *caches, slots, 1e-6, head_dim
+    )
+    if tokens:
+        assert relative_error(got, expected) < tolerance(dtype) / 4
+    for cache, ref in zip(caches, ref_caches, strict=True):
+        assert relative_error(cache, ref) < tolerance(dtype) / 4
+
+
+@pytest.mark.parametrize("tokens", [0, 1, 9, 1000])
+@pytest.mark.parametrize(("experts", "top_k"), [(256, 8), (7, 3), (16, 4)])
+def test_fused_router_matches_reference(tokens: int, experts: int, top_k: int) -> None:
+    from m2agent.engine.kernels.fused_small_ops import route
+
+    gen = torch.Generator(device="cuda").manual_seed(tokens + experts)
+    x = torch.randn(tokens, 512, generator=gen, device="cuda").bfloat16()
+    gate = torch.randn(experts, 512, generator=gen, device="cuda")
+    bias = torch.randn(experts, generator=gen, device="cuda") * 0.1
+    expected_w, expected_ids = reference.route(x, gate, bias, top_k)
+    got_w, got_ids = route(x, gate, bias, top_k)
+    assert got_ids.shape == (tokens, top_k) and got_w.dtype == torch.float32
+    expected_ids, order = expected_ids.sort(dim=1)
+    got_ids, got_order = got_ids.sort(dim=1)
+    assert torch.equal(got_ids, expected_ids)
+    torch.testing.assert_close(
+        got_w.gather(1, got_order), expected_w.gather(1, order), rtol=1e-6, atol=1e-7
+    )
