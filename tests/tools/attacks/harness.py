@@ -45,13 +45,21 @@ def require_user(user: str) -> None:
         )
 
 
+# The runner starts the launcher with sys.executable itself (setpriv's own exec can succeed
+# where the user's cannot), so the probe does the same.
+_PROBE = (
+    "import subprocess, sys, m2agent.tools.shell; "
+    "subprocess.run([sys.executable, '-I', '-c', 'pass'], check=True)"
+)
+
+
 @cache
 def _nobody_cannot_run_the_agent() -> str:
     """Why `nobody` cannot start sys.executable and import the sandbox ('' when it can): a
     Python under a private home (pyenv in /root) is out of its reach."""
     probe = subprocess.run(
         ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-         sys.executable, "-I", "-c", "import m2agent.tools.shell"],
+         sys.executable, "-I", "-c", _PROBE],
         capture_output=True, text=True, cwd="/", timeout=60,
     )  # fmt: skip
     if probe.returncode == 0:
