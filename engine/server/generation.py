@@ -69,7 +69,6 @@ class Usage:
     completion_tokens: int = 0
     finish_reason: str = "stop"
     stopped_by_eos: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def log_fields(self) -> dict[str, int]:
         return {

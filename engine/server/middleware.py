@@ -66,6 +66,9 @@ class Guard:
                 await self._send_error(path, refusal, send_logged)
                 return
             await self.app(scope, self._limited(receive, path), send_logged)
+        except Exception:
+            status = status or 500  # the error middleware outside answers it
+            raise
         finally:
             state = scope.get("state") or {}
             usage = state.get("usage") or {}
@@ -74,7 +77,7 @@ class Guard:
                 "%s %s %s%s %.3fs",
                 scope.get("method", "?"),
                 path,
-                status or "499",  # no response started: the client went away first
+                status or "499",  # no response started and no error: the client went away
                 f" {tokens}" if tokens else "",
                 time.monotonic() - started,
             )

@@ -10,7 +10,7 @@ import anthropic
 import httpx
 import pytest
 
-from m2agent.engine.server.anthropic_api import thinking_signature, to_conversation
+from m2agent.engine.server.anthropic_codec import thinking_signature, to_conversation
 
 from .conftest import Server
 

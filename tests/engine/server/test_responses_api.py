@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from m2agent.engine.server.responses_api import (
+from m2agent.engine.server.responses_codec import (
     decrypt_reasoning,
     encrypt_reasoning,
     to_conversation,

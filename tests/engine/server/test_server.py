@@ -298,11 +298,55 @@ def test_idle_exit(server_checkpoint: Path, tmp_path: Path) -> None:
     import sys
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "m2agent", "serve", "--model", str(server_checkpoint), "--device",
-         "cpu", "--port", "0", "--log-file", str(tmp_path / "log"), "--idle-exit-s", "1.5"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "m2agent",
+            "serve",
+            "--model",
+            str(server_checkpoint),
+            "--device",
+            "cpu",
+            "--port",
+            "0",
+            "--log-file",
+            str(tmp_path / "log"),
+            "--idle-exit-s",
+            "1.5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert process.stdout is not None
     assert "at http://127.0.0.1:" in process.stdout.readline()
     assert process.wait(timeout=60) == 0
     assert "idle for" in (tmp_path / "log").read_text()
+
+
+@pytest.mark.parametrize(
+    "tool_choice", ["required", {"type": "function", "function": {"name": "Read"}}]
+)
+def test_tool_choice_forces_a_call(eager_server: Server, tool_choice: Any) -> None:
+    """The reasoning runs free, then the output continues from the opening of a tool call."""
+    response = client(eager_server).chat.completions.create(
+        model="tiny-m2", messages=MESSAGES, tools=TOOLS, tool_choice=tool_choice, max_tokens=200
+    )
+    choice = response.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls is not None
+    assert [call.function.name for call in choice.message.tool_calls] == ["Read"]  # type: ignore[union-attr]
+
+
+def test_unknown_fields_are_ignored_and_named(server: Server) -> None:
+    body = {
+        "model": "tiny-m2",
+        "messages": MESSAGES,
+        "max_tokens": 2,
+        "frobnicate": 1,
+        "stream_options": {"include_usage": True, "future": 1},
+        "stream": False,
+    }
+    response = httpx.post(f"{server.base_url}/chat/completions", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-m2agent-ignored-fields"] == "frobnicate, stream_options.future"
