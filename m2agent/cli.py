@@ -414,6 +414,22 @@ TpOption = Annotated[
     ),
 ]
 
+EpOption = Annotated[
+    int | None,
+    typer.Option(
+        "--ep",
+        min=1,
+        help="Expert-parallel size: groups of GPUs the experts are spread over (whole experts; "
+        "attention stays split over --tp, which defaults to this). Default: the layout for "
+        "the model and GPU count.",
+    ),
+]
+
+
+def _ranks(tp: int, ep: int | None) -> int:
+    """GPUs used: --tp, or --ep alone."""
+    return ep if tp == 1 and ep is not None else tp
+
 
 def _run_bench(
     model: Path | None, dummy_config: str | None, run: Any, json_out: Path | None
@@ -452,6 +468,7 @@ def bench_latency(
         bool, typer.Option(help="Also print the CUDA kernels of a few decode steps.")
     ] = False,
     tp: TpOption = 1,
+    ep: EpOption = None,
     json_out: JsonOption = None,
 ) -> None:
     """Batch-1 decode tok/s and time to first token, against transformers and the bandwidth
@@ -462,7 +479,7 @@ def bench_latency(
         return run_latency_bench(
             model_path=model, dummy_config=config, layers=layers, prompt_tokens=prompt_tokens,
             new_tokens=new_tokens, device=device, repeats=repeats, baseline=baseline,
-            experts_impl=experts_impl, profile=profile, tp=tp, report=report,
+            experts_impl=experts_impl, profile=profile, tp=_ranks(tp, ep), ep=ep, report=report,
         )  # fmt: skip
 
     _run_bench(model, dummy_config, run, json_out)
@@ -480,6 +497,7 @@ def bench_throughput(
     baseline: BaselineOption = True,
     experts_impl: ExpertsOption = "grouped_mm",
     tp: TpOption = 1,
+    ep: EpOption = None,
     json_out: JsonOption = None,
 ) -> None:
     """Output tok/s with N concurrent streams, against transformers batching the same prompts
@@ -499,7 +517,7 @@ def bench_throughput(
         return run_throughput_bench(
             model_path=model, dummy_config=config, layers=layers, streams=counts,
             prompt_tokens=prompt_tokens, new_tokens=new_tokens, device=device, baseline=baseline,
-            experts_impl=experts_impl, tp=tp, report=report,
+            experts_impl=experts_impl, tp=_ranks(tp, ep), ep=ep, report=report,
         )  # fmt: skip
 
     _run_bench(model, dummy_config, run, json_out)
@@ -517,6 +535,7 @@ def bench_agent(
     device: DeviceOption = "cuda",
     repeats: Annotated[int, typer.Option(min=1, help="Cold/cached pairs (median).")] = 3,
     tp: TpOption = 1,
+    ep: EpOption = None,
     json_out: JsonOption = None,
 ) -> None:
     """Time to first token of an agent turn with its prefix cached, against a cold cache."""
@@ -525,10 +544,52 @@ def bench_agent(
     def run(config: Path | None, report: Any) -> Any:
         return run_agent_bench(
             model_path=model, dummy_config=config, layers=layers, prefix_tokens=prefix_tokens,
-            new_tokens=new_tokens, device=device, repeats=repeats, tp=tp, report=report,
+            new_tokens=new_tokens, device=device, repeats=repeats, tp=_ranks(tp, ep), ep=ep,
+            report=report,
         )  # fmt: skip
 
     _run_bench(model, dummy_config, run, json_out)
+
+
+@bench_app.command("capacity")
+def bench_capacity(
+    config: Annotated[
+        str, typer.Option(help="A config.json, or 'minimax-m2' for the published one.")
+    ] = "minimax-m2",
+    gpus: Annotated[str, typer.Option(help="Comma-separated GPU counts.")] = "2,4,8",
+    gpu_memory_gib: Annotated[
+        float, typer.Option(min=1, help="Memory of one GPU (H200: 140.4, H100: 79.6).")
+    ] = 140.4,
+    utilization: Annotated[
+        float, typer.Option(min=0.1, max=1.0, help="Share of each GPU the engine may fill.")
+    ] = 0.90,
+    reserve_gib: Annotated[
+        float, typer.Option(min=0, help="Per GPU, kept for activations and graphs.")
+    ] = 4.0,
+    json_out: JsonOption = None,
+) -> None:
+    """Tokens of KV cache that fit beside the weights for each GPU count (at full depth, the
+    default layout), computed from the config: no GPU needed."""
+    from m2agent.engine.bench.capacity import GIB, capacity_report
+    from m2agent.engine.bench.common import resolve_config
+    from m2agent.engine.errors import EngineError
+    from m2agent.engine.model_config import load_model_config
+
+    try:
+        counts = [int(n) for n in gpus.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"--gpus must be integers like 2,4,8, got {gpus!r}") from None
+    try:
+        model_config = load_model_config(resolve_config(config))
+        report = capacity_report(
+            model_config, counts, int(gpu_memory_gib * GIB), utilization, int(reserve_gib * GIB)
+        )
+    except EngineError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(report.table())
+    if json_out is not None:
+        json_out.write_text(report.to_json() + "\n", encoding="utf-8")
 
 
 def main() -> None:

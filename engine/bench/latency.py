@@ -54,6 +54,7 @@ class LatencyReport:
     timings: list[Timing]
     decode_graph_gpu_ms: float | None = None  # one captured decode step, GPU time alone
     tensor_parallel_size: int = 1
+    expert_parallel_size: int = 1
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -62,6 +63,7 @@ class LatencyReport:
         lines = [
             f"device: {self.device}"
             + (f" x{self.tensor_parallel_size}" if self.tensor_parallel_size > 1 else "")
+            + (f" (ep {self.expert_parallel_size})" if self.expert_parallel_size > 1 else "")
             + f"; {self.layers} layers, prompt {self.prompt_tokens}, "
             f"{self.new_tokens} new tokens, batch 1",
             f"{'':28} {'TTFT ms':>10} {'decode tok/s':>14}",
@@ -177,6 +179,7 @@ def run_latency_bench(
     experts_impl: str = "grouped_mm",
     profile: bool = False,
     tp: int = 1,
+    ep: int | None = None,  # expert-parallel size (None: the default layout)
     report: Report = print,
 ) -> LatencyReport:
     with tempfile.TemporaryDirectory(prefix="m2agent-bench-") as tmp:
@@ -184,10 +187,12 @@ def run_latency_bench(
         options: dict[str, Any] = dict(max_num_seqs=1, num_kv_blocks=blocks, block_size=16)
         llm, folder = open_model(
             model_path, dummy_config, layers, device, Path(tmp), report,
-            tensor_parallel_size=tp, **options,
+            tensor_parallel_size=tp, expert_parallel_size=ep, **options,
         )  # fmt: skip
         prompt_ids = random_prompt(llm.config.vocab_size, prompt_tokens, seed=0)
-        name = f"m2agent engine, tp {tp}" if tp > 1 else "m2agent engine"
+        layout = llm.engine.runner.tp
+        name = "m2agent engine" + (f", tp {tp}" if tp > 1 else "")
+        name += f" ep {layout.expert_parallel_size}" if layout.expert_parallel_size > 1 else ""
         report(f"timing the {name} ...")
         timings = [time_engine(llm, prompt_ids, new_tokens, repeats, report, name)]
         # Replaying rank 0's graph alone would wait forever on the other ranks' collectives.
@@ -229,4 +234,5 @@ def run_latency_bench(
             timings=timings,
             decode_graph_gpu_ms=graph_ms,
             tensor_parallel_size=tp,
+            expert_parallel_size=layout.expert_parallel_size,
         )
