@@ -61,7 +61,8 @@ def load_model(
         model = MiniMaxM2ForCausalLM(config, resolved_dtype, tp)
     stream = sys.stderr if show_progress and sys.stderr.isatty() else None
     if load_format == "dummy":
-        init_dummy_weights(model, seed=seed + tp.rank)
+        rank_seed = seed + 1 + tp.rank if tp.size > 1 else None  # never `seed`'s own stream
+        init_dummy_weights(model, seed=seed, rank_seed=rank_seed)
         done = f"generated dummy weights on {resolved_device}"
     elif load_format == "auto":
         if tokenizer is None:

@@ -17,7 +17,7 @@ from torch import nn
 from m2agent.engine.errors import CheckpointError
 from m2agent.engine.kernels.reference import quantize_fp8_block
 from m2agent.engine.layers.linear import Linear
-from m2agent.engine.layers.loading import Checkpoint, Shard
+from m2agent.engine.layers.loading import Checkpoint, Shard, default_loader
 from m2agent.engine.layers.moe import Experts
 from m2agent.engine.model_config import FP8Config, ModelConfig
 
@@ -131,14 +131,24 @@ def _preview(names: list[str], limit: int = 8) -> str:
 
 
 @torch.no_grad()
-def init_dummy_weights(model: nn.Module, seed: int = 0, std: float = 0.02) -> None:
+def init_dummy_weights(
+    model: nn.Module, seed: int = 0, std: float = 0.02, rank_seed: int | None = None
+) -> None:
     """Random weights of the real shapes and dtypes, made on the model's device (FP8 weights are
-    quantized from random values, per block, so their scales are realistic)."""
+    quantized from random values, per block, so their scales are realistic). Under tensor or
+    expert parallelism each rank passes its own `rank_seed` for its slices; parameters every
+    rank holds whole (the routers) come from `seed` alone, so all ranks route alike."""
     first = next(model.parameters())
-    generator = torch.Generator(device=first.device).manual_seed(seed)
+    generator = torch.Generator(device=first.device).manual_seed(
+        seed if rank_seed is None else rank_seed
+    )
+    shared = generator
+    if rank_seed is not None:
+        shared = torch.Generator(device=first.device).manual_seed(seed)
+    replicated = {id(p) for p in model.parameters() if _is_replicated(p)}
 
-    def normal_(t: torch.Tensor) -> None:
-        t.copy_(torch.randn(t.shape, generator=generator, device=t.device, dtype=torch.float32))
+    def normal_(t: torch.Tensor, source: torch.Generator) -> None:
+        t.copy_(torch.randn(t.shape, generator=source, device=t.device, dtype=torch.float32))
         t.mul_(std)
 
     done: set[int] = set()
@@ -162,7 +172,12 @@ def init_dummy_weights(model: nn.Module, seed: int = 0, std: float = 0.02) -> No
         elif name.endswith("e_score_correction_bias"):
             param.zero_()
         else:
-            normal_(param.data)
+            normal_(param.data, shared if id(param) in replicated else generator)
+
+
+def _is_replicated(param: nn.Parameter) -> bool:
+    """Held whole by every rank (its loader takes no slice)."""
+    return getattr(param, "weight_loader", None) is default_loader
 
 
 def _fill_fp8(

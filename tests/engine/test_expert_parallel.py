@@ -183,3 +183,27 @@ def test_a_dying_worker_ends_the_engine_with_its_reason(
     assert rank0.returncode == 1, stderr
     assert re.search(reason, stderr), stderr
     assert "the other ranks cannot go on without it" in stderr
+
+
+def test_dummy_weights_route_alike_on_every_rank(tmp_path: Path) -> None:
+    """Full-size dummy runs build each rank's slice on its own device: the router (held whole by
+    every rank) must be the same everywhere, or ranks would disagree on each token's experts."""
+    folder = write_tiny_checkpoint(tmp_path / "tiny", TinySpec())
+    ranks = [
+        load_model(folder, "cpu", "float32", "dummy", seed=5, tp=TensorParallel(r, 2, None, 2))
+        for r in (0, 1)
+    ]
+    params = [dict(loaded.model.named_parameters()) for loaded in ranks]
+    gate = "model.layers.1.block_sparse_moe.gate.weight"
+    assert torch.equal(params[0][gate], params[1][gate])
+    assert params[0][gate].std() > 0
+    q = "model.layers.1.self_attn.q_proj.weight"
+    assert not torch.equal(params[0][q], params[1][q])  # each rank's own slice
+
+
+def test_serve_takes_an_expert_parallel_size() -> None:
+    from m2agent.engine.server.__main__ import build_parser
+
+    args = build_parser().parse_args(["--model", "m", "--tp", "8", "--ep", "8"])
+    assert (args.tp, args.ep) == (8, 8)
+    assert build_parser().parse_args(["--model", "m"]).ep is None  # the default layout
