@@ -63,7 +63,8 @@ class Slice:
         if self.start % block or self.length % block:
             raise ConfigError(
                 f"{what}: a tensor-parallel slice of {self.length} does not fall on the "
-                f"FP8 block size {block}; use a smaller tensor-parallel size"
+                f"FP8 block size {block}; use a smaller tensor-parallel size, or expert "
+                "parallelism (--ep) to keep experts whole"
             )
         return Slice(self.dim, self.start // block, self.length // block, -(-self.full // block))
 

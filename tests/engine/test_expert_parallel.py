@@ -123,6 +123,26 @@ def test_progress_display_counts_shards_bytes_and_rate() -> None:
     )
 
 
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_on_a_terminal_is_one_line_redrawn() -> None:
+    now = [0.0]
+    stream = Terminal()
+    progress = LoadProgress(2, 2_000_000_000, stream, clock=lambda: now[0])
+    for _ in range(2):
+        now[0] += 1.0
+        progress.add_bytes(500_000_000)
+        progress.shard_done()
+    progress.finish()
+    text = stream.getvalue()
+    assert "\n" not in text.removesuffix("\n")  # redrawn in place, ended once
+    assert text.startswith("\r\x1b[Kloading weights: shard 0/2, 0.50 GB read")
+    assert text.endswith("from 2 shards in 2.0 s (0.50 GB/s)\n")
+
+
 def test_default_layout_per_gpu_count() -> None:
     """M2 in FP8: TP cuts the 1536-wide experts on 128-blocks for 2 and 4 ranks, not for 8."""
     m2 = load_model_config(Path(__file__).parents[2] / "engine/configs/minimax-m2.json")
