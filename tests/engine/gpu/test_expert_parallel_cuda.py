@@ -49,7 +49,8 @@ def test_ep2_with_graphs_and_prefix_cache_equals_one_gpu(tiny_m2_checkpoint: Pat
         cold, warm, cached = generate_twice(split)
         torch.testing.assert_close(split.prompt_logits(ids), logits, atol=1e-4, rtol=1e-4)
     assert cold == expected and warm == expected
-    assert all(n > 0 for n in cached)  # the second run hit the prefix cache
+    # The second run hit the prefix cache (prompts of 43 and 21 tokens hold full 16-blocks).
+    assert cached[0] >= 32 and cached[1] >= 16
 
 
 def test_fp8_ep2_graph_replay_equals_eager_and_one_gpu(tmp_path: Path) -> None:
