@@ -8,7 +8,8 @@
 #
 # Knobs: SKIP_TESTS=1, TESTS="tests/engine/gpu" (paths), BENCHES="latency throughput agent",
 # BENCH_LAYERS=6, BENCH_REPEATS=7, BENCH_TP=1 (tensor-parallel size; >1 times our engine on one
-# GPU too, as the baseline), BENCH_EXTRA="..." (more bench arguments).
+# GPU too, as the baseline), BENCH_EP= (expert-parallel size; unset: the default layout),
+# BENCH_EXTRA="..." (more bench arguments).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-/tmp/m2agent-gpu}
@@ -34,8 +35,9 @@ bench() {  # name, then its arguments
   local name=$1 tag=${BENCH_TP:-1}
   shift
   [ "$tag" = 1 ] && tag="" || tag="-tp$tag"
+  tag="$tag${BENCH_EP:+-ep$BENCH_EP}"
   python3 -P -m m2agent bench "$name" --dummy-config minimax-m2 --layers "$layers" \
-    --tp "${BENCH_TP:-1}" --json "$OUT/bench-$name$tag.json" "$@" ${BENCH_EXTRA:-} 2>&1 \
+    --tp "${BENCH_TP:-1}" ${BENCH_EP:+--ep "$BENCH_EP"} --json "$OUT/bench-$name$tag.json" "$@" ${BENCH_EXTRA:-} 2>&1 \
     | tee "$OUT/bench-$name$tag.log" || status=1
 }
 for name in ${BENCHES:-latency throughput agent}; do
