@@ -170,8 +170,7 @@ class Workers:
     def _end_because(self, rank: int, code: int) -> None:
         """Tell the user which rank exited and why (its last message), then exit; once."""
         if not self._ending.acquire(blocking=False):
-            time.sleep(60)  # another thread is reporting and ending the process
-            return
+            self._ending.acquire()  # another thread is ending the process: never returns
         detail = ""
         try:
             conn = self._conns[rank - 1]
@@ -180,7 +179,7 @@ class Workers:
                 detail = status.reason if isinstance(status, WorkerFailed) else repr(status)
         except (EOFError, OSError, ValueError):
             pass
-        how = f"code {code}" if code >= 0 else f"killed by {signal.Signals(-code).name}"
+        how = f"code {code}" if code >= 0 else f"killed by {_signal_name(-code)}"
         message = (
             f"m2agent: tensor-parallel rank {rank} exited ({how})"
             + (f": {detail}" if detail else "")
@@ -189,6 +188,13 @@ class Workers:
         logger.critical(message)
         print(message, file=sys.stderr, flush=True)
         os._exit(1)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _log_setup() -> tuple[str | None, int]:
