@@ -25,6 +25,17 @@ class EngineConfig:
     cuda_graphs: bool = True  # replay decode steps from captured graphs on CUDA
     seed: int = 0  # for dummy weights
     tensor_parallel_size: int = 1  # processes (GPUs), each holding a slice of every layer
+    # Groups of ranks the experts are spread over (whole experts, E / ep per group); None picks
+    # the layout for the model (`runner.workers.default_expert_parallel`). With
+    # tensor_parallel_size 1, ep > 1 alone sets the number of ranks.
+    expert_parallel_size: int | None = None
+
+    @property
+    def num_ranks(self) -> int:
+        """Processes (GPUs) the model runs on."""
+        if self.tensor_parallel_size == 1:
+            return self.expert_parallel_size or 1
+        return self.tensor_parallel_size
 
     def __post_init__(self) -> None:
         problems = []
@@ -42,6 +53,14 @@ class EngineConfig:
             problems.append("max_model_len must be at least 2")
         if self.tensor_parallel_size < 1:
             problems.append("tensor_parallel_size must be positive")
+        ep = self.expert_parallel_size
+        if ep is not None and ep < 1:
+            problems.append("expert_parallel_size must be positive")
+        elif ep is not None and self.tensor_parallel_size > 1 and self.tensor_parallel_size % ep:
+            problems.append(
+                f"expert_parallel_size ({ep}) must divide tensor_parallel_size "
+                f"({self.tensor_parallel_size}): the experts are spread over groups of ranks"
+            )
         if self.load_format not in ("auto", "dummy"):
             problems.append(f"load_format must be 'auto' or 'dummy', got {self.load_format!r}")
         if problems:

@@ -17,12 +17,12 @@ import torch
 
 from m2agent.engine.block_manager import BlockManager
 from m2agent.engine.config import EngineConfig
-from m2agent.engine.distributed import workers
-from m2agent.engine.distributed.parallel import SINGLE, TensorParallel
-from m2agent.engine.distributed.workers import Workers
 from m2agent.engine.errors import EngineError
+from m2agent.engine.layers.parallel import SINGLE, TensorParallel
 from m2agent.engine.loader import LoadedModel, load_model
+from m2agent.engine.runner import workers
 from m2agent.engine.runner.model_runner import ModelRunner, SamplingState
+from m2agent.engine.runner.workers import Workers
 from m2agent.engine.sampling import SamplingParams
 from m2agent.engine.scheduler import ScheduledSeq, Scheduler, SchedulerConfig
 from m2agent.engine.sequence import Sequence
@@ -66,7 +66,7 @@ class LLMEngine:
         self.engine_config = config
         self.workers: Workers | None = None
         tp, device = SINGLE, config.device
-        if config.tensor_parallel_size > 1:
+        if config.num_ranks > 1:
             tp, self.workers, device = workers.start(config)
         try:
             self._start(config, tp, device)
@@ -76,7 +76,7 @@ class LLMEngine:
 
     def _start(self, config: EngineConfig, tp: TensorParallel, device: str) -> None:
         self.loaded: LoadedModel = load_model(
-            config.model, device, config.dtype, config.load_format, config.seed, tp
+            config.model, device, config.dtype, config.load_format, config.seed, tp, True
         )
         if self.workers is not None:
             self.workers.wait_ready()
@@ -91,7 +91,7 @@ class LLMEngine:
             self.loaded.device,
             self.loaded.dtype,
             tp,
-            self.workers.announce if self.workers else None,
+            self.workers,
         )
         num_blocks = self._kv_blocks()
         self.runner.allocate_kv(num_blocks)

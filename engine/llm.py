@@ -38,8 +38,8 @@ class LLM:
     load_format="dummy" a folder or config.json file alone (random weights of the real shapes).
     dtype "auto" is bfloat16 on CUDA and float32 on CPU. Other keyword arguments are
     `EngineConfig` fields (block_size, max_num_seqs, enable_prefix_caching,
-    tensor_parallel_size, ...). With tensor_parallel_size > 1, worker processes run; `close()`
-    (or a `with` block) stops them.
+    tensor_parallel_size, expert_parallel_size, ...). With more than one rank, worker processes
+    run; `close()` (or a `with` block) stops them.
     """
 
     def __init__(

@@ -4,6 +4,7 @@ its tokenizer and generation defaults."""
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +12,10 @@ from typing import Any
 
 import torch
 
-from m2agent.engine.distributed.parallel import SINGLE, TensorParallel
 from m2agent.engine.errors import EngineError
+from m2agent.engine.layers.parallel import SINGLE, TensorParallel
 from m2agent.engine.model_config import ModelConfig, load_model_config
-from m2agent.engine.models.checkpoint import iter_tensors
+from m2agent.engine.models.checkpoint import iter_tensors, new_progress
 from m2agent.engine.models.minimax_m2 import MiniMaxM2ForCausalLM
 from m2agent.engine.models.weights import init_dummy_weights, load_weights
 from m2agent.engine.sampling import load_generation_defaults
@@ -44,8 +45,11 @@ def load_model(
     load_format: str,
     seed: int = 0,
     tp: TensorParallel = SINGLE,
+    show_progress: bool = False,
 ) -> LoadedModel:
-    """The model (this rank's slice of it under tensor parallelism) on `device`."""
+    """The model (this rank's slice of it under tensor or expert parallelism) on `device`.
+    Dummy weights are generated on the device itself. A checkpoint rank reads only its slices;
+    with `show_progress` and a terminal on stderr, a live line shows shards, GB and GB/s."""
     folder = path.parent if path.is_file() else path
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
@@ -55,16 +59,28 @@ def load_model(
     started = time.perf_counter()
     with torch.device(resolved_device):
         model = MiniMaxM2ForCausalLM(config, resolved_dtype, tp)
+    stream = sys.stderr if show_progress and sys.stderr.isatty() else None
     if load_format == "dummy":
-        init_dummy_weights(model, seed=seed + tp.rank)
+        rank_seed = seed + 1 + tp.rank if tp.size > 1 else None  # never `seed`'s own stream
+        init_dummy_weights(model, seed=seed, rank_seed=rank_seed)
+        done = f"generated dummy weights on {resolved_device}"
     elif load_format == "auto":
         if tokenizer is None:
             raise EngineError(f"{folder}: no tokenizer.json; a checkpoint needs its tokenizer")
-        load_weights(model, iter_tensors(folder), where=str(folder))
+        progress = new_progress(folder, stream)
+        load_weights(model, iter_tensors(folder, progress), where=str(folder))
+        done = progress.finish().describe()
     else:
         raise EngineError(f"load_format must be 'auto' or 'dummy', got {load_format!r}")
     model.eval()
-    logger.info("loaded %s (%s) in %.1fs", folder, load_format, time.perf_counter() - started)
+    size_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
+    logger.info(
+        "rank %d: %s; %.2f GB of weights in %.1f s",
+        tp.rank,
+        done,
+        size_gb,
+        time.perf_counter() - started,
+    )
     eos: tuple[int, ...] = tuple(defaults.get("eos_token_ids") or config.eos_token_ids)
     if not eos and tokenizer is not None and tokenizer.eos_token_id is not None:
         eos = (tokenizer.eos_token_id,)

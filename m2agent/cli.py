@@ -675,6 +675,22 @@ TpOption = Annotated[
     ),
 ]
 
+EpOption = Annotated[
+    int | None,
+    typer.Option(
+        "--ep",
+        min=1,
+        help="Expert-parallel size: groups of GPUs the experts are spread over (whole experts; "
+        "attention stays split over --tp, which defaults to this). Default: the layout for "
+        "the model and GPU count.",
+    ),
+]
+
+
+def _ranks(tp: int, ep: int | None) -> int:
+    """GPUs used: --tp, or --ep alone."""
+    return ep if tp == 1 and ep is not None else tp
+
 
 QuantOption = Annotated[
     str,
@@ -741,6 +757,7 @@ def bench_latency(
     kv_tokens: Annotated[
         int, typer.Option(min=0, help="Size the KV pool for this many tokens (0: just enough).")
     ] = 0,
+    ep: EpOption = None,
     json_out: JsonOption = None,
 ) -> None:
     """Batch-1 decode tok/s and cold time to first token (a prompt never seen before),
@@ -754,8 +771,8 @@ def bench_latency(
         return run_latency_bench(
             model_path=model, dummy_config=config, layers=layers, prompt_tokens=prompt_tokens,
             new_tokens=new_tokens, device=device, repeats=repeats, baseline=baseline,
-            experts_impl=experts_impl, profile=profile, tp=tp, quant=quant,
-            kv_tokens=kv_tokens, report=report,
+            experts_impl=experts_impl, profile=profile, tp=_ranks(tp, ep), ep=ep,
+            quant=quant, kv_tokens=kv_tokens, report=report,
         )  # fmt: skip
 
     _run_bench(model, dummy_config, run, json_out)
@@ -774,6 +791,7 @@ def bench_throughput(
     experts_impl: ExpertsOption = "grouped_mm",
     tp: TpOption = 1,
     quant: QuantOption = "auto",
+    ep: EpOption = None,
     json_out: JsonOption = None,
 ) -> None:
     """Output tok/s with N concurrent streams, against transformers batching the same prompts
@@ -794,7 +812,7 @@ def bench_throughput(
         return run_throughput_bench(
             model_path=model, dummy_config=config, layers=layers, streams=counts,
             prompt_tokens=prompt_tokens, new_tokens=new_tokens, device=device, baseline=baseline,
-            experts_impl=experts_impl, tp=tp, quant=quant, report=report,
+            experts_impl=experts_impl, tp=_ranks(tp, ep), ep=ep, quant=quant, report=report,
         )  # fmt: skip
 
     _run_bench(model, dummy_config, run, json_out)
@@ -813,6 +831,7 @@ def bench_agent(
     repeats: Annotated[int, typer.Option(min=1, help="Cold/cached pairs (median).")] = 3,
     tp: TpOption = 1,
     quant: QuantOption = "auto",
+    ep: EpOption = None,
     json_out: JsonOption = None,
 ) -> None:
     """Time to first token of an agent turn with its prefix cached, against a cold cache."""
@@ -823,7 +842,8 @@ def bench_agent(
     def run(config: Path | None, report: Any) -> Any:
         return run_agent_bench(
             model_path=model, dummy_config=config, layers=layers, prefix_tokens=prefix_tokens,
-            new_tokens=new_tokens, device=device, repeats=repeats, tp=tp, quant=quant,
+            new_tokens=new_tokens, device=device, repeats=repeats, tp=_ranks(tp, ep), ep=ep,
+            quant=quant,
             report=report,
         )  # fmt: skip
 
@@ -859,6 +879,47 @@ def bench_kernels(
             contexts=lengths,
             bf16=bf16,
             report=lambda line: typer.echo(line, err=True),
+        )
+    except EngineError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(report.table())
+    if json_out is not None:
+        json_out.write_text(report.to_json() + "\n", encoding="utf-8")
+
+
+@bench_app.command("capacity")
+def bench_capacity(
+    config: Annotated[
+        str, typer.Option(help="A config.json, or 'minimax-m2' for the published one.")
+    ] = "minimax-m2",
+    gpus: Annotated[str, typer.Option(help="Comma-separated GPU counts.")] = "2,4,8",
+    gpu_memory_gib: Annotated[
+        float, typer.Option(min=1, help="Memory of one GPU (H200: 140.4, H100: 79.6).")
+    ] = 140.4,
+    utilization: Annotated[
+        float, typer.Option(min=0.1, max=1.0, help="Share of each GPU the engine may fill.")
+    ] = 0.90,
+    reserve_gib: Annotated[
+        float, typer.Option(min=0, help="Per GPU, kept for activations and graphs.")
+    ] = 4.0,
+    json_out: JsonOption = None,
+) -> None:
+    """Tokens of KV cache that fit beside the weights for each GPU count (at full depth, the
+    default layout), computed from the config: no GPU needed."""
+    from m2agent.engine.bench.capacity import GIB, capacity_report
+    from m2agent.engine.bench.common import resolve_config
+    from m2agent.engine.errors import EngineError
+    from m2agent.engine.model_config import load_model_config
+
+    try:
+        counts = [int(n) for n in gpus.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"--gpus must be integers like 2,4,8, got {gpus!r}") from None
+    try:
+        model_config = load_model_config(resolve_config(config))
+        report = capacity_report(
+            model_config, counts, int(gpu_memory_gib * GIB), utilization, int(reserve_gib * GIB)
         )
     except EngineError as e:
         typer.echo(f"error: {e}", err=True)

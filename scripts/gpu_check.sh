@@ -9,7 +9,7 @@
 # Knobs: SKIP_TESTS=1, TESTS="tests/engine/gpu" (paths), BENCHES="latency throughput agent"
 # (also: kernels, context, memory), BENCH_LAYERS="6" (several: "6 18"), BENCH_QUANTS="fp8 bf16",
 # BENCH_REPEATS=7, BENCH_TP=1 (tensor-parallel size; >1 times our engine on one GPU too, as the
-# baseline), BENCH_BASELINE=1 (0: no transformers baseline), BENCH_STREAMS=1,4,16,
+# baseline), BENCH_EP= (expert-parallel size; unset: the default layout), BENCH_BASELINE=1 (0: no transformers baseline), BENCH_STREAMS=1,4,16,
 # CONTEXTS="16384 65536", MEMORY_LAYERS=32, BENCH_EXTRA="..." (more bench arguments).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -37,8 +37,9 @@ bench() {  # name, layers, quant, tag, then its arguments
   local name=$1 layers=$2 quant=$3 tag=$4 tp=${BENCH_TP:-1}
   shift 4
   [ "$tp" = 1 ] || tag="$tag-tp$tp"
+  tag="$tag${BENCH_EP:+-ep$BENCH_EP}"
   python3 -P -m m2agent bench "$name" --dummy-config minimax-m2 --layers "$layers" \
-    --quant "$quant" --tp "$tp" --json "$OUT/bench-$name-$tag.json" "$@" ${BENCH_EXTRA:-} 2>&1 \
+    --quant "$quant" --tp "$tp" ${BENCH_EP:+--ep "$BENCH_EP"} --json "$OUT/bench-$name-$tag.json" "$@" ${BENCH_EXTRA:-} 2>&1 \
     | tee "$OUT/bench-$name-$tag.log" || status=1
 }
 for name in ${BENCHES:-latency throughput agent}; do

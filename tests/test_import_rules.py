@@ -48,6 +48,57 @@ def test_engine_never_imports_the_agent_side() -> None:
     assert violations("engine", "m2agent.engine", ()) == []
 
 
+# Inside the engine, dependencies run kernels <- layers <- models <- runner <- engine <- server:
+# a module imports nothing on a higher floor (the parallel state every layer uses lives in
+# layers/; starting ranks, which needs the loader and the runner, lives in runner/).
+ENGINE_FLOORS = {
+    "m2agent.engine.kernels": 0,
+    "m2agent.engine.layers": 1,
+    "m2agent.engine.models": 2,
+    "m2agent.engine.loader": 2,
+    "m2agent.engine.runner": 3,
+    "m2agent.engine.engine": 4,
+    "m2agent.engine.llm": 4,
+    "m2agent.engine.server": 5,
+}
+
+
+def engine_floor(module: str) -> int | None:
+    for prefix, floor in ENGINE_FLOORS.items():
+        if module == prefix or module.startswith(prefix + "."):
+            return floor
+    return None
+
+
+def upward_imports(engine_dir: Path) -> list[str]:
+    found = []
+    for path in sorted(engine_dir.rglob("*.py")):
+        parts = path.relative_to(engine_dir).with_suffix("").parts
+        own = engine_floor(".".join(("m2agent", "engine", *parts)))
+        if own is None:
+            continue
+        for line, module in imported_modules(path):
+            floor = engine_floor(module)
+            if floor is not None and floor > own:
+                found.append(f"{path.relative_to(engine_dir)}:{line}: {module} (a higher floor)")
+    return found
+
+
+def test_engine_floors_import_only_downward() -> None:
+    assert upward_imports(ROOT / "engine") == []
+
+
+def test_engine_floor_check_sees_an_upward_import(tmp_path: Path) -> None:
+    (tmp_path / "layers").mkdir()
+    (tmp_path / "layers" / "bad.py").write_text(
+        "import torch\nfrom m2agent.engine.kernels import dispatch\n"
+        "def f():\n    from m2agent.engine.runner.workers import start\n"
+    )
+    assert upward_imports(tmp_path) == [
+        "layers/bad.py:4: m2agent.engine.runner.workers (a higher floor)"
+    ]
+
+
 def test_tools_import_only_the_stdlib_side() -> None:
     forbidden = ("torch", "triton", "rich", "prompt_toolkit", "typer")
     assert violations("tools", "m2agent.tools", forbidden) == []

@@ -68,6 +68,7 @@ def run_agent_bench(
     repeats: int,
     tp: int = 1,
     quant: str = "auto",
+    ep: int | None = None,  # expert-parallel size (None: the default layout)
     report: Report = print,
 ) -> AgentReport:
     with tempfile.TemporaryDirectory(prefix="m2agent-bench-") as tmp:
@@ -84,6 +85,7 @@ def run_agent_bench(
             block_size=16,
             num_kv_blocks=2 * (-(-(prefix_tokens + 2 * new_tokens) // 16)) + 8,
             tensor_parallel_size=tp,
+            expert_parallel_size=ep,
         )
         vocab = llm.config.vocab_size
         prefix = random_prompt(vocab, prefix_tokens, seed=1)

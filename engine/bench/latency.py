@@ -58,6 +58,7 @@ class LatencyReport:
     weight_bytes: int = 0  # resident parameter bytes of the engine's model (this rank)
     kv_pool_tokens: int = 0
     peak_memory_gb: float = 0.0  # the engine's peak CUDA memory, KV pool and graphs included
+    expert_parallel_size: int = 1
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -66,6 +67,7 @@ class LatencyReport:
         lines = [
             f"device: {self.device}"
             + (f" x{self.tensor_parallel_size}" if self.tensor_parallel_size > 1 else "")
+            + (f" (ep {self.expert_parallel_size})" if self.expert_parallel_size > 1 else "")
             + f"; {self.layers} layers, prompt {self.prompt_tokens}, "
             f"{self.new_tokens} new tokens, batch 1, {self.quant} weights "
             f"({self.weight_bytes / 1e9:.2f} GB resident; KV pool {self.kv_pool_tokens} tokens; "
@@ -189,6 +191,7 @@ def run_latency_bench(
     tp: int = 1,
     quant: str = "auto",
     kv_tokens: int = 0,
+    ep: int | None = None,  # expert-parallel size (None: the default layout)
     report: Report = print,
 ) -> LatencyReport:
     with tempfile.TemporaryDirectory(prefix="m2agent-bench-") as tmp:
@@ -202,11 +205,13 @@ def run_latency_bench(
             torch.cuda.reset_peak_memory_stats()
         llm, folder = open_model(
             model_path, dummy_config, layers, device, Path(tmp), report, quant,
-            tensor_parallel_size=tp, **options,
+            tensor_parallel_size=tp, expert_parallel_size=ep, **options,
         )  # fmt: skip
         weight_bytes = sum(p.numel() * p.element_size() for p in llm.model.parameters())
         prompt_ids = random_prompt(llm.config.vocab_size, prompt_tokens, seed=0)
-        name = f"m2agent engine, tp {tp}" if tp > 1 else "m2agent engine"
+        layout = llm.engine.runner.tp
+        name = "m2agent engine" + (f", tp {tp}" if tp > 1 else "")
+        name += f" ep {layout.expert_parallel_size}" if layout.expert_parallel_size > 1 else ""
         report(f"timing the {name} ...")
         timings = [time_engine(llm, prompt_tokens, new_tokens, repeats, report, name)]
         peak = torch.cuda.max_memory_allocated() / 1e9 if device != "cpu" else 0.0
@@ -259,4 +264,5 @@ def run_latency_bench(
             weight_bytes=weight_bytes,
             kv_pool_tokens=(blocks - 4) * 16,
             peak_memory_gb=peak,
+            expert_parallel_size=layout.expert_parallel_size,
         )

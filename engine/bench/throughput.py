@@ -127,6 +127,7 @@ def run_throughput_bench(
     experts_impl: str = "grouped_mm",
     tp: int = 1,
     quant: str = "auto",
+    ep: int | None = None,  # expert-parallel size (None: the default layout)
     report: Report = print,
 ) -> ThroughputReport:
     """With tp > 1 the transformers baseline is skipped: it has no tensor parallelism, and its
@@ -137,6 +138,7 @@ def run_throughput_bench(
             model_path, dummy_config, layers, device, Path(tmp), report, quant,
             max_num_seqs=max(streams), num_kv_blocks=blocks, block_size=16,
             tensor_parallel_size=tp,
+            expert_parallel_size=ep,
         )  # fmt: skip
         vocab = llm.config.vocab_size
         all_prompts = [random_prompt(vocab, prompt_tokens, seed=i) for i in range(max(streams))]

@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from m2agent.engine.distributed.parallel import SINGLE, TensorParallel
 from m2agent.engine.forward_batch import ForwardBatch
 from m2agent.engine.kernels import dispatch
 from m2agent.engine.layers.linear import Linear, Split
 from m2agent.engine.layers.norm import SplitRMSNorm
+from m2agent.engine.layers.parallel import SINGLE, TensorParallel
 from m2agent.engine.layers.rotary import PartialRotary
 from m2agent.engine.model_config import ModelConfig
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m2agent.engine.distributed.parallel import SINGLE, TensorParallel
 from m2agent.engine.layers.loading import Slice, new_parameter, sliced_loader
+from m2agent.engine.layers.parallel import SINGLE, TensorParallel
 
 
 class Embedding(nn.Module):

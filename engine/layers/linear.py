@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m2agent.engine.distributed.parallel import SINGLE, TensorParallel
 from m2agent.engine.kernels import dispatch
 from m2agent.engine.kernels.reference import FP8_DTYPE, dequantize_fp8_block
 from m2agent.engine.layers.loading import Slice, new_parameter, sliced_loader
+from m2agent.engine.layers.parallel import SINGLE, TensorParallel
 from m2agent.engine.model_config import FP8Config
 
 Split = Literal["columns", "rows"] | None

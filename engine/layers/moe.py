@@ -2,7 +2,10 @@
 
 Under tensor parallelism every rank routes every token (the router is small and replicated)
 and holds an even slice of each expert's intermediate size (w1/w3 rows, w2 columns), so the
-kernels are unchanged and the ranks' outputs are partial sums, added by one all-reduce."""
+kernels are unchanged and the ranks' outputs are partial sums, added by one all-reduce.
+Under expert parallelism a rank holds only its experts (`TensorParallel.owned_experts`) and
+computes only the picks of those: the others weigh zero here and count on the rank that owns
+them, so the same one all-reduce combines every token's experts."""
 
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ import math
 import torch
 from torch import nn
 
-from m2agent.engine.distributed.parallel import SINGLE, TensorParallel
 from m2agent.engine.errors import ConfigError
 from m2agent.engine.kernels import dispatch
 from m2agent.engine.kernels.reference import (
@@ -20,6 +22,7 @@ from m2agent.engine.kernels.reference import (
     dequantize_fp8_block,
 )
 from m2agent.engine.layers.loading import Slice, expert_loader, new_parameter
+from m2agent.engine.layers.parallel import SINGLE, TensorParallel
 from m2agent.engine.model_config import FP8Config, ModelConfig
 
 
@@ -35,7 +38,13 @@ class Experts(nn.Module):
     """All experts' weights stacked, gate and up projections fused as in the GEMM that uses
     them: w13 [E, 2I, C] (rows 0..I-1 are w1, the gate; I..2I-1 are w3, the up projection) and
     w2 [E, C, I]. Checkpoint tensor `experts.{e}.w1.weight` loads into `w13_weight[e, :I]`,
-    `w3` into `w13_weight[e, I:]`, `w2` into `w2_weight[e]` (scales likewise, per block)."""
+    `w3` into `w13_weight[e, I:]`, `w2` into `w2_weight[e]` (scales likewise, per block).
+
+    Under expert parallelism E is this rank's experts only: `owned` holds their global ids and
+    `expert_map` [E_global] maps a global id to its local index, or -1 where another rank
+    holds that expert."""
+
+    expert_map: torch.Tensor
 
     def __init__(
         self,
@@ -51,6 +60,11 @@ class Experts(nn.Module):
             raise ConfigError(
                 f"intermediate_size {inter} is not a multiple of the FP8 block ({fp8.block_rows})"
             )
+        self.owned = tp.owned_experts(num_experts)
+        expert_map = torch.full((num_experts,), -1, dtype=torch.long)
+        expert_map[self.owned.start : self.owned.stop] = torch.arange(len(self.owned))
+        self.register_buffer("expert_map", expert_map, persistent=False)
+        num_experts, tp = len(self.owned), tp.expert_tp
         # This rank's slice of the intermediate size, in checkpoint coordinates: rows of w1/w3
         # ([I, C]), columns of w2 ([C, I]).
         slices = {
@@ -62,14 +76,14 @@ class Experts(nn.Module):
         weight_dtype = FP8_DTYPE if fp8 else dtype
         for name, (rows, cols) in {"w13": (2 * inter, hidden), "w2": (hidden, inter)}.items():
             part = slices[name]
-            loader = expert_loader(part)
+            loader = expert_loader(part, self.owned)
             weight = new_parameter((num_experts, rows, cols), weight_dtype, loader)
             self.register_parameter(f"{name}_weight", weight)
             if fp8 is not None:
                 blocks = (math.ceil(rows / fp8.block_rows), math.ceil(cols / fp8.block_cols))
                 block = fp8.block_rows if name == "w13" else fp8.block_cols
                 scale_part = part.in_blocks(block, f"experts.{name}") if part else None
-                scale_loader = expert_loader(scale_part)
+                scale_loader = expert_loader(scale_part, self.owned)
                 scale = new_parameter((num_experts, *blocks), torch.float32, scale_loader)
                 self.register_parameter(f"{name}_weight_scale_inv", scale)
 
@@ -95,9 +109,31 @@ class Experts(nn.Module):
         scale = getattr(self, f"{name}_weight_scale_inv")
         return dequantize_fp8_block(weight, scale, block, self.compute_dtype)
 
+    @property
+    def is_partial(self) -> bool:
+        """Whether other ranks hold some of the experts (expert parallelism)."""
+        return len(self.owned) < self.expert_map.shape[0]
+
+    def localize(
+        self, weights: torch.Tensor, expert_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global picks [T, K] -> this rank's: local ids, and weight 0 for a pick another rank
+        owns. Such a pick points at an expert this rank runs anyway (another pick of the same
+        token, else of the batch), so the kernels need no notion of ownership and read no
+        extra expert unless no token picked one of ours. No host sync: graph-capturable."""
+        if expert_ids.numel() == 0:
+            return weights, expert_ids
+        local = self.expert_map[expert_ids]
+        is_owned = local >= 0
+        token_pick = local.amax(dim=-1, keepdim=True)  # one of the token's own picks, or -1
+        fallback = torch.where(token_pick >= 0, token_pick, local.amax().clamp(min=0))
+        return weights * is_owned, torch.where(is_owned, local, fallback)
+
     def forward(
         self, x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor
     ) -> torch.Tensor:
+        if self.is_partial:
+            weights, expert_ids = self.localize(weights, expert_ids)
         return dispatch.moe_experts(x, weights, expert_ids, self.stored())
 
 

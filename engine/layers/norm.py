@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from m2agent.engine.distributed.parallel import TensorParallel
 from m2agent.engine.kernels import dispatch
 from m2agent.engine.kernels.reference import rms_norm
 from m2agent.engine.layers.loading import Slice, new_parameter, sliced_loader
+from m2agent.engine.layers.parallel import TensorParallel
 
 
 class RMSNorm(nn.Module):

@@ -10,12 +10,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from m2agent.engine.distributed.parallel import SINGLE, TensorParallel
 from m2agent.engine.forward_batch import ForwardBatch
 from m2agent.engine.layers.attention import Attention
 from m2agent.engine.layers.embedding import Embedding, LMHead
 from m2agent.engine.layers.moe import SparseMoE
 from m2agent.engine.layers.norm import RMSNorm
+from m2agent.engine.layers.parallel import SINGLE, TensorParallel
 from m2agent.engine.layers.rotary import PartialRotary
 from m2agent.engine.model_config import ModelConfig
 

@@ -17,7 +17,7 @@ from torch import nn
 from m2agent.engine.errors import CheckpointError
 from m2agent.engine.kernels.reference import quantize_fp8_block
 from m2agent.engine.layers.linear import Linear
-from m2agent.engine.layers.loading import Shard
+from m2agent.engine.layers.loading import Checkpoint, Shard, default_loader
 from m2agent.engine.layers.moe import Experts
 from m2agent.engine.model_config import FP8Config, ModelConfig
 
@@ -43,25 +43,45 @@ def checkpoint_target(name: str, config: ModelConfig) -> tuple[str, Shard] | Non
     return name, None
 
 
+def expert_ownership(model: nn.Module) -> dict[str, tuple[range, int]]:
+    """Stacked expert parameter name -> (the global expert ids this rank holds, the model's
+    number of experts)."""
+    found = {}
+    for prefix, module in model.named_modules():
+        if isinstance(module, Experts):
+            for name, _ in module.named_parameters(recurse=False):
+                found[f"{prefix}.{name}"] = (module.owned, module.expert_map.shape[0])
+    return found
+
+
 def expected_shards(model: nn.Module) -> set[tuple[str, Shard]]:
+    """Every (parameter, shard) this rank loads: expert shards only for the experts it holds."""
+    experts = expert_ownership(model)
     shards: set[tuple[str, Shard]] = set()
-    for name, param in model.named_parameters():
-        if ".experts.w13" in name:
-            shards.update((name, (e, part)) for e in range(param.shape[0]) for part in (0, 1))
-        elif ".experts." in name:
-            shards.update((name, e) for e in range(param.shape[0]))
-        else:
+    for name, _ in model.named_parameters():
+        if name not in experts:
             shards.add((name, None))
+        elif ".experts.w13" in name:
+            shards.update((name, (e, part)) for e in experts[name][0] for part in (0, 1))
+        else:
+            shards.update((name, e) for e in experts[name][0])
     return shards
 
 
+def _is_held_elsewhere(shard: Shard, owned: range, num_experts: int) -> bool:
+    expert = shard[0] if isinstance(shard, tuple) else shard
+    return expert is not None and 0 <= expert < num_experts and expert not in owned
+
+
 def load_weights(
-    model: nn.Module, tensors: Iterable[tuple[str, torch.Tensor, Path | str]], where: str
+    model: nn.Module, tensors: Iterable[tuple[str, Checkpoint, Path | str]], where: str
 ) -> None:
     """Load every tensor into its parameter; raise CheckpointError on anything missing,
-    unexpected or mis-shaped. `where` names the checkpoint in messages."""
+    unexpected or mis-shaped. `where` names the checkpoint in messages. Under expert
+    parallelism the experts other ranks hold are skipped unread."""
     config: ModelConfig = model.config
     params = dict(model.named_parameters(remove_duplicate=False))
+    experts = expert_ownership(model)
     loaded: set[tuple[str, Shard]] = set()
     unexpected: list[str] = []
     for name, tensor, source in tensors:
@@ -72,6 +92,8 @@ def load_weights(
         param = params.get(param_name)
         if param is None:
             unexpected.append(f"{name} (in {Path(source).name})")
+            continue
+        if param_name in experts and _is_held_elsewhere(shard, *experts[param_name]):
             continue
         try:
             param.weight_loader(param, tensor, shard)  # type: ignore[attr-defined]
@@ -109,14 +131,24 @@ def _preview(names: list[str], limit: int = 8) -> str:
 
 
 @torch.no_grad()
-def init_dummy_weights(model: nn.Module, seed: int = 0, std: float = 0.02) -> None:
+def init_dummy_weights(
+    model: nn.Module, seed: int = 0, std: float = 0.02, rank_seed: int | None = None
+) -> None:
     """Random weights of the real shapes and dtypes, made on the model's device (FP8 weights are
-    quantized from random values, per block, so their scales are realistic)."""
+    quantized from random values, per block, so their scales are realistic). Under tensor or
+    expert parallelism each rank passes its own `rank_seed` for its slices; parameters every
+    rank holds whole (the routers) come from `seed` alone, so all ranks route alike."""
     first = next(model.parameters())
-    generator = torch.Generator(device=first.device).manual_seed(seed)
+    generator = torch.Generator(device=first.device).manual_seed(
+        seed if rank_seed is None else rank_seed
+    )
+    shared = generator
+    if rank_seed is not None:
+        shared = torch.Generator(device=first.device).manual_seed(seed)
+    replicated = {id(p) for p in model.parameters() if _is_replicated(p)}
 
-    def normal_(t: torch.Tensor) -> None:
-        t.copy_(torch.randn(t.shape, generator=generator, device=t.device, dtype=torch.float32))
+    def normal_(t: torch.Tensor, source: torch.Generator) -> None:
+        t.copy_(torch.randn(t.shape, generator=source, device=t.device, dtype=torch.float32))
         t.mul_(std)
 
     done: set[int] = set()
@@ -140,7 +172,12 @@ def init_dummy_weights(model: nn.Module, seed: int = 0, std: float = 0.02) -> No
         elif name.endswith("e_score_correction_bias"):
             param.zero_()
         else:
-            normal_(param.data)
+            normal_(param.data, shared if id(param) in replicated else generator)
+
+
+def _is_replicated(param: nn.Parameter) -> bool:
+    """Held whole by every rank (its loader takes no slice)."""
+    return getattr(param, "weight_loader", None) is default_loader
 
 
 def _fill_fp8(

@@ -2,50 +2,49 @@
 the sampling of each sequence's next token.
 
 Under tensor parallelism every rank has a `ModelRunner` over its slice of the model. Rank 0
-(the engine's) announces each collective call (`allocate_kv`, `capture_decode_graphs`,
-`measure_kv_budget`, `run`) to the other ranks before making it, so all ranks run the same
-kernels and collectives in the same order; only rank 0 samples."""
+(the engine's) announces each call that runs collectives (`allocate_kv`,
+`capture_decode_graphs`, `measure_kv_budget`, `run`) to the other ranks as a typed command
+(`messages.py`) before making it; a worker `perform`s it. So all ranks run the same kernels
+and collectives in the same order; only rank 0 samples."""
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Protocol, assert_never
 
 import torch
 
-from m2agent.engine.distributed.parallel import SINGLE, TensorParallel
 from m2agent.engine.kernels import dispatch
+from m2agent.engine.layers.parallel import SINGLE, TensorParallel
 from m2agent.engine.layers.sampler import sample
 from m2agent.engine.model_config import ModelConfig
 from m2agent.engine.models.minimax_m2 import MiniMaxM2ForCausalLM
 from m2agent.engine.runner.batch_builder import SeqStep, StepPlan, build_forward_batch
 from m2agent.engine.runner.cuda_graphs import DecodeGraphs
+from m2agent.engine.runner.messages import (
+    AllocateKV,
+    CaptureDecodeGraphs,
+    MeasureKVBudget,
+    RunnerCommand,
+    RunStep,
+)
 from m2agent.engine.sampling import SamplingParams
 from m2agent.engine.scheduler import ScheduledSeq
 
 logger = logging.getLogger(__name__)
 
-Announce = Callable[[str, tuple[Any, ...]], None]
-F = TypeVar("F", bound=Callable[..., Any])
 
+class Peers(Protocol):
+    """The other ranks, as rank 0 sees them (`workers.Workers`)."""
 
-COLLECTIVE_METHODS: set[str] = set()  # what a worker may be asked to call (filled below)
+    def announce(self, command: RunnerCommand) -> None:
+        """Have every other rank perform `command`."""
 
-
-def collective(method: F) -> F:
-    """A call every rank makes: on the announcing rank, tell the others first."""
-    COLLECTIVE_METHODS.add(method.__name__)
-
-    @functools.wraps(method)
-    def call(self: ModelRunner, *args: Any) -> Any:
-        if self.announce is not None:
-            self.announce(method.__name__, args)
-        return method(self, *args)
-
-    return call  # type: ignore[return-value]
+    def explain_failure(self) -> None:
+        """A collective failed here: if another rank died, end the process with its reason."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +64,10 @@ class ModelRunner:
         device: torch.device,
         dtype: torch.dtype,
         tp: TensorParallel = SINGLE,
-        announce: Announce | None = None,
+        peers: Peers | None = None,
     ) -> None:
         self.model, self.block_size, self.device, self.dtype = model, block_size, device, dtype
-        self.tp, self.announce = tp, announce
+        self.tp, self.peers = tp, peers
         self.config: ModelConfig = model.config
         self.num_kv_heads = tp.split(self.config.num_key_value_heads, "num_key_value_heads")
         self.k_caches = torch.empty(0)
@@ -88,10 +87,57 @@ class ModelRunner:
             self.graphs.release()
             self.graphs = None
 
-    @collective
+    def perform(self, command: RunnerCommand) -> None:
+        """Make the call rank 0 announced (the worker ranks' side; rank 0 calls the methods)."""
+        match command:
+            case AllocateKV(num_blocks):
+                self._allocate_kv(num_blocks)
+            case CaptureDecodeGraphs(max_batch, max_model_len):
+                self._capture_decode_graphs(max_batch, max_model_len)
+            case MeasureKVBudget(probe_tokens, utilization):
+                self._measure_kv_budget(probe_tokens, utilization)
+            case RunStep(plan, replay):
+                self._run(plan, replay)
+            case _:
+                assert_never(command)
+
+    @contextlib.contextmanager
+    def _on_every_rank(self, command: RunnerCommand) -> Iterator[None]:
+        """Rank 0: announce `command`, then make the same call here (the `with` body)."""
+        if self.peers is None:
+            yield
+            return
+        self.peers.announce(command)
+        try:
+            yield
+        except RuntimeError:  # a collective broke: say which rank is gone, if one is
+            self.peers.explain_failure()
+            raise
+
     def allocate_kv(self, num_blocks: int) -> None:
         """A pool of `num_blocks` blocks, plus one scratch block (the last) that padded rows of
-        captured decode graphs write into."""
+        captured decode graphs write into. On every rank."""
+        with self._on_every_rank(AllocateKV(num_blocks)):
+            self._allocate_kv(num_blocks)
+
+    def capture_decode_graphs(self, max_batch: int, max_model_len: int) -> None:
+        """Capture decode graphs (CUDA only; on CPU steps run eagerly). On every rank."""
+        with self._on_every_rank(CaptureDecodeGraphs(max_batch, max_model_len)):
+            self._capture_decode_graphs(max_batch, max_model_len)
+
+    def measure_kv_budget(self, probe_tokens: int, utilization: float) -> int:
+        """Bytes left for KV on the tightest rank, after the weights and the activations of a
+        full-size step (`probe_tokens` in one prefill) measured by running one."""
+        with self._on_every_rank(MeasureKVBudget(probe_tokens, utilization)):
+            return self._measure_kv_budget(probe_tokens, utilization)
+
+    def run(self, plan: StepPlan, replay: bool) -> torch.Tensor:
+        """One forward pass over `plan`: from a captured graph (`replay`, decode batches) or
+        eagerly. Every rank gets the logits."""
+        with self._on_every_rank(RunStep(plan, replay)):
+            return self._run(plan, replay)
+
+    def _allocate_kv(self, num_blocks: int) -> None:
         c = self.config
         self.release_graphs()
         shape = (
@@ -104,9 +150,7 @@ class ModelRunner:
         self.k_caches = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.v_caches = torch.zeros(shape, dtype=self.dtype, device=self.device)
 
-    @collective
-    def capture_decode_graphs(self, max_batch: int, max_model_len: int) -> None:
-        """Capture decode graphs (CUDA only; on CPU steps run eagerly)."""
+    def _capture_decode_graphs(self, max_batch: int, max_model_len: int) -> None:
         if self.device.type != "cuda":
             return
         if not dispatch.decode_graphs_supported(self.config.head_dim):
@@ -123,20 +167,17 @@ class ModelRunner:
             scratch_block=self.k_caches.shape[1] - 1,
         )
 
-    @collective
-    def measure_kv_budget(self, probe_tokens: int, utilization: float) -> int:
-        """Bytes left for KV on the tightest rank, after the weights and the activations of a
-        full-size step (`probe_tokens` in one prefill) measured by running one."""
+    def _measure_kv_budget(self, probe_tokens: int, utilization: float) -> int:
         device = self.device
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         probe_blocks = -(-probe_tokens // self.block_size)
-        self.allocate_kv.__wrapped__(self, probe_blocks)  # type: ignore[attr-defined]
+        self._allocate_kv(probe_blocks)
         probe = SeqStep([0] * probe_tokens, 0, True, list(range(probe_blocks)))
-        self.run.__wrapped__(self, StepPlan([probe]), False)  # type: ignore[attr-defined]
+        self._run(StepPlan([probe]), False)
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - self.kv_bytes_per_block * probe_blocks
-        self.allocate_kv.__wrapped__(self, 0)  # type: ignore[attr-defined]
+        self._allocate_kv(0)
         torch.cuda.empty_cache()
         total = torch.cuda.get_device_properties(device).total_memory
         budget = torch.tensor([max(0, int(total * utilization) - peak)], device=device)
@@ -155,11 +196,8 @@ class ModelRunner:
         )
         return self.run(plan, replay)
 
-    @collective
     @torch.inference_mode()
-    def run(self, plan: StepPlan, replay: bool) -> torch.Tensor:
-        """One forward pass over `plan`: from a captured graph (`replay`, decode batches) or
-        eagerly. Every rank gets the logits."""
+    def _run(self, plan: StepPlan, replay: bool) -> torch.Tensor:
         if replay:
             assert self.graphs is not None
             return self._replay(self.graphs, plan)

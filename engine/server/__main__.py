@@ -41,6 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="split the model over this many GPUs (GPUs 0..N-1, one process each; default 1)",
     )
+    parser.add_argument(
+        "--ep",
+        "--expert-parallel-size",
+        dest="ep",
+        type=_positive_int,
+        default=None,
+        help="spread the experts over this many groups of GPUs (whole experts; attention stays "
+        "split over --tp, which defaults to this); default: the layout for the model and GPU "
+        "count (pure TP unless the experts cannot be split, e.g. FP8 M2 on 8 GPUs)",
+    )
     parser.add_argument("--dtype", default="auto", help="auto, bfloat16 or float32")
     parser.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
     parser.add_argument(
@@ -177,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             enable_prefix_caching=not args.no_prefix_caching,
             gpu_memory_utilization=args.gpu_memory_utilization,
             tensor_parallel_size=args.tp,
+            expert_parallel_size=args.ep,
         )
         engine = LLMEngine(config)
     except (EngineError, ValueError) as e:
@@ -207,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.idle_exit_s:
         _exit_when_idle(server, async_engine, args.idle_exit_s, log)
-    where = f"{device}, tensor-parallel {args.tp}" if args.tp > 1 else device
+    layout = engine.runner.tp
+    where = device
+    if layout.size > 1:
+        where += f", tensor-parallel {layout.size}, expert-parallel {layout.expert_parallel_size}"
     log.info("serving %s on %s:%d (%s)", name, args.host, port, where)
     print(f"m2agent serve: {name} at http://{args.host}:{port}/v1", file=sys.stderr, flush=True)
     try:

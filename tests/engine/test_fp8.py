@@ -41,7 +41,7 @@ def test_dequantize_matches_blockwise_loop(shape: tuple[int, ...]) -> None:
 def dequantized_copy(fp8_folder: Path, out: Path) -> Path:
     """The same checkpoint with every FP8 weight replaced by weight x scale_inv (fp32)."""
     out.mkdir()
-    tensors = {name: t for name, t, _ in iter_tensors(fp8_folder)}
+    tensors = {name: t.read() for name, t, _ in iter_tensors(fp8_folder)}
     dense = {}
     for name, tensor in tensors.items():
         if name.endswith("_scale_inv"):

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from m2agent.engine import LLM, SamplingParams
-from m2agent.engine.distributed.parallel import TensorParallel
 from m2agent.engine.errors import CheckpointError, ConfigError, EngineError
 from m2agent.engine.layers.loading import Slice, copy_slice
+from m2agent.engine.layers.parallel import TensorParallel
 from m2agent.engine.models.tiny import TinySpec, write_tiny_checkpoint
 
 transformers = pytest.importorskip("transformers")
@@ -85,8 +85,8 @@ def test_shapes_that_do_not_split_are_refused_before_any_process(tmp_path: Path)
         TinySpec(hidden=256, heads=4, kv_heads=2, head_dim=128, rotary_dim=64, intermediate=128),
         fp8=True,
     )
-    with pytest.raises(ConfigError, match="FP8 block size 128"):
-        LLM(fp8, tensor_parallel_size=2)
+    with pytest.raises(ConfigError, match="FP8 block size 128"):  # pure TP asked for
+        LLM(fp8, tensor_parallel_size=2, expert_parallel_size=1)
 
 
 def test_slices_of_checkpoint_tensors() -> None:

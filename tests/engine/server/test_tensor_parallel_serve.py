@@ -68,7 +68,7 @@ def test_a_dead_worker_stops_the_server_with_a_reason(
         assert process.wait(timeout=30) == 1
         assert process.stdout is not None
         said = process.stdout.read()
-        assert "tensor-parallel rank 1 exited (code -9)" in said
+        assert "tensor-parallel rank 1 exited (killed by SIGKILL)" in said
     finally:
         if process.poll() is None:
             process.kill()

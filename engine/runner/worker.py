@@ -1,7 +1,7 @@
-"""`python -m m2agent.engine.distributed.worker FD`: one tensor-parallel rank other than 0.
+"""`python -m m2agent.engine.runner.worker FD`: one rank other than 0.
 
-Reads (engine config, group address, rank, device type) from the socket FD, joins the group,
-loads its slice of the model, says "ready" (or why not), then makes each runner call rank 0
+Reads a `WorkerStart` from the socket FD, joins the group, loads its slice of the model, answers
+`WorkerReady` (or `WorkerFailed` with the reason), then performs each `RunnerCommand` rank 0
 announces until the socket closes."""
 
 from __future__ import annotations
@@ -16,7 +16,17 @@ import signal
 import sys
 import traceback
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING
+
+from m2agent.engine.runner.messages import (
+    RUNNER_COMMANDS,
+    WorkerFailed,
+    WorkerReady,
+    WorkerStart,
+)
+
+if TYPE_CHECKING:
+    from m2agent.engine.runner.model_runner import ModelRunner
 
 logger = logging.getLogger("m2agent.engine.tp")
 
@@ -26,38 +36,40 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0 decides when to stop
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: where is it stuck?
     conn = Connection(int(argv[0]))
-    config, address, rank, device_type, (log_file, log_level) = conn.recv()
+    start = conn.recv()
+    if not isinstance(start, WorkerStart):
+        conn.send(WorkerFailed(f"expected a WorkerStart message, got {type(start).__name__}"))
+        return 1
     logging.basicConfig(
-        level=log_level or logging.WARNING,
-        filename=log_file,
-        format=f"%(asctime)s %(levelname)s tp{rank} %(name)s: %(message)s",
+        level=start.log_level or logging.WARNING,
+        filename=start.log_file,
+        format=f"%(asctime)s %(levelname)s tp{start.rank} %(name)s: %(message)s",
     )
     try:
-        runner = _build_runner(config, address, rank, device_type)
+        runner = _build_runner(start)
     except Exception as e:  # reported to rank 0, which tells the user
         logger.error("loading failed:\n%s", traceback.format_exc())
-        conn.send(("error", f"{type(e).__name__}: {e}"))
+        conn.send(WorkerFailed(f"{type(e).__name__}: {e}"))
         return 1
-    conn.send(("ready", None))
+    conn.send(WorkerReady())
     return _serve(conn, runner)
 
 
-def _serve(conn: Connection, runner: Any) -> int:
-    from m2agent.engine.runner.model_runner import COLLECTIVE_METHODS
-
+def _serve(conn: Connection, runner: ModelRunner) -> int:
     while True:
         try:
-            method, args = pickle.loads(conn.recv_bytes())
+            command = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):
             break  # rank 0 closed the socket (or is gone): done
-        if method not in COLLECTIVE_METHODS:
-            conn.send(("error", f"unknown runner call {method!r}"))
+        if not isinstance(command, RUNNER_COMMANDS):
+            conn.send(WorkerFailed(f"not a runner command: {command!r}"))
             return 1
         try:
-            getattr(runner, method)(*args)
+            runner.perform(command)
         except Exception as e:
-            logger.error("%s failed:\n%s", method, traceback.format_exc())
-            conn.send(("error", f"{method} failed: {type(e).__name__}: {e}"))
+            name = type(command).__name__
+            logger.error("%s failed:\n%s", name, traceback.format_exc())
+            conn.send(WorkerFailed(f"{name} failed: {type(e).__name__}: {e}"))
             return 1
     import torch.distributed as dist
 
@@ -67,15 +79,16 @@ def _serve(conn: Connection, runner: Any) -> int:
     return 0
 
 
-def _build_runner(config: Any, address: Any, rank: int, device_type: str) -> Any:
-    from m2agent.engine.distributed.workers import device_for, join_group
+def _build_runner(start: WorkerStart) -> ModelRunner:
     from m2agent.engine.loader import load_model
     from m2agent.engine.runner.model_runner import ModelRunner
+    from m2agent.engine.runner.workers import device_for, join_group
 
-    tp = join_group(address, rank, device_type)
+    config = start.config
+    tp = join_group(start.address, start.rank, start.device_type)
     loaded = load_model(
         config.model,
-        device_for(device_type, rank),
+        device_for(start.device_type, start.rank),
         config.dtype,
         config.load_format,
         config.seed,
