@@ -580,6 +580,14 @@ def serve(
             help="Split the model over N GPUs (GPUs 0..N-1, one process each; default 1).",
         ),
     ] = None,
+    ep: Annotated[
+        int | None,
+        typer.Option(
+            "--ep", "--expert-parallel-size",
+            help="Spread whole experts over N groups of GPUs (attention stays split over --tp; "
+            "default: the layout for the model and GPU count).",
+        ),
+    ] = None,
     dtype: Annotated[str | None, typer.Option(help="auto, bfloat16 or float32.")] = None,
     load_format: Annotated[
         str | None, typer.Option(help="auto, or dummy (random weights of the config's shapes).")
@@ -588,7 +596,18 @@ def serve(
         str | None, typer.Option(help="Model id clients use (default: the folder name).")
     ] = None,
     api_key: Annotated[
-        str | None, typer.Option(help="Require 'Authorization: Bearer KEY'.")
+        str | None,
+        typer.Option(
+            help="Require 'Authorization: Bearer KEY' (visible in ps: prefer --api-key-file or "
+            "M2AGENT_SERVE_API_KEY)."
+        ),
+    ] = None,
+    api_key_file: Annotated[
+        Path | None, typer.Option(help="Read the required API key from this file.")
+    ] = None,
+    max_request_bytes: Annotated[
+        int | None,
+        typer.Option(min=1, help="Refuse request bodies larger than this (413; default 32 MiB)."),
     ] = None,
     max_model_len: Annotated[
         int | None, typer.Option(min=1, help="Context length (default: the model's).")
@@ -611,7 +630,7 @@ def serve(
     reasoning_mode: Annotated[
         ReasoningChoice | None,
         typer.Option(
-            help="append_think: reasoning inside content after <think> (default); split: in "
+            help="append_think: reasoning inside content after `<think>` (default); split: in "
             "the reasoning_content field."
         ),
     ] = None,
@@ -623,14 +642,17 @@ def serve(
     ] = None,
     log_level: Annotated[LogLevelChoice | None, typer.Option(help="Log level.")] = None,
 ) -> None:  # fmt: skip
-    """Serve MiniMax-M2 with an OpenAI-compatible API (chat, completions, tools)."""
+    """Serve MiniMax-M2 over the OpenAI APIs (chat, completions, responses) and Anthropic's
+    Messages API, with tools and reasoning."""
     _require_engine()
     from m2agent.engine.server.__main__ import main as serve_main
 
     given: dict[str, Any] = {
         "--model": model, "--host": host, "--port": port, "--device": device, "--tp": tp,
         "--dtype": dtype, "--load-format": load_format, "--served-model-name": served_model_name,
-        "--api-key": api_key, "--max-model-len": max_model_len, "--max-num-seqs": max_num_seqs,
+        "--ep": ep, "--api-key": api_key, "--api-key-file": api_key_file,
+        "--max-request-bytes": max_request_bytes, "--max-model-len": max_model_len,
+        "--max-num-seqs": max_num_seqs,
         "--max-num-batched-tokens": max_num_batched_tokens, "--block-size": block_size,
         "--gpu-memory-utilization": gpu_memory_utilization,
         "--reasoning-mode": _value(reasoning_mode), "--log-file": log_file,

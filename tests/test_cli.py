@@ -86,3 +86,22 @@ def test_help_describes_the_repl_lists_choices_and_keeps_paragraphs_whole() -> N
     assert codes.rstrip().endswith("errors included.") and "5 changed but unverified" in codes
     serve = wide_help("serve")
     assert "--max-model-len" in serve and "--tensor-parallel-size" in serve
+
+
+def test_serve_accepts_every_option_of_the_server() -> None:
+    """`m2agent serve` lists the server's options itself (for its help); none may go missing."""
+    pytest.importorskip("torch")
+    import typer.main
+
+    from m2agent.cli import app
+    from m2agent.engine.server.__main__ import build_parser
+
+    serve = typer.main.get_command(app).commands["serve"]  # type: ignore[attr-defined]
+    ours = {name for param in serve.params for name in getattr(param, "opts", [])}
+    server = {
+        name
+        for action in build_parser()._actions
+        for name in action.option_strings
+        if name.startswith("--") and name != "--help"
+    }
+    assert server - ours == set()
