@@ -353,5 +353,6 @@ def test_max_model_len_above_the_model_is_an_error(server_checkpoint: Path) -> N
         timeout=120,
         env=os.environ.copy(),
     )
+    limit = json.loads((server_checkpoint / "config.json").read_text())["max_position_embeddings"]
     assert result.returncode == 1
-    assert "--max-model-len 1000000 is more than this model's context of 4096" in result.stderr
+    assert f"--max-model-len 1000000 is more than this model's context of {limit}" in result.stderr
