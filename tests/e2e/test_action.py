@@ -26,8 +26,8 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
         not bwrap.probe().works,
-        reason=f"the action runs `m2agent ci` in bubblewrap, which does not work here: "
-        f"{bwrap.probe().diagnosis}",
+        reason=f"the action runs `m2agent ci` in a sandbox, and none works here: "
+        f"{bwrap.probe().diagnosis}. {bwrap.probe().advice}",
     ),
 ]
 ROOT = Path(__file__).resolve().parents[2]

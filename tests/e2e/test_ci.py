@@ -17,8 +17,9 @@ TEST = "from calc import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n"
 PROBE = bwrap.probe()
 NEEDS_BWRAP = pytest.mark.skipif(
     not PROBE.works,
-    reason=f"`m2agent ci` runs the tests in bubblewrap, which does not work here: "
-    f"{PROBE.diagnosis}. {PROBE.advice} (bash .ci/run installs it)",
+    reason=f"`m2agent ci` runs the tests in a sandbox, and none works here (bubblewrap, or "
+    f"Landlock as the fallback): {PROBE.diagnosis}. {PROBE.advice} (bash .ci/run installs "
+    "bubblewrap)",
 )
 COMMAND = f"{sys.executable} -m pytest -q -p no:cacheprovider"
 FIX = [

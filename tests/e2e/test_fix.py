@@ -324,6 +324,13 @@ def test_stream_json_prints_one_event_per_line(repo: Path) -> None:
         if block["type"] == "thinking"
     )
     assert "The add test fails" in reasoning
+    # Undo by turn: the fix's last step was the test run, and `undo` still reverts the edit.
+    assert (repo / "calc.py").read_text() != BUGGY
+    undone = run_cli(repo, "undo", "--yes")
+    assert undone.returncode == 0 and "undoing 'fix add" in undone.stdout, undone.stderr
+    assert (repo / "calc.py").read_text() == BUGGY
+    again = run_cli(repo, "undo", "--yes")
+    assert again.returncode == 0 and "nothing to undo" in again.stdout
 
 
 def test_doctor(repo: Path) -> None:
