@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -277,11 +277,15 @@ SUBTYPES: dict[str, ResultSubtype] = {
 }
 
 
-def result_event(result: FixResult, model: str) -> dict[str, Any]:
+def result_event(
+    result: FixResult, model: str, denials: Sequence[Mapping[str, Any]] = ()
+) -> dict[str, Any]:
     """The result in Claude Code's shape (`--output-format json`, stream-json's last line);
-    is_error when the exit code is not 0; m2agent's own fields under its `m2agent` key."""
+    is_error when the exit code is not 0; `denials`: the calls refused for want of approval;
+    m2agent's own fields under its `m2agent` key."""
     usage = Usage(result.prompt_tokens, result.completion_tokens, result.cached_tokens)
     return StreamJsonEncoder(result.session, model).result(
+        permission_denials=denials,
         subtype=SUBTYPES.get(result.end, "error_during_execution"),
         is_error=result.exit_code != 0,
         duration_ms=int(result.seconds * 1000),

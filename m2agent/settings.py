@@ -145,12 +145,15 @@ def load_settings(
                 for s in parse_mcp_servers(project.pop("mcp_servers", {}), str(project_file))
             ),
         )
-        mcp_json = workspace / ".mcp.json"
-        if mcp_json.is_file():
-            text = mcp_json.read_text(encoding="utf-8", errors="replace")
-            servers = merge_servers(servers, parse_mcp_json(text, str(mcp_json), env))
     except (HookConfigError, ConfigError) as e:
         raise UsageError(str(e)) from None
+    mcp_json = workspace / ".mcp.json"
+    if mcp_json.is_file():  # the repository's file: a broken one must not stop the agent
+        try:
+            text = mcp_json.read_text(encoding="utf-8", errors="replace")
+            servers = merge_servers(servers, parse_mcp_json(text, str(mcp_json), env))
+        except (OSError, ConfigError) as e:
+            warnings.append(f"project MCP servers ignored: {e}")
     hf_home = Path(env.get("HF_HOME") or Path(env.get("XDG_CACHE_HOME") or home / ".cache")
                    / "huggingface")  # fmt: skip
     values: dict[str, Any] = {

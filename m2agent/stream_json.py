@@ -160,6 +160,7 @@ class StreamJsonEncoder:
         result: str,
         usage: Usage,
         extra: Mapping[str, Any] | None = None,
+        permission_denials: Sequence[Mapping[str, Any]] = (),
     ) -> dict[str, Any]:
         return {
             "type": "result",
@@ -172,7 +173,7 @@ class StreamJsonEncoder:
             "session_id": self.session_id,
             "total_cost_usd": 0.0,
             "usage": usage.json(),
-            "permission_denials": [],
+            "permission_denials": [dict(d) for d in permission_denials],
             "uuid": _uuid(),
             "m2agent": dict(extra or {}),
         }

@@ -14,8 +14,9 @@ from m2agent.settings import Settings
 def list_servers(settings: Settings, workspace: Path, *, check: bool = False) -> str:
     """One line per configured server; with `check`, the approved ones are started and their
     state and tools shown."""
+    warnings = "".join(f"warning: {w}\n" for w in settings.warnings)
     if not settings.mcp_servers:
-        return (
+        return warnings + (
             "no MCP servers configured (add [mcp_servers.NAME] to the user config.toml, "
             "or a .mcp.json to the project)"
         )
@@ -44,7 +45,7 @@ def list_servers(settings: Settings, workspace: Path, *, check: bool = False) ->
         lines.append(f"{spec.name:16} [{where}] {state}\n    {spec.describe()}")
         if spec.name in statuses and statuses[spec.name].tools:
             lines.append("    tools: " + ", ".join(statuses[spec.name].tools))
-    return "\n".join(lines)
+    return warnings + "\n".join(lines)
 
 
 def approve(settings: Settings, workspace: Path, names: list[str], *, every: bool) -> str:

@@ -6,7 +6,7 @@ with the reason the model reads. The final result is printed here too (`finish`,
 from __future__ import annotations
 
 import sys
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
 
 from m2agent.agent.approvals import ApprovalReply, ApprovalRequest
 from m2agent.agent.events import (
@@ -43,6 +43,8 @@ class HeadlessFrontEnd:
         self.out, self.err = out or sys.stdout, err or sys.stderr
         self.session_id, self.model = "", ""
         self._stream: StreamJsonSink | None = None
+        self._inputs: dict[str, dict[str, Any]] = {}  # call id -> arguments, this turn
+        self.denials: list[dict[str, Any]] = []  # refused calls (the result's permission_denials)
 
     def __call__(self, item: Item) -> None:
         if isinstance(item, ApprovalRequest):
@@ -51,6 +53,8 @@ class HeadlessFrontEnd:
         if isinstance(item, SessionStarted):
             self._started(item)
             return
+        if isinstance(item, ToolStarted):
+            self._inputs[item.call_id] = item.arguments
         if self.output == "stream-json":
             if self._stream is not None and isinstance(item, Retry):
                 self._stream.discard_partial()
@@ -80,6 +84,7 @@ class HeadlessFrontEnd:
                 f"{request.tool} needs approval and nobody can approve here (headless); the "
                 "user can allow it with --yes or --mode auto-edit/auto"
             )))  # fmt: skip
+            self._denied(request)
             return
         self._line(f"\n{request.tool} {request.reason}: {request.summary}")
         if request.preview:
@@ -91,6 +96,17 @@ class HeadlessFrontEnd:
         key = ask_key("Allow? [y]es [n]o [a]lways: ", "yna", output=create_output(self.err))
         self._line(f"-> {ANSWERS[key]}")
         request.answer(ApprovalReply(ANSWERS[key]))
+        if ANSWERS[key] == "no":
+            self._denied(request)
+
+    def _denied(self, request: ApprovalRequest) -> None:
+        self.denials.append(
+            {
+                "tool_name": request.tool,
+                "tool_use_id": request.call_id,
+                "tool_input": self._inputs.get(request.call_id, {}),
+            }
+        )
 
     def finish(self, result: FixResult, *, flat_json: bool = False) -> None:
         """The result on stdout: Claude Code's result object (json, stream-json), or
@@ -98,7 +114,8 @@ class HeadlessFrontEnd:
         if flat_json:
             self.out.write(result_json(result) + "\n")
         elif self.output != "text":
-            self.out.write(dumps(result_event(result, self.model)) + "\n")
+            self.out.write(dumps(result_event(result, self.model, self.denials)) + "\n")
+        self.denials = []
         self.out.flush()
 
     def fail(self, message: str, exit_code: int, *, flat_json: bool = False) -> None:

@@ -67,12 +67,13 @@ def test_a_headless_question_is_answered_with_exit_0(repo: Path) -> None:
         done = m2agent(repo, "-p", "what does it print?", "--endpoint", server.url, "--model",
                        "m", "--output-format", "stream-json")  # fmt: skip
     assert done.returncode == 0, done.stderr
-    last = json.loads(done.stdout.splitlines()[-1])
-    assert (last["type"], last["status"], last["answer"]) == (
+    last = json.loads(done.stdout.splitlines()[-1])  # Claude Code's result event
+    assert (last["type"], last["subtype"], last["result"]) == (
         "result",
-        "answered",
+        "success",
         "It prints hello.",
     )
+    assert last["m2agent"]["status"] == "answered" and last["is_error"] is False
 
 
 def test_a_headless_change_needing_approval_is_refused_with_the_reason(repo: Path) -> None:
@@ -83,8 +84,10 @@ def test_a_headless_change_needing_approval_is_refused_with_the_reason(repo: Pat
     assert (repo / "notes.txt").read_text() == "hello\n"
     refused = next(m for m in sent if m["role"] == "tool")["content"]
     assert "nobody can approve here" in refused and "--yes" in refused
-    kinds = [json.loads(line)["type"] for line in done.stdout.splitlines()]
-    assert "ApprovalRequest" in kinds and kinds[-1] == "result"
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert lines[-1]["type"] == "result"
+    (denied,) = lines[-1]["permission_denials"]  # as Claude Code lists them
+    assert denied["tool_name"] == "Write" and denied["tool_input"]["file_path"] == "notes.txt"
 
 
 @pytest.mark.parametrize("fmt", ["json", "stream-json"])
@@ -96,8 +99,10 @@ def test_an_unreachable_endpoint_still_ends_with_a_json_result_naming_the_url(
                    "--output-format", fmt, "--test-cmd", "true")  # fmt: skip
     assert done.returncode == 4
     last = json.loads(done.stdout.strip().splitlines()[-1] if fmt == "stream-json" else done.stdout)
-    assert last["status"] == "error" and last["exit_code"] == 4
-    assert f"{url}/chat/completions: connection failed" in last["error"]
+    assert (last["type"], last["subtype"], last["is_error"]) == (
+        "result", "error_during_execution", True)  # fmt: skip
+    assert last["m2agent"]["status"] == "error" and last["m2agent"]["exit_code"] == 4
+    assert f"{url}/chat/completions: connection failed" in last["result"]
 
 
 def test_usage_errors_are_clear_and_early(repo: Path) -> None:
