@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,10 +76,14 @@ class McpManager:
         workspace: Path,
         *,
         sandbox: SandboxMode = "auto",
+        policy: SandboxPolicy | None = None,
         log_dir: Path | None = None,
     ) -> None:
+        """`policy`: what stdio servers may do, as Bash commands (hidden secrets, limits); each
+        server's `allow_network` applies on top. Default: the workspace's default policy."""
         self.workspace = workspace.resolve()
         self.sandbox = sandbox
+        self._policy = policy or SandboxPolicy.for_workspace(self.workspace)
         self._log_dir = log_dir
         self._connections = {spec.name: _Connection(spec) for spec in specs}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -234,7 +238,7 @@ class McpManager:
         cwd = Path(spec.cwd).expanduser() if spec.cwd else self.workspace
         if not cwd.is_absolute():
             cwd = self.workspace / cwd
-        policy = SandboxPolicy.for_workspace(self.workspace, allow_network=spec.allow_network)
+        policy = replace(self._policy, allow_network=spec.allow_network)
         runner = CommandRunner(policy, self.sandbox)
         private_tmp = self._scratch / spec.name
         private_tmp.mkdir(exist_ok=True)

@@ -47,6 +47,7 @@ def start(settings: Settings, workspace: Path, specs: tuple[ServerSpec, ...]) ->
         specs,
         workspace,
         sandbox=settings.sandbox,
+        policy=settings.sandbox_policy(workspace),
         log_dir=settings.project_dir(workspace) / "mcp-logs",
     )
     manager.start()

@@ -29,6 +29,11 @@ def build_server() -> MCPServer:
         """Add two integers."""
         return a + b
 
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True))
+    def read_file(path: str) -> str:
+        """Read a text file."""
+        return Path(path).read_text()
+
     @server.tool()
     def write_file(path: str, text: str) -> str:
         """Write text to a file (absolute path, or relative to the server's cwd)."""

@@ -19,6 +19,7 @@ from mcp_server import HttpMcpServer
 from m2agent.mcp.config import ServerSpec
 from m2agent.mcp.manager import McpManager
 from m2agent.tools.registry import ToolRegistry
+from m2agent.tools.sandbox.policy import SandboxPolicy
 
 FIXTURE = str(Path(__file__).resolve().parents[1] / "fakes" / "mcp_server.py")
 
@@ -200,3 +201,19 @@ def test_stop_leaves_no_server_process(marker: str, manager: McpManager) -> None
         time.sleep(0.1)
     assert processes_with(marker) == []
     assert all(s.state in ("stopped", "failed", "disabled") for s in manager.statuses())
+
+
+def test_stdio_servers_get_the_sessions_sandbox_policy(tmp_path: Path) -> None:
+    """The policy Bash commands run under (hidden secrets, limits) binds MCP servers too."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    secret = tmp_path / "secrets" / "token.txt"
+    secret.parent.mkdir()
+    secret.write_text("s3cret")
+    policy = SandboxPolicy.for_workspace(workspace, deny_read=[secret.parent])
+    marker = f"m2agent-test-{uuid.uuid4().hex}"
+    with McpManager([stdio("local", "ok", marker)], workspace, policy=policy) as manager:
+        manager.wait_ready(60)
+        registry = ToolRegistry(manager.tools())
+        hidden = registry.call("mcp__local__read_file", {"path": str(secret)})
+        assert hidden.is_error and "s3cret" not in hidden.content
