@@ -298,8 +298,8 @@ def test_a_non_streamed_request_is_aborted_when_its_client_leaves(
     assert _wait_for(lambda: health()["requests_in_flight"] == 1, 20)
     sock.close()
     gone = _wait_for(
-        lambda: health()["requests_aborted"] > before and health()["requests_in_flight"] == 0, 10
-    )
+        lambda: health()["requests_aborted"] > before and health()["requests_in_flight"] == 0, 30
+    )  # generous: on a loaded 2-core CI machine the abort was seen to land after 10 s
     assert gone, f"the request kept running after its client left: {health()}"
 
 

@@ -131,7 +131,8 @@ def test_process_count_is_limited(attacker: Attacker) -> None:
     result = attacker.one("python3 spawn.py", limits=limits, timeout_s=30)
     if attacker.user == "root":  # the kernel exempts root: the runner counts and stops it
         assert any("more than 40 processes" in note for note in result.notes), result
-    else:
-        assert int(result.output.split()[-1]) <= 40, result.output
+    else:  # RLIMIT_NPROC counts all of the user's processes: the runner adds those already
+        # running when the command starts (this harness's own, a few), so allow that much
+        assert int(result.output.split()[-1]) <= 40 + 8, result.output
     time.sleep(0.3)
     assert processes_with("sleep\x007.5") == [], "processes outlived the command"
