@@ -95,7 +95,7 @@ class JsonObjectConstraint:
         if self.in_reasoning:
             if token_id == self.think_close:
                 return left_after >= EMPTY_OBJECT_BYTES
-            return left_after >= REASONING_CLOSE_TOKENS + EMPTY_OBJECT_BYTES
+            return self._reasoning_may_go_on()
         return self._next_state(token_id, left_after) is not None
 
     def advance(self, token_id: int) -> None:
@@ -121,9 +121,11 @@ class JsonObjectConstraint:
     def allowed_ids(self) -> list[int]:
         """Every token that `allows` accepts (the sampler's fallback: a full-vocabulary scan,
         narrowed by first byte)."""
-        if self.in_reasoning:
-            everything = range(len(self.texts.texts))
-            return [t for t in everything if self.allows(t)]
+        if self.in_reasoning and not self.given_up and not self._reasoning_may_go_on():
+            close = self.think_close
+            return [close] if close is not None and self.allows(close) else []
+        if self.in_reasoning or self.given_up:
+            return [t for t in range(len(self.texts.texts)) if self.allows(t)]
         left_after = self.remaining - 1
         allowed = []
         for byte, ids in self.texts.by_first_byte.items():
@@ -131,6 +133,10 @@ class JsonObjectConstraint:
                 continue
             allowed += [t for t in ids if self._next_state(t, left_after) is not None]
         return [t for t in allowed if t not in self.banned]
+
+    def _reasoning_may_go_on(self) -> bool:
+        """Whether a token other than `</think>` leaves room to end the reasoning and the object."""
+        return self.remaining - 1 >= REASONING_CLOSE_TOKENS + EMPTY_OBJECT_BYTES
 
     def _next_state(self, token_id: int, left_after: int) -> JsonPrefix | None:
         text = self.texts.text(token_id)

@@ -115,3 +115,22 @@ def test_reasoning_is_open_only_after_an_unclosed_think() -> None:
     assert not starts_in_reasoning([9, 2, 10, 3], 9, 10)
     assert not starts_in_reasoning([1, 2], 9, 10)
     assert not starts_in_reasoning([9], None, 10)
+
+
+def test_a_vocabulary_that_cannot_close_the_object_gives_up_instead_of_failing() -> None:
+    texts = TokenTexts.of([b"{", b"a", b'"', None])  # no `}` anywhere
+    constraint = JsonObjectConstraint(texts, budget=4, in_reasoning=False, think_close=3)
+    constraint.advance(0)
+    logits = torch.tensor([0.0, 5.0, 1.0, 0.0])
+    token = sample_constrained(logits, SamplingParams(temperature=0), None, constraint)
+    assert token == 1 and constraint.given_up and not constraint.complete
+    constraint.advance(token)  # runs on unconstrained
+
+
+def test_reasoning_scan_near_the_budget_offers_only_its_end(
+    tokenizer: Tokenizer, texts: TokenTexts
+) -> None:
+    constraint = constraint_for(tokenizer, texts, 4)
+    assert len(constraint.allowed_ids()) == len(texts.texts) - 2  # all but the two banned
+    constraint.advance(5)
+    assert constraint.allowed_ids() == [tokenizer.token_to_id(markers.THINK_CLOSE)]
