@@ -4,10 +4,13 @@ ends in one JSON object within the budget, and the constraint refuses what it mu
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
+from m2agent.engine import LLM
 from m2agent.engine.json_mode import JsonObjectConstraint, TokenTexts, starts_in_reasoning
 from m2agent.engine.layers.sampler import sample_constrained
 from m2agent.engine.models.tiny import build_tokenizer
@@ -134,3 +137,50 @@ def test_reasoning_scan_near_the_budget_offers_only_its_end(
     assert len(constraint.allowed_ids()) == len(texts.texts) - 2  # all but the two banned
     constraint.advance(5)
     assert constraint.allowed_ids() == [tokenizer.token_to_id(markers.THINK_CLOSE)]
+
+
+def run_batch(
+    llm: LLM, requests: list[tuple[str, SamplingParams]]
+) -> list[tuple[list[int], str, str]]:
+    """(tokens, text, finish reason) of each request, all run together in one engine."""
+    engine = llm.engine
+    ids = [f"batch-{i}" for i in range(len(requests))]
+    tokens: dict[str, list[int]] = {rid: [] for rid in ids}
+    texts: dict[str, str] = {rid: "" for rid in ids}
+    finish: dict[str, str] = {}
+    for rid, (prompt, params) in zip(ids, requests, strict=True):
+        engine.add_request(rid, prompt, params)
+    while len(finish) < len(ids):
+        for delta in engine.step():
+            tokens[delta.request_id] += delta.token_ids
+            texts[delta.request_id] += delta.text
+            if delta.finish_reason is not None:
+                finish[delta.request_id] = delta.finish_reason
+    return [(tokens[rid], texts[rid], finish[rid]) for rid in ids]
+
+
+def test_engine_mixes_json_and_plain_requests_in_one_batch(tiny_m2_checkpoint: Path) -> None:
+    """A batch of JSON-mode requests (reasoning open, or none: the object from the first token)
+    and a plain one: every JSON answer parses, and the plain one is the same as alone."""
+    llm = LLM(tiny_m2_checkpoint)
+    reasoning = "]~!b[]~b]user\nA cat as JSON[e~[\n]~b]ai\n<think>\n"
+    plain_prompt = "def add(a, b):\n    return"
+    json_params = SamplingParams(temperature=1.0, max_tokens=40, response_format="json_object")
+    plain_params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    alone = llm.generate([plain_prompt], plain_params)[0]
+    for seed in range(3):
+        seeded = replace(json_params, seed=seed)
+        outs = run_batch(
+            llm, [(reasoning, seeded), (plain_prompt, plain_params), ("Answer in JSON:", seeded)]
+        )
+        assert outs[1][0] == alone.token_ids
+        for tokens, _, finish in (outs[0], outs[2]):
+            assert finish == "stop" and len(tokens) <= 40
+        content = outs[0][1].split(markers.THINK_CLOSE, 1)[1]
+        assert isinstance(json.loads(content), dict), outs[0][1]
+        assert isinstance(json.loads(outs[2][1]), dict), outs[2][1]
+
+
+def test_bad_response_format_is_refused() -> None:
+    with pytest.raises(ValueError, match="response_format"):
+        SamplingParams(response_format="json_schema")
