@@ -18,8 +18,15 @@ import torch
 from m2agent.engine.block_manager import BlockManager
 from m2agent.engine.config import EngineConfig
 from m2agent.engine.errors import EngineError
+from m2agent.engine.json_mode import (
+    JsonObjectConstraint,
+    TokenTexts,
+    minimum_budget,
+    starts_in_reasoning,
+)
 from m2agent.engine.layers.parallel import SINGLE, TensorParallel
 from m2agent.engine.loader import LoadedModel, load_model
+from m2agent.engine.protocol import markers
 from m2agent.engine.runner import workers
 from m2agent.engine.runner.model_runner import ModelRunner, SamplingState
 from m2agent.engine.runner.workers import Workers
@@ -102,6 +109,7 @@ class LLMEngine:
             SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens), self.blocks
         )
         self._requests: dict[str, _Request] = {}
+        self._token_texts: TokenTexts | None = None  # built by the first JSON-mode request
         logger.info("KV cache: %d blocks of %d tokens", num_blocks, config.block_size)
 
     def close(self) -> None:
@@ -129,25 +137,54 @@ class LLMEngine:
             raise EngineError(
                 f"the prompt has {len(prompt_ids)} tokens; the context holds {self.max_model_len}"
             )
-        seq = Sequence(request_id, prompt_ids, params)
-        self.scheduler.add(seq)
-        generator = torch.Generator(device=self.loaded.device)
-        generator.manual_seed(params.seed if params.seed is not None else secrets.randbits(63))
+        max_tokens = min(params.max_tokens, self.max_model_len - len(prompt_ids))
         tokenizer = self.loaded.tokenizer
         stop_ids = set(params.stop_token_ids)
         if not params.ignore_eos:
             stop_ids.update(self.loaded.eos_token_ids)
+        constraint = None
+        if params.response_format == "json_object":
+            constraint = self._json_constraint(prompt_ids, max_tokens, stop_ids)
+        seq = Sequence(request_id, prompt_ids, params)
+        self.scheduler.add(seq)
+        generator = torch.Generator(device=self.loaded.device)
+        generator.manual_seed(params.seed if params.seed is not None else secrets.randbits(63))
         self._requests[request_id] = _Request(
             seq=seq,
-            sampler=SamplingState(params, generator),
+            sampler=SamplingState(params, generator, constraint),
             stop_ids=frozenset(stop_ids),
             detokenizer=IncrementalDetokenizer(tokenizer, params.skip_special_tokens)
             if tokenizer
             else None,
             stops=StopStringMatcher(params.stop),
-            max_tokens=min(params.max_tokens, self.max_model_len - len(prompt_ids)),
+            max_tokens=max_tokens,
         )
         return len(prompt_ids)
+
+    def _json_constraint(
+        self, prompt_ids: list[int], max_tokens: int, stop_ids: set[int]
+    ) -> JsonObjectConstraint:
+        tokenizer = self.loaded.tokenizer
+        if tokenizer is None:
+            raise EngineError("JSON mode needs the model's tokenizer")
+        if self._token_texts is None:
+            self._token_texts = TokenTexts.of(tokenizer.token_bytes())
+        think_close = tokenizer.token_to_id(markers.THINK_CLOSE)
+        in_reasoning = starts_in_reasoning(
+            prompt_ids, tokenizer.token_to_id(markers.THINK_OPEN), think_close
+        )
+        if max_tokens < minimum_budget(in_reasoning):
+            raise EngineError(
+                f"JSON mode needs room for at least {minimum_budget(in_reasoning)} output "
+                f"tokens; this request has {max_tokens}"
+            )
+        return JsonObjectConstraint(
+            self._token_texts,
+            budget=max_tokens,
+            in_reasoning=in_reasoning,
+            think_close=think_close,
+            banned=stop_ids | set(self.loaded.eos_token_ids),
+        )
 
     def abort(self, request_id: str) -> bool:
         """Drop a request and free its KV; False if it was not running or waiting."""
@@ -214,6 +251,9 @@ class LLMEngine:
         request = self._requests[seq.request_id]
         seq.token_ids.append(token)
         num_out = seq.num_tokens - seq.num_prompt_tokens
+        constraint = request.sampler.constraint
+        if constraint is not None:
+            constraint.advance(token)
         finish: FinishReason | None = None
         if token in request.stop_ids:
             finish, text = "stop", self._tail(request)
@@ -221,6 +261,9 @@ class LLMEngine:
             delta = request.detokenizer.add(token) if request.detokenizer else ""
             text = request.stops.add(delta)
             if request.stops.is_stopped:
+                finish = "stop"
+            elif constraint is not None and constraint.complete:  # the JSON object closed
+                text += self._tail(request)
                 finish = "stop"
             elif num_out >= request.max_tokens:
                 text += self._tail(request)

@@ -17,6 +17,7 @@ MINIMAX_DEFAULTS = {"temperature": 1.0, "top_p": 0.95, "top_k": 40}
 MIN_TEMPERATURE = 1e-5  # below this (and above 0) logits / temperature overflows fp32
 MIN_TOP_P = 1e-5  # below this top_p rounds to 0 in fp32 and no token survives
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes unsigned 64-bit seeds
+RESPONSE_FORMATS = ("text", "json_object")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,9 @@ class SamplingParams:
     stop_token_ids: Sequence[int] = ()
     ignore_eos: bool = False
     skip_special_tokens: bool = True
+    # "json_object": after the reasoning, exactly one JSON object (constrained decoding;
+    # the request ends where the object closes). See `json_mode.py`.
+    response_format: str = "text"
 
     def __post_init__(self) -> None:
         problems = []
@@ -65,6 +69,11 @@ class SamplingParams:
             problems.append(f"max_tokens must be at least 1, got {self.max_tokens}")
         if any(s == "" for s in self.stop):
             problems.append("stop strings must not be empty")
+        if self.response_format not in RESPONSE_FORMATS:
+            problems.append(
+                f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, "
+                f"got {self.response_format!r}"
+            )
         if problems:
             raise ValueError("; ".join(problems))
 

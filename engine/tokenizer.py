@@ -68,6 +68,36 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._backend.token_to_id(token)
 
+    def token_bytes(self) -> list[bytes | None]:
+        """The bytes each token id stands for, by id; None for added tokens (markers) and for
+        ids with no token. Byte-level BPE tokens map through the byte alphabet (a token may
+        hold part of a multi-byte character); other tokens are decoded one by one."""
+        added = set(self._backend.get_added_tokens_decoder())
+        alphabet = _byte_level_alphabet()
+        table: list[bytes | None] = []
+        for token_id in range(self.vocab_size):
+            token = None if token_id in added else self._backend.id_to_token(token_id)
+            if token is None:
+                table.append(None)
+            elif all(char in alphabet for char in token):
+                table.append(bytes(alphabet[char] for char in token))
+            else:
+                table.append(self._backend.decode([token_id]).encode("utf-8"))
+        return table
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level map from the character standing for each byte back to the byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[chr(byte)] = byte
+        else:
+            chars[chr(256 + extra)] = byte
+            extra += 1
+    return chars
+
 
 class IncrementalDetokenizer:
     """Text deltas for a growing list of token ids. A multi-byte character split across tokens

@@ -3,9 +3,16 @@ as transformers applies them), then one draw from a seeded generator."""
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
+from m2agent.engine.json_mode import JsonObjectConstraint
 from m2agent.engine.sampling import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+TOP_CANDIDATES = 64  # a constrained draw that fails looks among this many best tokens first
 
 
 def allowed_mask(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -37,3 +44,28 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     keep = allowed_mask(logits, params)
     probs = torch.softmax((logits / params.temperature).masked_fill(~keep, float("-inf")), dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def sample_constrained(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None,
+    constraint: JsonObjectConstraint,
+) -> int:
+    """One token id that `constraint` allows. The usual draw first (free when it passes);
+    otherwise the draw is repeated over the allowed tokens among the `TOP_CANDIDATES` best,
+    and, when none of those is allowed, over every allowed token of the vocabulary."""
+    token = sample(logits, params, generator)
+    if constraint.allows(token):
+        return token
+    best = torch.topk(logits, min(TOP_CANDIDATES, logits.shape[-1])).indices.tolist()
+    allowed = [t for t in best if constraint.allows(t)] or constraint.allowed_ids()
+    if not allowed:
+        logger.warning("JSON mode: no token of this vocabulary continues the output; unconstrained")
+        constraint.give_up()
+        return token
+    if len(allowed) == 1:
+        return allowed[0]
+    index = torch.tensor(allowed, device=logits.device)
+    masked = torch.full_like(logits, float("-inf")).index_copy(0, index, logits[index])
+    return sample(masked, params, generator)

@@ -17,9 +17,10 @@ from typing import Protocol, assert_never
 
 import torch
 
+from m2agent.engine.json_mode import JsonObjectConstraint
 from m2agent.engine.kernels import dispatch
 from m2agent.engine.layers.parallel import SINGLE, TensorParallel
-from m2agent.engine.layers.sampler import sample
+from m2agent.engine.layers.sampler import sample, sample_constrained
 from m2agent.engine.model_config import ModelConfig
 from m2agent.engine.models.minimax_m2 import MiniMaxM2ForCausalLM
 from m2agent.engine.runner.batch_builder import SeqStep, StepPlan, build_forward_batch
@@ -50,10 +51,12 @@ class Peers(Protocol):
 @dataclass(frozen=True, slots=True)
 class SamplingState:
     """How one sequence samples: its resolved parameters and its own seeded generator (so a
-    seeded request gives the same tokens whatever else shares its batch)."""
+    seeded request gives the same tokens whatever else shares its batch), and its JSON-mode
+    constraint when it has one (the engine advances it with each token)."""
 
     params: SamplingParams
     generator: torch.Generator
+    constraint: JsonObjectConstraint | None = None
 
 
 class ModelRunner:
@@ -217,6 +220,11 @@ class ModelRunner:
     def execute(self, entries: list[ScheduledSeq], samplers: list[SamplingState]) -> list[int]:
         """Run one step; return the token sampled for each entry that samples, in order."""
         logits = self.logits(entries)
-        if all(s.params.is_greedy for s in samplers):
+        if all(s.params.is_greedy and s.constraint is None for s in samplers):
             return logits.argmax(dim=-1).tolist()
-        return [sample(row, s.params, s.generator) for row, s in zip(logits, samplers, strict=True)]
+        return [
+            sample(row, s.params, s.generator)
+            if s.constraint is None
+            else sample_constrained(row, s.params, s.generator, s.constraint)
+            for row, s in zip(logits, samplers, strict=True)
+        ]

@@ -15,12 +15,15 @@ from starlette.requests import Request
 
 from m2agent.engine.engine import RequestDelta
 from m2agent.engine.errors import EngineError
+from m2agent.engine.json_mode import minimum_budget
 from m2agent.engine.protocol import markers
 from m2agent.engine.sampling import SamplingParams
 from m2agent.engine.server.async_bridge import AsyncEngine
 from m2agent.engine.server.openai_api import APIError
 
 logger = logging.getLogger(__name__)
+
+JSON_MIN_TOKENS = minimum_budget(in_reasoning=True)  # `</think>`, `{`, `}`
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,7 @@ class Sampling:
     stop_token_ids: Sequence[int] = ()
     ignore_eos: bool = False
     skip_special_tokens: bool = True
+    response_format: str = "text"  # or "json_object" (JSON mode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +152,13 @@ class Generation:
                     code="context_length_exceeded",
                 )
             max_tokens = room
+        if sampling.response_format == "json_object" and (max_tokens or room) < JSON_MIN_TOKENS:
+            raise APIError(
+                400,
+                f"JSON mode needs {param} of at least {JSON_MIN_TOKENS} (the end of the "
+                "reasoning and the shortest object, {})",
+                param=param,
+            )
         try:
             return SamplingParams(
                 temperature=sampling.temperature,
@@ -160,6 +171,7 @@ class Generation:
                 stop_token_ids=list(sampling.stop_token_ids),
                 ignore_eos=sampling.ignore_eos,
                 skip_special_tokens=sampling.skip_special_tokens,
+                response_format=sampling.response_format,
             )
         except ValueError as e:
             first_word = str(e).split(" ", 1)[0]

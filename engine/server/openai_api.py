@@ -105,6 +105,11 @@ class _Sampling(BaseModel):
             raise ValueError("must be at least 1")
         return value
 
+    @property
+    def response_kind(self) -> str:
+        """The `response_format` type this request asks for ("text" when none)."""
+        return "text"
+
     def stop_list(self) -> list[str]:
         if self.stop is None:
             return []
@@ -144,17 +149,29 @@ class ChatCompletionRequest(_Sampling):
     top_logprobs: int | None = None
     add_generation_prompt: bool = True
 
+    @property
+    def response_kind(self) -> str:
+        return (self.response_format or {}).get("type") or "text"
+
     def reject_unsupported(self) -> None:
         super().reject_unsupported()
-        if self.response_format and self.response_format.get("type") not in (None, "text"):
+        kind = (self.response_format or {}).get("type")
+        if kind not in (None, "text", "json_object"):
             raise APIError(
                 400,
-                "only response_format {'type': 'text'} is supported",
+                f"response_format {kind!r} is not supported; use {{'type': 'json_object'}} "
+                "(JSON mode: the answer is one JSON object) or {'type': 'text'}",
                 param="response_format",
                 code="unsupported_parameter",
             )
         if self.top_logprobs:
             raise APIError(400, "logprobs are not supported", param="top_logprobs")
+        if kind == "json_object" and self.tool_choice not in (None, "auto", "none"):
+            raise APIError(
+                400,
+                "response_format json_object cannot be combined with a required tool call",
+                param="response_format",
+            )
         if self.max_completion_tokens is not None and self.max_completion_tokens < 1:
             raise APIError(
                 400, "max_completion_tokens must be at least 1", param="max_completion_tokens"

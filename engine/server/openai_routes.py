@@ -38,6 +38,7 @@ def sampling_of(req: _Sampling) -> Sampling:
         stop_token_ids=req.stop_token_ids or [],
         ignore_eos=req.ignore_eos,
         skip_special_tokens=req.skip_special_tokens,
+        response_format=req.response_kind,
     )
 
 
@@ -107,7 +108,9 @@ def add_openai_routes(app: FastAPI, gen: Generation, reasoning_mode: ReasoningMo
         max_tokens = req.max_completion_tokens or req.max_tokens
         params = gen.sampling_params(sampling_of(req), len(prompt_ids), max_tokens)
         parse_tools = bool(req.tools) and req.tool_choice != "none"
-        translator = ChatTranslator(req.tools, parse_tools, reasoning_mode)
+        # JSON mode: the content is the object alone, so the reasoning goes to its own field.
+        mode: ReasoningMode = "split" if req.response_kind == "json_object" else reasoning_mode
+        translator = ChatTranslator(req.tools, parse_tools, mode)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         usage = Usage(len(prompt_ids))
         raw.state.usage = usage.log_fields()

@@ -72,14 +72,25 @@ class ResponsesRequest(BaseModel):
             )
         if self.top_logprobs:
             raise APIError(400, "logprobs are not supported", param="top_logprobs")
-        kind = ((self.text or {}).get("format") or {}).get("type", "text")
-        if kind != "text":
+        kind = self.format_kind
+        if kind not in ("text", "json_object"):
             raise APIError(
                 400,
-                f"text.format {kind!r} is not supported; only 'text'",
+                f"text.format {kind!r} is not supported; use {{'type': 'json_object'}} "
+                "(JSON mode: the answer is one JSON object) or {'type': 'text'}",
                 param="text.format",
                 code="unsupported_parameter",
             )
+        if kind == "json_object" and self.tool_choice not in (None, "auto", "none"):
+            raise APIError(
+                400,
+                "text.format json_object cannot be combined with a required tool call",
+                param="text.format",
+            )
+
+    @property
+    def format_kind(self) -> str:
+        return ((self.text or {}).get("format") or {}).get("type") or "text"
 
 
 # -- routes ---------------------------------------------------------------------------------------
@@ -95,7 +106,9 @@ def add_responses_routes(app: FastAPI, gen: Generation) -> None:
         ignored += conversation.ignored
         forced = forced_call(req.tool_choice, conversation.tools)
         prompt_ids = await gen.encode(render(conversation), "input")
-        sampling = Sampling(temperature=req.temperature, top_p=req.top_p)
+        sampling = Sampling(
+            temperature=req.temperature, top_p=req.top_p, response_format=req.format_kind
+        )
         params = gen.sampling_params(
             sampling, len(prompt_ids), req.max_output_tokens, clamp=True, param="max_output_tokens"
         )
@@ -130,7 +143,7 @@ def add_responses_routes(app: FastAPI, gen: Generation) -> None:
                 "reasoning": req.reasoning or {"effort": None, "summary": None},
                 "store": False,
                 "temperature": req.temperature,
-                "text": {"format": {"type": "text"}},
+                "text": {"format": {"type": req.format_kind}},
                 "tool_choice": req.tool_choice or "auto",
                 "tools": [
                     {
