@@ -39,7 +39,7 @@ def test_project_servers_wait_for_approval_bound_to_their_command(project: Path)
     code, out = cli("mcp", "approve", "fixture")
     assert code == 0 and "approved for" in out
     code, out = cli("mcp", "list", "--check")
-    assert "fixture          [project, stdio] ready: 8 tools" in out
+    assert "fixture          [project, stdio] ready: 9 tools" in out
     assert "mcp__fixture__add" in out and out.count("needs approval") == 1
     data = json.loads((project / ".mcp.json").read_text())
     data["mcpServers"]["fixture"]["args"].append("--changed")
@@ -56,7 +56,7 @@ def test_project_servers_wait_for_approval_bound_to_their_command(project: Path)
 def test_doctor_reports_each_server(project: Path) -> None:
     cli("mcp", "approve", "--all")
     _, out = cli("doctor")
-    assert "[ok ] mcp fixture: ready: 8 tools (project, stdio)" in out
+    assert "[ok ] mcp fixture: ready: 9 tools (project, stdio)" in out
     assert "[note] mcp broken: failed:" in out and "crash mode" in out
 
 

@@ -70,7 +70,7 @@ def test_mcp_and_hooks_in_the_repl(tmp_path: Path) -> None:
             deadline = time.monotonic() + 60
             while True:
                 child.sendline("/mcp")
-                if child.expect([r"local +ready: 8 tools", r"local +starting"]) == 0:
+                if child.expect([r"local +ready: 9 tools", r"local +starting"]) == 0:
                     break
                 assert time.monotonic() < deadline, "the local server never became ready"
                 child.expect(PROMPT)
