@@ -67,7 +67,8 @@ class OutputParser:
     leading `<think>` still opens reasoning there). `tools` types the arguments by their JSON
     schemas and flags calls to tools that were not offered; `None` accepts any name, untyped.
     `parse_tool_calls=False` leaves tool-call blocks in the content as text (a server asked
-    for no tool parsing).
+    for no tool parsing). `max_tool_calls` keeps only the first calls (a client that asked for
+    no parallel calls): later `<invoke>` blocks are parsed and dropped, never reported.
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class OutputParser:
         *,
         in_reasoning: bool = True,
         parse_tool_calls: bool = True,
+        max_tool_calls: int | None = None,
     ) -> None:
         self._functions: dict[str, Mapping[str, Any]] | None = None
         if tools is not None:
@@ -93,6 +95,8 @@ class OutputParser:
         self._reasoning: list[str] | None = None
         self._content: list[str] = []
         self._calls: list[ToolCall] = []
+        self._max_calls = max_tool_calls
+        self._dropping = False  # inside an <invoke> past max_tool_calls
         self._call_name: str | None = None
         self._call_args: dict[str, str] = {}
         self._value_key = ""
@@ -314,9 +318,16 @@ class OutputParser:
 
     def _start_call(self, name: str) -> None:
         self._call_name, self._call_args = name, {}
+        self._dropping = self._max_calls is not None and len(self._calls) >= self._max_calls
+        if self._dropping:
+            return
         self._events.append(ToolCallStarted(index=len(self._calls), name=name))
 
     def _end_call(self, error: str | None = None) -> None:
+        if self._dropping:
+            self._dropping = False
+            self._call_name, self._call_args = None, {}
+            return
         name = self._call_name or ""
         arguments: dict[str, Any] = dict(self._call_args)
         function = None if self._functions is None else self._functions.get(name)

@@ -101,7 +101,12 @@ def add_anthropic_routes(app: FastAPI, gen: Generation) -> None:
         )
         params = gen.sampling_params(sampling, len(prompt_ids), req.max_tokens, clamp=True)
         parse_tools = bool(conversation.tools) and (req.tool_choice or {}).get("type") != "none"
-        builder = MessageBuilder(conversation.tools, parse_tools)
+        single = (req.tool_choice or {}).get("disable_parallel_tool_use", False)
+        if not isinstance(single, bool):
+            raise APIError(
+                400, "tool_choice.disable_parallel_tool_use must be a boolean", param="tool_choice"
+            )
+        builder = MessageBuilder(conversation.tools, parse_tools, 1 if single else None)
         message_id = f"msg_{uuid.uuid4().hex}"
         usage = Usage(len(prompt_ids))
         raw.state.usage = usage.log_fields()

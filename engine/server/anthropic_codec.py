@@ -250,8 +250,14 @@ Event = tuple[str, dict[str, Any]]
 class MessageBuilder:
     """The model's text, streamed in, as Anthropic content blocks and stream events out."""
 
-    def __init__(self, tools: list[dict[str, Any]], parse_tools: bool) -> None:
-        self._parser = OutputParser(tools if parse_tools else None, parse_tool_calls=parse_tools)
+    def __init__(
+        self, tools: list[dict[str, Any]], parse_tools: bool, max_tool_calls: int | None = None
+    ) -> None:
+        self._parser = OutputParser(
+            tools if parse_tools else None,
+            parse_tool_calls=parse_tools,
+            max_tool_calls=max_tool_calls,
+        )
         self.blocks: list[dict[str, Any]] = []
         self._open = False
 

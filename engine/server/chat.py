@@ -98,6 +98,7 @@ class ChatTranslator:
     tools: Sequence[Mapping[str, Any]] | None
     parse_tools: bool
     reasoning_mode: ReasoningMode
+    max_tool_calls: int | None = None  # 1: the client asked for no parallel tool calls
     _parser: OutputParser = field(init=False)
     _in_think: bool = False
     reasoning: list[str] = field(default_factory=list)
@@ -106,7 +107,9 @@ class ChatTranslator:
 
     def __post_init__(self) -> None:
         self._parser = OutputParser(
-            self.tools if self.parse_tools else None, parse_tool_calls=self.parse_tools
+            self.tools if self.parse_tools else None,
+            parse_tool_calls=self.parse_tools,
+            max_tool_calls=self.max_tool_calls,
         )
 
     def feed(self, text: str) -> list[dict[str, Any]]:

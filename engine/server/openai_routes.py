@@ -110,7 +110,8 @@ def add_openai_routes(app: FastAPI, gen: Generation, reasoning_mode: ReasoningMo
         parse_tools = bool(req.tools) and req.tool_choice != "none"
         # JSON mode: the content is the object alone, so the reasoning goes to its own field.
         mode: ReasoningMode = "split" if req.response_kind == "json_object" else reasoning_mode
-        translator = ChatTranslator(req.tools, parse_tools, mode)
+        single = 1 if req.parallel_tool_calls is False else None
+        translator = ChatTranslator(req.tools, parse_tools, mode, max_tool_calls=single)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         usage = Usage(len(prompt_ids))
         raw.state.usage = usage.log_fields()

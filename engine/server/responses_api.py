@@ -114,7 +114,10 @@ def add_responses_routes(app: FastAPI, gen: Generation) -> None:
         )
         parse_tools = bool(conversation.tools) and req.tool_choice != "none"
         builder = ResponseBuilder(
-            conversation.tools, parse_tools, ENCRYPTED_INCLUDE in (req.include or [])
+            conversation.tools,
+            parse_tools,
+            ENCRYPTED_INCLUDE in (req.include or []),
+            max_tool_calls=1 if req.parallel_tool_calls is False else None,
         )
         response_id = f"resp_{uuid.uuid4().hex}"
         usage = Usage(len(prompt_ids))

@@ -195,9 +195,17 @@ class ResponseBuilder:
     """The model's text, streamed in, as Responses output items and stream events out."""
 
     def __init__(
-        self, tools: list[dict[str, Any]], parse_tools: bool, include_encrypted: bool
+        self,
+        tools: list[dict[str, Any]],
+        parse_tools: bool,
+        include_encrypted: bool,
+        max_tool_calls: int | None = None,
     ) -> None:
-        self._parser = OutputParser(tools if parse_tools else None, parse_tool_calls=parse_tools)
+        self._parser = OutputParser(
+            tools if parse_tools else None,
+            parse_tool_calls=parse_tools,
+            max_tool_calls=max_tool_calls,
+        )
         self.include_encrypted = include_encrypted
         self.output: list[dict[str, Any]] = []
         self._open = False

@@ -366,3 +366,32 @@ def test_tool_call_parsing_can_be_switched_off() -> None:
         result.content
         == 'A\n<minimax:tool_call>\n<invoke name="f">\n</invoke>\n</minimax:tool_call>'
     )
+
+
+TWO_CALLS = (
+    "Two at once.\n</think>\n\n<minimax:tool_call>\n"
+    '<invoke name="f">\n<parameter name="k">first</parameter>\n</invoke>\n'
+    '<invoke name="g">\n<parameter name="k">second</parameter>\n</invoke>\n'
+    '<invoke name="f">\n<parameter name="k">third</parameter>\n</invoke>\n'
+    "</minimax:tool_call>"
+)
+
+
+@pytest.mark.parametrize("size", [1, 5, len(TWO_CALLS)])
+def test_max_tool_calls_keeps_only_the_first(size: int) -> None:
+    """A client that asked for no parallel calls gets the first call only, streamed or whole,
+    with no start event for the dropped ones."""
+    parser = OutputParser(TOOLS, max_tool_calls=1)
+    events = [
+        e for i in range(0, len(TWO_CALLS), size) for e in parser.feed(TWO_CALLS[i : i + size])
+    ]
+    result = parser.finish()
+    events += parser.flush_events()
+    assert [(c.name, c.arguments) for c in result.tool_calls] == [("f", {"k": "first"})]
+    calls = [e for e in events if isinstance(e, ToolCallStarted | ToolCallParsed)]
+    assert [(type(e).__name__, e.index) for e in calls] == [
+        ("ToolCallStarted", 0),
+        ("ToolCallParsed", 0),
+    ]
+    assert result.content == ""
+    assert len(parse_output(TWO_CALLS, TOOLS).tool_calls) == 3

@@ -10,7 +10,11 @@ import anthropic
 import httpx
 import pytest
 
-from m2agent.engine.server.anthropic_codec import thinking_signature, to_conversation
+from m2agent.engine.server.anthropic_codec import (
+    MessageBuilder,
+    thinking_signature,
+    to_conversation,
+)
 
 from .conftest import Server
 
@@ -257,6 +261,17 @@ def test_x_api_key_auth(split_server: Server) -> None:
             400,
             "temperature",
         ),
+        (
+            {
+                "model": "tiny-m2",
+                "max_tokens": 2,
+                "tools": TOOLS,
+                "tool_choice": {"type": "auto", "disable_parallel_tool_use": "yes"},
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+            400,
+            "disable_parallel_tool_use",
+        ),
     ],
 )
 def test_bad_requests_get_anthropic_errors(
@@ -358,3 +373,17 @@ def test_models_answer_both_sdks(server: Server) -> None:
     assert client(server).models.retrieve("tiny-m2").display_name == "tiny-m2"
     with pytest.raises(anthropic.NotFoundError):
         client(server).models.retrieve("claude-opus")
+
+
+def test_disable_parallel_tool_use_keeps_the_first_tool_use() -> None:
+    call = '<invoke name="Read">\n<parameter name="file_path">{}</parameter>\n</invoke>\n'
+    text = "R</think>\n\n<minimax:tool_call>\n" + call.format("a.py") + call.format("b.py")
+    text += "</minimax:tool_call>"
+    tools = to_conversation(None, [{"role": "user", "content": "hi"}], TOOLS).tools
+    single, both = MessageBuilder(tools, True, 1), MessageBuilder(tools, True)
+    for builder in (single, both):
+        builder.feed(text)
+        builder.finish()
+    uses = [b["input"] for b in single.blocks if b["type"] == "tool_use"]
+    assert uses == [{"file_path": "a.py"}]
+    assert len([b for b in both.blocks if b["type"] == "tool_use"]) == 2

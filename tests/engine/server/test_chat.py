@@ -89,3 +89,18 @@ def test_history_normalization() -> None:
         normalize_messages([{"role": "bot", "content": "x"}])
     with pytest.raises(APIError, match="non-empty"):
         normalize_messages([])
+
+
+def test_no_parallel_tool_calls_keeps_the_first_call() -> None:
+    second = OUTPUT.replace("pytest -q", "ruff check .").split("<minimax:tool_call>\n")[1]
+    two = OUTPUT.replace("</invoke>\n</minimax:tool_call>", "</invoke>\n" + second)
+    assert two.count("<invoke") == 2
+    translator = ChatTranslator(TOOLS, True, "split", max_tool_calls=1)
+    deltas = translator.feed(two) + translator.finish()
+    (call,) = translator.message()["tool_calls"]
+    assert json.loads(call["function"]["arguments"])["command"] == "pytest -q"
+    assert sum(len(d.get("tool_calls", [])) for d in deltas) == 1
+    both = ChatTranslator(TOOLS, True, "split")
+    both.feed(two)
+    both.finish()
+    assert len(both.message()["tool_calls"]) == 2

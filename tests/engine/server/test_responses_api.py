@@ -10,7 +10,9 @@ import httpx
 import openai
 import pytest
 
+from m2agent.engine.engine import RequestDelta
 from m2agent.engine.server.responses_codec import (
+    ResponseBuilder,
     decrypt_reasoning,
     encrypt_reasoning,
     to_conversation,
@@ -274,3 +276,18 @@ def test_input_items_group_into_turns() -> None:
     assert [m["content"] for m in messages[3:5]] == ["A", "B"]  # in call order
     assert messages[5] == {"role": "assistant", "content": "Done.", "reasoning_content": "s"}
     assert decrypt_reasoning("gAAAA-openai-blob") is None
+
+
+def test_parallel_tool_calls_false_keeps_the_first_function_call() -> None:
+    call = '<invoke name="Read">\n<parameter name="file_path">{}</parameter>\n</invoke>\n'
+    text = "R</think>\n\n<minimax:tool_call>\n" + call.format("a.py") + call.format("b.py")
+    text += "</minimax:tool_call>"
+    tools = to_conversation(None, "hi", TOOLS).tools
+    single = ResponseBuilder(tools, True, False, max_tool_calls=1)
+    both = ResponseBuilder(tools, True, False)
+    for builder in (single, both):
+        builder.feed(RequestDelta("r", [1, 2], text, "stop", 1, 0, 2))
+        builder.finish()
+    calls = [item for item in single.output if item["type"] == "function_call"]
+    assert [json.loads(c["arguments"]) for c in calls] == [{"file_path": "a.py"}]
+    assert len([i for i in both.output if i["type"] == "function_call"]) == 2
