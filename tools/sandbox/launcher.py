@@ -108,48 +108,112 @@ def parse(argv: list[str]) -> tuple[dict[str, object], list[str]]:
     return found, command
 
 
-def writable_paths(workspace: str, tmp: str) -> list[str]:
-    """Every child of the workspace except the protected ones and symlinks (a rule on a link
-    would grant its target, possibly outside), and the private temp folder."""
-    children = [
-        entry.path
-        for entry in os.scandir(workspace)
-        if entry.name not in PROTECTED and not entry.is_symlink()
-    ]
-    return [*children, tmp]
+def top_level(workspace: str) -> tuple[list[int], set[tuple[int, int]]]:
+    """O_PATH descriptors of the top-level entries the command may write beneath (layer 2):
+    every child of the workspace but the protected ones and symlinks (a rule on a link would
+    grant its target, possibly outside); and their (st_dev, st_ino), for the broker."""
+    fds, keys = [], set()
+    for entry in os.scandir(workspace):
+        if entry.name in PROTECTED or entry.is_symlink():
+            continue
+        try:
+            fd = os.open(entry.path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        info = os.fstat(fd)
+        fds.append(fd)
+        keys.add((info.st_dev, info.st_ino))
+    return fds, keys
 
 
 def confine(found: dict[str, object]) -> None:
-    """Everything, in an order that works for root and for an unprivileged user: limits (the
-    process count is measured first), Landlock (needs to read what it grants), capabilities,
-    seccomp last."""
+    """The launcher's own confinement (Landlock layer 1: write anywhere in the workspace and
+    the temp folder), in an order that works for root and for an unprivileged user: limits
+    (the process count is measured first), Landlock (needs to read what it grants),
+    capabilities, seccomp last."""
     limits: dict[str, int] = found["limits"]  # type: ignore[assignment]
     privileges.apply_limits(*(limits.get(name) for name in LIMITS))
     network = bool(found["network"])
     landlock.restrict(
-        writable_paths(os.path.realpath(str(found["workspace"])), str(found["tmp"])),
+        [os.path.realpath(str(found["workspace"])), str(found["tmp"])],
         [str(p) for p in found["hide"]],  # type: ignore[attr-defined]
         allow_network=network,
     )
     privileges.drop_capabilities()
     privileges.set_no_new_privs()
+    privileges.set_dumpable(False)
     families = seccomp.denied_families(
         allow_network=network, deny_unix=bool(found["deny_unix"]) and not network
     )
     seccomp.install(seccomp.program(families))
 
 
-def supervise(command: list[str], cwd: str) -> int:
-    """Start the command as a child; when it ends (or we are told to stop), kill what is left."""
-    privileges.become_subreaper()
+def start(command: list[str], cwd: str, granted: list[int], tmp: str, channel: object) -> int:
+    """Fork the command: it adds Landlock layer 2 (write beneath `granted` and `tmp` only),
+    and, with a `channel` (a socket), the broker's seccomp filter, whose listener it sends
+    back before it execs. Exits 126 when it cannot confine itself, 127 when CMD cannot run."""
     child = os.fork()
-    if child == 0:
-        try:
-            os.chdir(cwd)
-            os.execvp(command[0], command)
-        except OSError as e:
-            print(f"m2agent sandbox: {command[0]}: {e.strerror}", file=sys.stderr)
-        os._exit(127)
+    if child:
+        return child
+    code = 126
+    try:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)  # Python ignores the first two
+        os.chdir(cwd)
+        landlock.restrict_writes(granted, [tmp])
+        for fd in granted:
+            os.close(fd)
+        if channel is not None:
+            _hand_over(channel)
+        code = 127
+        os.execvp(command[0], command)
+    except OSError as e:
+        what = command[0] if code == 127 else "cannot confine the command"
+        print(f"m2agent sandbox: {what}: {e.strerror or e}", file=sys.stderr)
+    os._exit(code)
+
+
+def _hand_over(channel: object) -> None:
+    """Install the broker's filter and send its listener to the launcher; without one (the
+    kernel refused), say so: the command then runs with layer 2 alone, as on older kernels."""
+    import _socket
+
+    from m2agent.tools.sandbox import notify
+
+    sock: _socket.socket = channel  # type: ignore[assignment]
+    try:
+        listener = notify.install_listener(notify.program())
+    except OSError as e:
+        sock.sendmsg([b"-" + str(e).encode()])
+    else:
+        rights = (_socket.SOL_SOCKET, _socket.SCM_RIGHTS, listener.to_bytes(4, sys.byteorder))
+        sock.sendmsg([b"L"], [rights])
+        os.close(listener)
+    sock.close()
+
+
+def _receive_listener(channel: object) -> int | None:
+    import _socket
+
+    sock: _socket.socket = channel  # type: ignore[assignment]
+    _message, ancillary, _flags, _address = sock.recvmsg(256, _socket.CMSG_SPACE(4))
+    sock.close()
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS and len(data) >= 4:
+            return int.from_bytes(data[:4], sys.byteorder)
+    return None
+
+
+def supervise(found: dict[str, object], command: list[str]) -> int:
+    """Start the command as a child and broker its top-level changes (when the kernel can);
+    when it ends (or we are told to stop), kill what is left."""
+    workspace = os.path.realpath(str(found["workspace"]))
+    privileges.become_subreaper()
+    granted, ruled = top_level(workspace)
+    wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
 
     def stop(signum: int, _frame: object) -> None:
         reaper.kill_all_descendants()
@@ -157,13 +221,68 @@ def supervise(command: list[str], cwd: str) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, stop)
-    while True:
-        pid, status = os.waitpid(-1, 0)
-        if pid == child:
-            break
+    ours = theirs = None
+    if _broker_supported():
+        import _socket
+
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+    child = start(command, str(found["cwd"]), granted, str(found["tmp"]), theirs)
+    for fd in granted:
+        os.close(fd)
+    listener = None
+    if ours is not None and theirs is not None:
+        theirs.close()
+        listener = _receive_listener(ours)
+    return _wait(child, wake_read, listener, workspace, ruled)
+
+
+def _broker_supported() -> bool:
+    from m2agent.tools.sandbox import notify
+
+    return notify.supported()
+
+
+def _wait(
+    child: int, wake: int, listener: int | None, workspace: str, ruled: set[tuple[int, int]]
+) -> int:
+    import select
+
+    poller = select.poll()
+    poller.register(wake, select.POLLIN)
+    broker = None
+    if listener is not None:
+        from m2agent.tools.sandbox.broker import Broker
+
+        broker = Broker(workspace, ruled, listener)
+        poller.register(listener, select.POLLIN)
+    status = None
+    while status is None:
+        for fd, events in poller.poll():
+            if fd == wake:
+                while os.read(wake, 512) == 512:
+                    pass
+            elif events & select.POLLIN and broker is not None:
+                broker.handle()
+            else:  # every process under the filter is gone
+                poller.unregister(fd)
+        status = _reap(child)
     reaper.kill_all_descendants()
     code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else 128 - code
+
+
+def _reap(child: int) -> int | None:
+    """Collect exited children (orphans land here); the command's wait status once it ended."""
+    found = None
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return found
+        if pid == 0:
+            return found
+        if pid == child:
+            found = status
 
 
 def main(argv: list[str]) -> int:
@@ -178,7 +297,7 @@ def main(argv: list[str]) -> int:
     except (OSError, ValueError) as e:
         print(f"m2agent sandbox: {e}", file=sys.stderr)
         return 126
-    return supervise(command, str(found["cwd"]))
+    return supervise(found, command)
 
 
 if __name__ == "__main__":

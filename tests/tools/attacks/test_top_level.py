@@ -1,0 +1,213 @@
+"""Finding 6: at the workspace's top level the Landlock backend behaves like bubblewrap (entries
+are created, removed, renamed, replaced) while `.git` and `.m2agent` stay untouchable, even
+through the broker that makes this possible (`tools/sandbox/broker.py`). Each test runs on both
+backends (bubblewrap is the reference), as root and as an unprivileged user."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+from harness import NOBODY, Attacker
+
+from m2agent.tools.sandbox import notify
+
+pytestmark = pytest.mark.skipif(
+    not notify.supported(), reason="the broker needs Linux >= 5.14 on x86_64 or aarch64"
+)
+
+
+def _own(attacker: Attacker, *paths: Path) -> None:
+    if attacker.user == "nobody":
+        for path in paths:
+            os.lchown(path, NOBODY, NOBODY)
+
+
+def _refused(message: str, name: str, output: str) -> bool:
+    """Whether a line says `message` about `name` with EACCES (quotes vary with the locale)."""
+    return any(
+        message in line and name in line and line.endswith("Permission denied")
+        for line in output.splitlines()
+    )
+
+
+def _python(script: str) -> str:
+    """A command running `script` with the system's python3 (as the model would)."""
+    return "python3 - <<'EOF'\n" + textwrap.dedent(script) + "EOF\n"
+
+
+def test_top_level_entries_are_created_changed_and_removed(attacker: Attacker) -> None:
+    ws = attacker.workspace
+    (ws / "a.txt").write_text("a\n")
+    (ws / "sub").mkdir()
+    (ws / "sub/x").write_text("x\n")
+    (ws / "olddir").mkdir()
+    (ws / "olddir/f").write_text("f\n")
+    _own(attacker, ws / "a.txt", ws / "sub", ws / "sub/x", ws / "olddir", ws / "olddir/f")
+    git = "git -c user.email=a@b.c -c user.name=n"
+    first, second = attacker.run(
+        "set -e; touch new && echo one >> new && cat new; "
+        "mkdir -p build/a/b && echo deep > build/a/b/f && cat build/a/b/f; "
+        "sed -i s/hello/HELLO/ README.md && echo more >> README.md && cat README.md; "
+        "mv a.txt sub/ && mv sub/x . && ls sub; "
+        f"git init -q repo && {git} -C repo commit -q --allow-empty -m m && "
+        "git -C repo log --oneline | wc -l; "
+        "umask 027 && touch masked && mkdir maskdir && stat -c %a masked maskdir; "
+        "rm new && rm -rf olddir build && ls",
+        "rm -rf ./* && ls -A",
+    )
+    assert first.exit_code == 0, first.output
+    lines = first.output.split()
+    assert lines[:6] == ["one", "deep", "HELLO", "more", "a.txt", "1"], first.output
+    assert lines[6:8] == ["640", "750"], first.output
+    assert sorted(lines[8:]) == ["README.md", "maskdir", "masked", "repo", "sub", "x"], first.output
+    assert second.exit_code == 0 and second.output.split() == [".git"], second.output
+    assert (ws / ".git/HEAD").is_file() and os.listdir(ws) == [".git"]
+
+
+def test_protected_names_cannot_be_made_moved_or_replaced(attacker: Attacker) -> None:
+    ws = attacker.workspace
+    head = (ws / ".git/HEAD").read_bytes()
+    result = attacker.one(
+        "mkdir .m2agent; touch x; mv x .m2agent; ln -s /tmp .m2agent; "
+        "mv .git moved; rm -rf .git; mkdir d; mv d .git; "
+        + _python(
+            """
+            import ctypes, os
+            libc = ctypes.CDLL(None, use_errno=True)
+            RENAME_EXCHANGE = 2
+            r = libc.renameat2(-100, b"d", -100, b".git", RENAME_EXCHANGE)
+            print("exchange", r, ctypes.get_errno())
+            """
+        )
+        + "ls -A"
+    )
+    names = set(result.output.split()[-4:])
+    assert not (ws / ".m2agent").exists() or attacker.backend == "bwrap"
+    assert (ws / ".git/HEAD").read_bytes() == head and not (ws / "moved").exists()
+    assert "exchange -1" in result.output, result.output
+    if attacker.backend == "landlock":  # refused by the kernel, with its own errors
+        assert names == {".git", "README.md", "d", "x"}, result.output
+        assert "exchange -1 13" in result.output, result.output
+        assert _refused("mkdir: cannot create directory", ".m2agent", result.output)
+        assert not result.notes
+    else:  # bubblewrap lets it be created, the runner removes it afterwards
+        assert not (ws / ".m2agent").exists()
+
+
+def test_a_missing_git_cannot_be_created(attacker: Attacker) -> None:
+    ws = attacker.workspace
+    for path in sorted((ws / ".git").rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    (ws / ".git").rmdir()
+    result = attacker.one(
+        "mkdir .git; git init -q; ln -s sub .git; touch x; mv x .git; ls -A; true"
+    )
+    assert not os.path.lexists(ws / ".git"), result.output
+    if attacker.backend == "landlock":
+        assert _refused("mkdir: cannot create directory", ".git", result.output), result.output
+
+
+def test_links_into_git_cannot_be_written_through(attacker: Attacker) -> None:
+    ws = attacker.workspace
+    config = (ws / ".git/config").read_bytes()
+    result = attacker.one(
+        "ln -s .git/hooks/pre-commit hook; echo evil > hook; "
+        "ln -s .git/hooks/post-commit dangling; "
+        "ln .git/config hard; ln -L hook hard2; "
+        + _python(
+            """
+            import os
+            def attempt(what, path, flags=os.O_WRONLY | os.O_APPEND, **kw):
+                try:
+                    os.close(os.open(path, flags, 0o755, **kw))
+                    print("OPENED", what)
+                except OSError as e:
+                    print("refused", what, e.errno)
+            attempt("dangling", "dangling", os.O_WRONLY | os.O_CREAT)
+            git = os.open(".git", os.O_RDONLY)
+            attempt("dirfd", "config", dir_fd=git)
+            attempt("dirfd-new", "hooks/pre-push", os.O_WRONLY | os.O_CREAT, dir_fd=git)
+            attempt("proc-cwd", "/proc/self/cwd/.git/config")
+            attempt("proc-fd", f"/proc/self/fd/{git}/config")
+            attempt("proc-pid", f"/proc/{os.getpid()}/cwd/.git/config")
+            attempt("dotdot", "hook/../.git/config")
+            attempt("abs", os.getcwd() + "/.git/config")
+            """
+        )
+    )
+    assert "OPENED" not in result.output, result.output
+    hooks = {p.name for p in (ws / ".git/hooks").iterdir()}
+    assert not hooks & {"pre-commit", "post-commit", "pre-push"}, hooks
+    assert (ws / ".git/config").read_bytes() == config
+    assert not (ws / "hard").exists() and not (ws / "hard2").exists()
+
+
+def test_the_broker_writes_nothing_outside(attacker: Attacker) -> None:
+    public = attacker.public
+    before = set(os.listdir(public))
+    result = attacker.one(
+        f"echo x > ../out1; mkdir ../out2; ln -s {public} up; echo x > up/out3; "
+        f"mkdir up/out4; touch t && mv t ../out5; mv README.md {public}/out6; "
+        f"ln -s ../out7 link && echo x > link; ln README.md ../out8; "
+        f"cd up && touch out9; ls {public}"
+    )
+    assert set(os.listdir(public)) == before, result.output
+    assert (attacker.workspace / "README.md").exists()
+
+
+def test_a_racing_thread_cannot_flip_the_path(attacker: Attacker) -> None:
+    """The broker reads the path once and acts on what it resolved; what the kernel re-reads
+    after a CONTINUE is judged by the command's own Landlock layers."""
+    ws = attacker.workspace
+    config = (ws / ".git/config").read_bytes()
+    result = attacker.one(
+        _python(
+            """
+            import ctypes, os, threading, time
+            libc = ctypes.CDLL(None, use_errno=True)
+            buf = ctypes.create_string_buffer(64)
+            safe, evil = b"flip\\0", b".git/config\\0"
+            stop = False
+            def flip():
+                while not stop:
+                    ctypes.memmove(buf, safe, len(safe))
+                    ctypes.memmove(buf, evil, len(evil))
+            def swap():
+                while not stop:
+                    try:
+                        os.symlink(".git/config", "link.tmp")
+                        os.rename("link.tmp", "link")
+                        with open("plain.tmp", "w"):
+                            pass
+                        os.rename("plain.tmp", "link")
+                    except OSError:
+                        pass
+            threads = [threading.Thread(target=flip), threading.Thread(target=swap)]
+            for t in threads:
+                t.start()
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+            opened = refused = 0
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:
+                for path in (buf, b"link"):
+                    fd = libc.open(path, flags, 0o644)
+                    if fd >= 0:
+                        os.write(fd, b"evil\\n")
+                        os.close(fd)
+                        opened += 1
+                    else:
+                        refused += 1
+            stop = True
+            for t in threads:
+                t.join()
+            print("opened", opened, "refused", refused)
+            """
+        ),
+        timeout_s=60,
+    )
+    assert (ws / ".git/config").read_bytes() == config, result.output
+    counts = result.output.split()
+    assert counts[0] == "opened" and int(counts[1]) > 0, result.output  # the race did run
