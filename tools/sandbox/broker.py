@@ -30,8 +30,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from m2agent.tools.sandbox import notify
 
@@ -53,6 +52,7 @@ class Broker:
 
     def __init__(self, workspace: str, ruled: set[_Key], listener: int) -> None:
         self.listener = listener
+        notify.wake_synchronously(listener)
         self.root_fd = os.open(workspace, _PATH | os.O_DIRECTORY)
         self.root = _key(os.fstat(self.root_fd))
         self.slash = _key(os.stat("/"))
@@ -82,8 +82,9 @@ class Broker:
         name = _NAMES.get(note.nr)
         if name is None:
             raise Proceed
-        if name in ("rename", "renameat", "renameat2", "unlinkat", "rmdir"):
-            self.where.clear()  # a folder may move or go, and its class with it
+        removing_dir = name == "rmdir" or (name == "unlinkat" and note.args[2] & _AT_REMOVEDIR)
+        if removing_dir or name.startswith("rename"):
+            self.where.clear()  # a folder may move or go (its inode reused), its class with it
         with _Thread(note.pid, self, note.id) as thread:
             getattr(self, _METHODS[name])(thread, note.args, name)
 
@@ -113,7 +114,7 @@ class Broker:
         for _ in range(3):  # the final name may turn into a symlink meanwhile: resolve again
             parent, last = self._resolve(thread, dirfd, path, follow, slash_ok=False)
             with parent:
-                self._decide([(parent, last)])
+                self._decide(thread, [(parent, last)])
                 created = mode & 0o7777 & ~thread.umask() if flags & os.O_CREAT else 0
                 try:
                     fd = os.open(last, own, created, dir_fd=parent.fd)
@@ -134,15 +135,17 @@ class Broker:
 
     def _mkdir(self, thread: _Thread, a: list[int], name: str) -> None:
         dirfd, addr, mode = (_AT_FDCWD, a[0], a[1]) if name == "mkdir" else (a[0], a[1], a[2])
-        with self._one(thread, dirfd, addr, follow=False, slash_ok=True) as (parent, last):
+        parent, last = self._one(thread, dirfd, addr, follow=False, slash_ok=True)
+        with parent:
             mode = mode & 0o7777 & ~thread.umask()
-            self._run(thread, lambda: os.mkdir(last, mode, dir_fd=parent))
+            self._run(thread, lambda: os.mkdir(last, mode, dir_fd=parent.fd))
 
     def _mknod(self, thread: _Thread, a: list[int], name: str) -> None:
         dirfd, addr, mode, dev = (_AT_FDCWD, a[0], a[1], a[2]) if name == "mknod" else a[:4]
-        with self._one(thread, dirfd, addr, follow=False) as (parent, last):
+        parent, last = self._one(thread, dirfd, addr, follow=False)
+        with parent:
             mode = mode & 0o177777 & ~thread.umask()  # file type and permissions
-            self._run(thread, lambda: os.mknod(last, mode, dev & 0xFFFFFFFF, dir_fd=parent))
+            self._run(thread, lambda: os.mknod(last, mode, dev & 0xFFFFFFFF, dir_fd=parent.fd))
 
     def _unlink(self, thread: _Thread, a: list[int], name: str) -> None:
         if name == "unlinkat":
@@ -152,9 +155,10 @@ class Broker:
         if flags & ~_AT_REMOVEDIR:
             raise Proceed
         folder = bool(flags & _AT_REMOVEDIR)
-        with self._one(thread, dirfd, addr, follow=False, slash_ok=folder) as (parent, last):
+        parent, last = self._one(thread, dirfd, addr, follow=False, slash_ok=folder)
+        with parent:
             remove = os.rmdir if folder else os.unlink
-            self._run(thread, lambda: remove(last, dir_fd=parent))
+            self._run(thread, lambda: remove(last, dir_fd=parent.fd))
 
     def _rename(self, thread: _Thread, a: list[int], name: str) -> None:
         if name in ("rename", "link"):
@@ -171,7 +175,7 @@ class Broker:
         with a_fd:
             b_fd, b_last = self._resolve(thread, newdir, new_path, False, slash_ok=not linking)
             with b_fd:
-                self._decide([(a_fd, a_last), (b_fd, b_last)])
+                self._decide(thread, [(a_fd, a_last), (b_fd, b_last)])
                 if linking:
                     self._run(thread, lambda: os.link(
                         a_last, b_last, src_dir_fd=a_fd.fd, dst_dir_fd=b_fd.fd,
@@ -184,8 +188,9 @@ class Broker:
             (a[0], _AT_FDCWD, a[1]) if name == "symlink" else (a[0], a[1], a[2])
         )
         target = thread.string(target_addr)
-        with self._one(thread, dirfd, addr, follow=False) as (parent, last):
-            self._run(thread, lambda: os.symlink(target, last, dir_fd=parent))
+        parent, last = self._one(thread, dirfd, addr, follow=False)
+        with parent:
+            self._run(thread, lambda: os.symlink(target, last, dir_fd=parent.fd))
 
     def _truncate(self, thread: _Thread, a: list[int], name: str) -> None:
         length = _signed64(a[1])
@@ -198,8 +203,9 @@ class Broker:
             finally:
                 os.close(fd)
 
-        with self._one(thread, _AT_FDCWD, a[0], follow=True) as (parent, last):
-            self._run(thread, lambda: truncate(last, parent))
+        parent, last = self._one(thread, _AT_FDCWD, a[0], follow=True)
+        with parent:
+            self._run(thread, lambda: truncate(last, parent.fd))
 
     def _run(self, thread: _Thread, operation: Callable[[], object]) -> None:
         """Perform the operation (it is the broker's to do) and answer with its outcome."""
@@ -211,19 +217,21 @@ class Broker:
         self.performed += 1
         notify.answer(self.listener, thread.id)
 
-    @contextmanager
     def _one(
         self, thread: _Thread, dirfd: int, addr: int, *, follow: bool, slash_ok: bool = False
-    ) -> Iterator[tuple[int, str]]:
+    ) -> tuple[_Fd, str]:
         """The single operand, resolved and judged: Proceed unless the broker must act."""
         parent, last = self._resolve(thread, dirfd, thread.string(addr), follow, slash_ok)
-        with parent:
-            self._decide([(parent, last)])
-            yield parent.fd, last
+        try:
+            self._decide(thread, [(parent, last)])
+        except BaseException:
+            parent.close()
+            raise
+        return parent, last
 
     # -- judging
 
-    def _decide(self, operands: list[tuple[_Fd, str]]) -> None:
+    def _decide(self, thread: _Thread, operands: list[tuple[_Fd, str]]) -> None:
         """Return when the broker must perform the operation; Proceed otherwise."""
         mine = False
         for parent, last in operands:
@@ -233,6 +241,7 @@ class Broker:
             mine = mine or where in ("root", "new")
         if not mine:
             raise Proceed
+        thread.confirm()
 
     def classify(self, folder: int) -> str:
         """'root' (the workspace folder), 'new' (inside a top-level entry without a layer-2
@@ -353,8 +362,7 @@ class _Fd:
 
 
 class _Thread:
-    """What the broker reads of the notifying thread, through /proc; every read is confirmed
-    by checking that the notification is still pending (else the pid may be another's)."""
+    """What the broker reads of the notifying thread, through /proc."""
 
     def __init__(self, pid: int, broker: Broker, notification_id: int) -> None:
         self.pid, self.broker, self.id = pid, broker, notification_id
@@ -367,9 +375,12 @@ class _Thread:
         if self.mem >= 0:
             os.close(self.mem)
 
-    def _check(self) -> None:
+    def confirm(self) -> None:
+        """What was read from /proc was this thread's: it still waits in its syscall, so its
+        pid was not reused meanwhile. Checked once, before the broker acts; a stale read could
+        only make it do what the rules allow anyway (the rules judge, not who asks)."""
         if not notify.still_pending(self.broker.listener, self.id):
-            raise Proceed  # answered to a thread that is gone: harmless
+            raise Proceed
 
     def read(self, addr: int, size: int) -> bytes:
         if size <= 0:
@@ -378,7 +389,6 @@ class _Thread:
             raise Proceed
         if self.mem < 0:
             self.mem = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-            self._check()
         data = os.pread(self.mem, size, addr)
         if len(data) != size:
             raise Proceed
@@ -388,7 +398,6 @@ class _Thread:
         """A NUL-terminated path, read a page at a time (the next page may be unmapped)."""
         if self.mem < 0:
             self.mem = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-            self._check()
         data = b""
         while len(data) < 4096:
             chunk = os.pread(self.mem, 4096 - (addr + len(data)) % 4096, addr + len(data))
@@ -408,7 +417,6 @@ class _Thread:
             raise Proceed
         fd = os.open(f"/proc/{self.pid}/{where}", _PATH)
         try:
-            self._check()
             if not stat.S_ISDIR(os.fstat(fd).st_mode):
                 raise Proceed
         except BaseException:
@@ -420,9 +428,7 @@ class _Thread:
         with open(f"/proc/{self.pid}/status", "rb") as status:
             for line in status:
                 if line.startswith(b"Umask:"):
-                    value = int(line.split()[1], 8)
-                    self._check()
-                    return value
+                    return int(line.split()[1], 8)
         raise Proceed
 
 

@@ -251,9 +251,6 @@ def _wait(
     poller.register(wake, select.POLLIN)
     broker = None
     if listener is not None:
-        from m2agent.tools.sandbox.broker import Broker
-
-        broker = Broker(workspace, ruled, listener)
         poller.register(listener, select.POLLIN)
     status = None
     while status is None:
@@ -261,8 +258,16 @@ def _wait(
             if fd == wake:
                 while os.read(wake, 512) == 512:
                     pass
-            elif events & select.POLLIN and broker is not None:
-                broker.handle()
+            elif events & select.POLLIN and listener is not None:
+                if broker is None:  # loaded on the first notification: most commands send none
+                    from m2agent.tools.sandbox.broker import Broker
+
+                    broker = Broker(workspace, ruled, listener)
+                try:
+                    broker.handle()
+                except OSError as e:  # the listener itself failed: the kernel answers ENOSYS
+                    print(f"m2agent sandbox: broker: {e}", file=sys.stderr)
+                    poller.unregister(fd)
             else:  # every process under the filter is gone
                 poller.unregister(fd)
         status = _reap(child)
@@ -301,4 +306,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    _code = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_code)  # no interpreter teardown: it only costs time here

@@ -36,6 +36,7 @@ _RET_ALLOW, _RET_USER_NOTIF = 0x7FFF0000, 0x7FC00000
 _LD, _JEQ, _JSET, _RET = 0x20, 0x15, 0x45, 0x06
 # ioctls on the listener (_IOWR/_IOW('!', n, size)) and their structs
 _RECV, _SEND, _ID_VALID, _ADDFD = 0xC0502100, 0xC0182101, 0x40082102, 0x40182103
+_SET_FLAGS, _FD_SYNC_WAKE_UP = 0x40082104, 1
 _NOTIF = struct.Struct("=QIIiIQ6Q")  # id, pid, flags, seccomp_data{nr, arch, ip, args[6]}
 _RESP = struct.Struct("=QqiI")  # id, val, error, flags
 _ADDFD_STRUCT = struct.Struct("=QIIII")  # id, flags, srcfd, newfd, newfd_flags
@@ -96,6 +97,16 @@ def install_listener(filter_bytes: bytes) -> int:
         code = ctypes.get_errno()
         raise OSError(code, f"seccomp(NEW_LISTENER) failed: {os.strerror(code)}")
     return int(fd)
+
+
+def wake_synchronously(listener: int) -> bool:
+    """Ask the kernel (6.6+) to switch straight between the waiting thread and the broker, as
+    a call would, instead of waking each through the scheduler: much faster round trips."""
+    try:
+        fcntl.ioctl(listener, _SET_FLAGS, struct.pack("=Q", _FD_SYNC_WAKE_UP))
+    except OSError:
+        return False
+    return True
 
 
 class Notification:
