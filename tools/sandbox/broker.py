@@ -236,7 +236,7 @@ class Broker:
         mine = False
         for parent, last in operands:
             where = self.classify(parent.fd)
-            if where == "protected" or (where == "root" and last in PROTECTED):
+            if where == "protected" or (where == "root" and last.casefold() in PROTECTED):
                 raise Proceed
             mine = mine or where in ("root", "new")
         if not mine:
@@ -288,7 +288,8 @@ class Broker:
         own answer: ENOENT, ENOTDIR, ELOOP...)."""
         if not path or path.startswith(("/proc/", "/dev/")) or path in ("/proc", "/dev"):
             raise Proceed
-        if path.endswith("/"):
+        trailing = path.endswith("/")  # "name/": a folder, through a final symlink too
+        if trailing:
             if not slash_ok:
                 raise Proceed
             path = path.rstrip("/")
@@ -309,6 +310,8 @@ class Broker:
                 if not pending and part != ".." and (not follow or not _is_link(part, current)):
                     if os.fstat(current).st_dev == self.proc_dev:
                         raise Proceed
+                    if trailing and _is_link(part, current):
+                        raise Proceed  # the kernel follows it: let it judge
                     found, current = current, -1
                     return _Fd(found), part
                 step = os.open(part, _PATH | os.O_NOFOLLOW, dir_fd=current)

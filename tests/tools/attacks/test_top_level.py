@@ -55,14 +55,16 @@ def test_top_level_entries_are_created_changed_and_removed(attacker: Attacker) -
         f"git init -q repo && {git} -C repo commit -q --allow-empty -m m && "
         "git -C repo log --oneline | wc -l; "
         "umask 027 && touch masked && mkdir maskdir && stat -c %a masked maskdir; "
-        "rm new && rm -rf olddir build && ls",
+        "rm new && rm -rf olddir build && mkdir olddir && echo r > olddir/f && cat olddir/f; "
+        "ls",
         "rm -rf ./* && ls -A",
     )
     assert first.exit_code == 0, first.output
     lines = first.output.split()
     assert lines[:6] == ["one", "deep", "HELLO", "more", "a.txt", "1"], first.output
     assert lines[6:8] == ["640", "750"], first.output
-    assert sorted(lines[8:]) == ["README.md", "maskdir", "masked", "repo", "sub", "x"], first.output
+    assert lines[8] == "r", first.output  # a replaced top-level folder is writable too
+    assert sorted(lines[9:]) == ["README.md", "maskdir", "masked", "olddir", "repo", "sub", "x"]
     assert second.exit_code == 0 and second.output.split() == [".git"], second.output
     assert (ws / ".git/HEAD").is_file() and os.listdir(ws) == [".git"]
 
