@@ -21,9 +21,9 @@ SYSCALLS = {
         "rename": 82, "renameat": 264, "renameat2": 316, "link": 86, "linkat": 265,
         "symlink": 88, "symlinkat": 266, "truncate": 76,
     },
-    "aarch64": {  # the generic table: no legacy open/mkdir/rename... and no renameat
+    "aarch64": {  # the generic table: no legacy open, mkdir, rename...
         "openat": 56, "openat2": 437, "mkdirat": 34, "mknodat": 33, "unlinkat": 35,
-        "renameat2": 276, "linkat": 37, "symlinkat": 36, "truncate": 45,
+        "renameat": 38, "renameat2": 276, "linkat": 37, "symlinkat": 36, "truncate": 45,
     },
 }  # fmt: skip
 # open and openat are sent only when they may write: the index of their flags argument.

@@ -60,3 +60,31 @@ def test_decisions(machine: str, native: int, foreign: int) -> None:
     if machine == "x86_64":
         assert run(opened, native, 0x40000000 | socket_nr, 2) == DENY  # x32
         assert run(opened, native, 0x40000000) == DENY
+
+
+@pytest.mark.parametrize("machine, native", [("x86_64", X86_64), ("aarch64", AARCH64)])
+def test_broker_filter_sends_only_what_may_change_the_filesystem(machine: str, native: int) -> None:
+    """The Landlock backend's broker sees every syscall that may create, remove, rename or
+    write a path (`open`/`openat` only with a write flag); everything else runs unseen."""
+    from m2agent.tools.sandbox import notify
+
+    program, table = notify.program(machine), notify.SYSCALLS[machine]
+    notif = 0x7FC00000
+    o_wronly, o_rdwr, o_creat, o_trunc, o_directory = 0o1, 0o2, 0o100, 0o1000, 0o200000
+    for name, nr in table.items():
+        if name in ("open", "openat"):
+            at = 2 if name == "openat" else 1
+            for flags in (o_wronly, o_rdwr, o_creat, o_trunc, o_creat | o_wronly | (1 << 33)):
+                args = [0, 0, 0]
+                args[at] = flags
+                assert run(program, native, nr, *args) == notif, (name, flags)
+            for flags in (0, o_directory, 1 << 32):  # read-only (the high half is ignored)
+                args = [0, 0, 0]
+                args[at] = flags
+                assert run(program, native, nr, *args) == ALLOW, (name, flags)
+        else:
+            assert run(program, native, nr) == notif, name
+    for nr in (0, 1, 59, 221):  # read, write, execve, fadvise64 / x86_64 numbers
+        if nr not in table.values():
+            assert run(program, native, nr) == ALLOW
+    assert run(program, I386 if machine == "x86_64" else ARM, 5, o_creat) == ALLOW  # seccomp.py
