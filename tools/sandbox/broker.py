@@ -40,6 +40,7 @@ _AT_FDCWD = -100
 _AT_REMOVEDIR, _AT_SYMLINK_FOLLOW, _AT_EMPTY_PATH = 0x200, 0x400, 0x1000
 _PATH = os.O_PATH | os.O_CLOEXEC
 _Key = tuple[int, int]
+_NO_SETID = 0o1777  # the broker never creates a setuid or setgid file (see seccomp.py)
 
 
 class Proceed(Exception):
@@ -115,7 +116,7 @@ class Broker:
             parent, last = self._resolve(thread, dirfd, path, follow, slash_ok=False)
             with parent:
                 self._decide(thread, [(parent, last)])
-                created = mode & 0o7777 & ~thread.umask() if flags & os.O_CREAT else 0
+                created = mode & _NO_SETID & ~thread.umask() if flags & os.O_CREAT else 0
                 try:
                     fd = os.open(last, own, created, dir_fd=parent.fd)
                 except OSError as e:
@@ -144,7 +145,7 @@ class Broker:
         dirfd, addr, mode, dev = (_AT_FDCWD, a[0], a[1], a[2]) if name == "mknod" else a[:4]
         parent, last = self._one(thread, dirfd, addr, follow=False)
         with parent:
-            mode = mode & 0o177777 & ~thread.umask()  # file type and permissions
+            mode = mode & 0o170000 | mode & _NO_SETID & ~thread.umask()  # type and permissions
             self._run(thread, lambda: os.mknod(last, mode, dev & 0xFFFFFFFF, dir_fd=parent.fd))
 
     def _unlink(self, thread: _Thread, a: list[int], name: str) -> None:

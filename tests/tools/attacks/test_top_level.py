@@ -213,3 +213,14 @@ def test_a_racing_thread_cannot_flip_the_path(attacker: Attacker) -> None:
     assert (ws / ".git/config").read_bytes() == config, result.output
     counts = result.output.split()
     assert counts[0] == "opened" and int(counts[1]) > 0, result.output  # the race did run
+
+
+def test_the_broker_creates_no_setuid_file(attacker: Attacker) -> None:
+    if attacker.backend != "landlock":
+        pytest.skip("only the Landlock backend has a broker")
+    result = attacker.one(
+        "python3 -c 'import os; os.close(os.open(\"suid\", os.O_CREAT | os.O_WRONLY, 0o6755))'"
+        " && mkfifo -m 4755 fifo; stat -c '%a %n' suid fifo"
+    )
+    assert "755 suid" in result.output and "6755" not in result.output, result.output
+    assert not (attacker.workspace / "suid").stat().st_mode & 0o6000
