@@ -30,7 +30,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from m2agent.tools.sandbox import notify
 
@@ -51,19 +51,27 @@ class Broker:
     """Answers the notifications of one command's listener. `ruled`: (st_dev, st_ino) of the
     top-level entries that have a layer-2 rule."""
 
-    def __init__(self, workspace: str, ruled: set[_Key], listener: int) -> None:
+    def __init__(
+        self, workspace: str, ruled: set[_Key], listener: int, hidden: Iterable[str] = ()
+    ) -> None:
         self.listener = listener
         notify.wake_synchronously(listener)
         self.root_fd = os.open(workspace, _PATH | os.O_DIRECTORY)
         self.root = _key(os.fstat(self.root_fd))
         self.slash = _key(os.stat("/"))
         self.proc_dev = os.stat("/proc").st_dev
-        self.protected: set[_Key] = set()
-        for name in PROTECTED:
+        # Top-level names the broker never touches: .git, .m2agent, and hidden secrets (a
+        # secret renamed at the top level would be readable by the next command).
+        self.names = set(PROTECTED)
+        inside = [os.path.relpath(path, workspace) for path in hidden]
+        self.names |= {p.split("/")[0].casefold() for p in inside if not p.startswith("..")}
+        self.protected: set[_Key] = set()  # folders the broker never acts in
+        for name in self.names:
             try:
-                self.protected.add(_key(os.stat(name, dir_fd=self.root_fd, follow_symlinks=False)))
-            except FileNotFoundError:
+                info = os.stat(name, dir_fd=self.root_fd, follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError):
                 continue
+            self.protected.add(_key(info))
         self.ruled = ruled
         self.where: dict[_Key, str] = {}  # folder -> its class (cleared on rename and rmdir)
         self.performed = 0
@@ -237,7 +245,7 @@ class Broker:
         mine = False
         for parent, last in operands:
             where = self.classify(parent.fd)
-            if where == "protected" or (where == "root" and last.casefold() in PROTECTED):
+            if where == "protected" or (where == "root" and last.casefold() in self.names):
                 raise Proceed
             mine = mine or where in ("root", "new")
         if not mine:

@@ -233,7 +233,8 @@ def supervise(found: dict[str, object], command: list[str]) -> int:
     if ours is not None and theirs is not None:
         theirs.close()
         listener = _receive_listener(ours)
-    return _wait(child, wake_read, listener, workspace, ruled)
+    hidden = [str(p) for p in found["hide"]]  # type: ignore[attr-defined]
+    return _wait(child, wake_read, listener, workspace, ruled, hidden)
 
 
 def _broker_supported() -> bool:
@@ -243,7 +244,12 @@ def _broker_supported() -> bool:
 
 
 def _wait(
-    child: int, wake: int, listener: int | None, workspace: str, ruled: set[tuple[int, int]]
+    child: int,
+    wake: int,
+    listener: int | None,
+    workspace: str,
+    ruled: set[tuple[int, int]],
+    hidden: list[str],
 ) -> int:
     import select
 
@@ -262,7 +268,7 @@ def _wait(
                 if broker is None:  # loaded on the first notification: most commands send none
                     from m2agent.tools.sandbox.broker import Broker
 
-                    broker = Broker(workspace, ruled, listener)
+                    broker = Broker(workspace, ruled, listener, hidden)
                 try:
                     broker.handle()
                 except OSError as e:  # the listener itself failed: the kernel answers ENOSYS

@@ -224,3 +224,18 @@ def test_the_broker_creates_no_setuid_file(attacker: Attacker) -> None:
     )
     assert "755 suid" in result.output and "6755" not in result.output, result.output
     assert not (attacker.workspace / "suid").stat().st_mode & 0o6000
+
+
+def test_a_hidden_secret_cannot_be_renamed_into_view(attacker: Attacker) -> None:
+    """A secret hidden inside the workspace stays hidden: renamed or linked at the top level
+    it would be an ordinary, readable file for the next command."""
+    secret = attacker.workspace / ".env"
+    secret.write_text("TOKEN=hunter2\n")
+    _own(attacker, secret)
+    first, second = attacker.run(
+        "cat .env; mv .env moved; ln .env linked; cp .env copied; mkdir d; mv .env d/x; ls -A",
+        "cat moved linked copied d/x .env; ls -A",
+        deny_read=[str(secret)],
+    )
+    assert "hunter2" not in first.output + second.output, (first.output, second.output)
+    assert secret.read_text() == "TOKEN=hunter2\n"
