@@ -1,28 +1,30 @@
 """The Landlock backend's broker: lets a command create, remove and rename entries at the top
-level of the workspace, as under bubblewrap, while `.git` and `.m2agent` stay untouchable.
+level of the workspace, as under bubblewrap, while `.git`, `.m2agent` and hidden secrets stay
+untouchable.
 
-The command runs under two Landlock layers; the second grants writes beneath each existing
-top-level entry but never the workspace folder itself (a rule there would reach `.git`). Its
-mutating path syscalls (`notify.SYSCALLS`) stop at a seccomp listener held here, in the
-launcher, which has only the first layer (write anywhere in the workspace). For each one the
-broker reads the path once from the thread's memory and resolves it itself, one component at
-a time with O_NOFOLLOW from its own descriptors (symlinks spliced in, at most 40), to a parent
-folder and a name. It classifies each parent by walking `..` up to the workspace:
+The command runs under two Landlock layers. The second grants writes beneath each existing
+top-level entry (split around hidden secrets, as the first is), never the workspace folder
+itself: a rule there would reach `.git`. The folders no rule covers are "guarded": the
+workspace, and the folders that hold a secret. The command's mutating path syscalls
+(`notify.SYSCALLS`) stop at a seccomp listener held here, in the launcher, which has only the
+first layer (write anywhere in the workspace). For each one the broker reads the path once from
+the thread's memory and resolves it itself, one component at a time with O_NOFOLLOW from its
+own descriptors (symlinks spliced in, at most 40), to a parent folder and a name:
 
-- inside `.git`/`.m2agent`, or the name `.git`/`.m2agent` at the top level (even absent), or
-  anything it cannot resolve or read: the kernel decides (CONTINUE) under both layers, and
-  refuses;
-- the workspace folder itself, or inside a top-level entry that has no layer-2 rule (created or
-  replaced during the command): the broker performs the operation with its own descriptors, in
-  the command's umask, and returns the result (an opened file is installed in the command);
-- anywhere else (an existing top-level entry, the temp folder, outside): CONTINUE.
+- the parent is guarded: the broker performs the operation with its own descriptors, in the
+  command's umask, and returns the result (an opened file is installed in the command), unless
+  the name is guarded there (`.git`, `.m2agent`, a secret, a folder holding one; even absent);
+- the parent lies beneath a guarded folder but no rule (made or moved there during the command,
+  found by walking `..`): the broker performs it too;
+- anything else (.git, .m2agent, hidden folders, ruled entries, the temp folder, outside,
+  whatever it cannot resolve or read): CONTINUE, the kernel decides under both layers.
 
-Why no race helps: CONTINUE is always judged by the kernel under layer 2, which grants neither
-the workspace folder nor `.git`, so changing the path after the broker looked gains nothing;
-performed operations use only descriptors the broker resolved, never a second read of the
-command's memory, and cannot leave the workspace and temp folder (layer 1); nothing in the
-sandbox can move anything into, out of or within `.git`, so "inside .git" cannot change while
-the broker acts. Stdlib only; the launcher imports it before every command.
+Why no race helps: CONTINUE is always judged by the kernel under layer 2, which grants no
+guarded folder and nothing in `.git`, so changing the path after the broker looked gains
+nothing; performed operations use only descriptors the broker resolved, never a second read of
+the command's memory, and cannot leave the workspace and temp folder (layer 1); nothing in the
+sandbox can move anything into, out of or within `.git` or a hidden folder, so "inside .git"
+cannot change while the broker acts. Stdlib only; the launcher imports it before every command.
 """
 
 from __future__ import annotations
@@ -30,11 +32,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from m2agent.tools.sandbox import notify
 
-PROTECTED = (".git", ".m2agent")
 _MAX_LINKS = 40
 _AT_FDCWD = -100
 _AT_REMOVEDIR, _AT_SYMLINK_FOLLOW, _AT_EMPTY_PATH = 0x200, 0x400, 0x1000
@@ -48,30 +49,23 @@ class Proceed(Exception):
 
 
 class Broker:
-    """Answers the notifications of one command's listener. `ruled`: (st_dev, st_ino) of the
-    top-level entries that have a layer-2 rule."""
+    """Answers the notifications of one command's listener. Folders are known by (st_dev,
+    st_ino): `ruled`, the entries layer 2 grants; `guarded`, the folders no rule covers, each
+    with the names never touched in it; `protected`, the folders never acted in."""
 
     def __init__(
-        self, workspace: str, ruled: set[_Key], listener: int, hidden: Iterable[str] = ()
+        self,
+        ruled: set[_Key],
+        guarded: dict[_Key, set[str]],
+        protected: set[_Key],
+        listener: int,
     ) -> None:
         self.listener = listener
         notify.wake_synchronously(listener)
-        self.root_fd = os.open(workspace, _PATH | os.O_DIRECTORY)
-        self.root = _key(os.fstat(self.root_fd))
         self.slash = _key(os.stat("/"))
         self.proc_dev = os.stat("/proc").st_dev
-        # Top-level names the broker never touches: .git, .m2agent, and hidden secrets (a
-        # secret renamed at the top level would be readable by the next command).
-        self.names = set(PROTECTED)
-        inside = [os.path.relpath(path, workspace) for path in hidden]
-        self.names |= {p.split("/")[0].casefold() for p in inside if not p.startswith("..")}
-        self.protected: set[_Key] = set()  # folders the broker never acts in
-        for name in self.names:
-            try:
-                info = os.stat(name, dir_fd=self.root_fd, follow_symlinks=False)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            self.protected.add(_key(info))
+        self.guarded = guarded  # folder -> the names (casefolded) never touched in it
+        self.protected = protected
         self.ruled = ruled
         self.where: dict[_Key, str] = {}  # folder -> its class (cleared on rename and rmdir)
         self.performed = 0
@@ -244,20 +238,25 @@ class Broker:
         """Return when the broker must perform the operation; Proceed otherwise."""
         mine = False
         for parent, last in operands:
-            where = self.classify(parent.fd)
-            if where == "protected" or (where == "root" and last.casefold() in self.names):
+            key = _key(os.fstat(parent.fd))
+            names = self.guarded.get(key)
+            if names is not None:  # the workspace folder, or a folder holding a secret
+                if last.casefold() in names:
+                    raise Proceed
+                mine = True
+                continue
+            where = self.classify(key, parent.fd)
+            if where == "protected":
                 raise Proceed
-            mine = mine or where in ("root", "new")
+            mine = mine or where == "new"
         if not mine:
             raise Proceed
         thread.confirm()
 
-    def classify(self, folder: int) -> str:
-        """'root' (the workspace folder), 'new' (inside a top-level entry without a layer-2
-        rule), 'ruled' (inside one with), 'protected' (inside .git/.m2agent) or 'outside'."""
-        key = _key(os.fstat(folder))
-        if key == self.root:
-            return "root"
+    def classify(self, key: _Key, folder: int) -> str:
+        """Where a folder that is not guarded lies, by walking `..`: 'protected' (in .git,
+        .m2agent or a hidden folder), 'ruled' (beneath an entry layer 2 grants), 'new' (beneath
+        a guarded folder but no rule: made or moved there during the command) or 'outside'."""
         if key in self.where:
             return self.where[key]
         chain: list[_Key] = []
@@ -266,21 +265,22 @@ class Broker:
             while True:
                 if key in self.protected:
                     found = "protected"
-                    break
-                if key == self.root:
-                    found = "ruled" if chain[-1] in self.ruled else "new"
-                    break
-                if key == self.slash or key in chain or len(chain) > 4096:
+                elif key in self.ruled:
+                    found = "ruled"
+                elif key in self.guarded:
+                    found = "new"
+                elif key == self.slash or key in chain or len(chain) > 4096:
                     found = "outside"
-                    break
-                chain.append(key)
-                up = os.open("..", _PATH, dir_fd=current)
-                os.close(current)
-                current = up
-                key = _key(os.fstat(current))
-                if key in self.where:
+                else:
+                    chain.append(key)
+                    up = os.open("..", _PATH, dir_fd=current)
+                    os.close(current)
+                    current = up
+                    key = _key(os.fstat(current))
+                    if key not in self.where:
+                        continue
                     found = self.where[key]
-                    break
+                break
         finally:
             os.close(current)
         for member in chain:

@@ -108,22 +108,54 @@ def parse(argv: list[str]) -> tuple[dict[str, object], list[str]]:
     return found, command
 
 
-def top_level(workspace: str) -> tuple[list[int], set[tuple[int, int]]]:
-    """O_PATH descriptors of the top-level entries the command may write beneath (layer 2):
-    every child of the workspace but the protected ones and symlinks (a rule on a link would
-    grant its target, possibly outside); and their (st_dev, st_ino), for the broker."""
-    fds, keys = [], set()
-    for entry in os.scandir(workspace):
-        if entry.name in PROTECTED or entry.is_symlink():
-            continue
+class Layout:
+    """What the command may write beneath (Landlock layer 2) and what the broker guards:
+    `granted`, O_PATH descriptors of the entries granted whole (every child of the workspace
+    but .git, .m2agent and symlinks, whose rule would grant their target; split around hidden
+    secrets as layer 1 is); `ruled`, their (st_dev, st_ino); `guarded`, the folders no rule
+    covers (the workspace, the ancestors of hidden secrets) with the names in each that the
+    broker never touches; `protected`, the folders it never acts in (.git, .m2agent, hidden
+    folders)."""
+
+    def __init__(self, workspace: str, hidden: list[str]) -> None:
+        self.granted: list[int] = []
+        self.ruled: set[tuple[int, int]] = set()
+        self.guarded: dict[tuple[int, int], set[str]] = {}
+        self.protected: set[tuple[int, int]] = set()
+        hidden = [os.path.realpath(p) for p in hidden]
+        inside = [p for p in hidden if p.startswith(workspace + "/")]
+        children = []
+        for entry in os.scandir(workspace):
+            if entry.name in PROTECTED:
+                self._protect(entry.path)
+            elif not entry.is_symlink():
+                children.append(entry.path)
+        whole, split = landlock.split_around(children, inside)
+        for path in whole:
+            try:
+                fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            info = os.fstat(fd)
+            self.granted.append(fd)
+            self.ruled.add((info.st_dev, info.st_ino))
+        for folder in [workspace, *split]:
+            info = os.stat(folder, follow_symlinks=False)
+            self.guarded[(info.st_dev, info.st_ino)] = {name.casefold() for name in PROTECTED}
+        for path in [*inside, *split]:  # a secret, or a folder holding one: never moved
+            parent = os.stat(os.path.dirname(path), follow_symlinks=False)
+            names = self.guarded.get((parent.st_dev, parent.st_ino))
+            if names is not None:
+                names.add(os.path.basename(path).casefold())
+        for path in inside:
+            self._protect(path)
+
+    def _protect(self, path: str) -> None:
         try:
-            fd = os.open(entry.path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        info = os.fstat(fd)
-        fds.append(fd)
-        keys.add((info.st_dev, info.st_ino))
-    return fds, keys
+            info = os.stat(path, follow_symlinks=False)
+        except OSError:
+            return
+        self.protected.add((info.st_dev, info.st_ino))
 
 
 def confine(found: dict[str, object]) -> None:
@@ -210,7 +242,7 @@ def supervise(found: dict[str, object], command: list[str]) -> int:
     when it ends (or we are told to stop), kill what is left."""
     workspace = os.path.realpath(str(found["workspace"]))
     privileges.become_subreaper()
-    granted, ruled = top_level(workspace)
+    layout = Layout(workspace, [str(p) for p in found["hide"]])  # type: ignore[attr-defined]
     wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_write)
     signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
@@ -226,15 +258,14 @@ def supervise(found: dict[str, object], command: list[str]) -> int:
         import _socket
 
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
-    child = start(command, str(found["cwd"]), granted, str(found["tmp"]), theirs)
-    for fd in granted:
+    child = start(command, str(found["cwd"]), layout.granted, str(found["tmp"]), theirs)
+    for fd in layout.granted:
         os.close(fd)
     listener = None
     if ours is not None and theirs is not None:
         theirs.close()
         listener = _receive_listener(ours)
-    hidden = [str(p) for p in found["hide"]]  # type: ignore[attr-defined]
-    return _wait(child, wake_read, listener, workspace, ruled, hidden)
+    return _wait(child, wake_read, listener, workspace, layout)
 
 
 def _broker_supported() -> bool:
@@ -248,8 +279,7 @@ def _wait(
     wake: int,
     listener: int | None,
     workspace: str,
-    ruled: set[tuple[int, int]],
-    hidden: list[str],
+    layout: Layout,
 ) -> int:
     import select
 
@@ -268,7 +298,7 @@ def _wait(
                 if broker is None:  # loaded on the first notification: most commands send none
                     from m2agent.tools.sandbox.broker import Broker
 
-                    broker = Broker(workspace, ruled, listener, hidden)
+                    broker = Broker(layout.ruled, layout.guarded, layout.protected, listener)
                 try:
                     broker.handle()
                 except OSError as e:  # the listener itself failed: the kernel answers ENOSYS

@@ -239,3 +239,21 @@ def test_a_hidden_secret_cannot_be_renamed_into_view(attacker: Attacker) -> None
     )
     assert "hunter2" not in first.output + second.output, (first.output, second.output)
     assert secret.read_text() == "TOKEN=hunter2\n"
+
+
+def test_a_nested_secret_stays_hidden_and_its_folder_stays_usable(attacker: Attacker) -> None:
+    conf = attacker.workspace / "conf"
+    conf.mkdir()
+    (conf / "secret.key").write_text("hunter2\n")
+    (conf / "other").write_text("o\n")
+    _own(attacker, conf, conf / "secret.key", conf / "other")
+    first, second = attacker.run(
+        "mv conf/secret.key conf/x; ln conf/secret.key conf/l; mv conf moved; "
+        "touch conf/new && rm conf/other && mkdir conf/sub && echo ok; ls -A conf",
+        "cat conf/x conf/l moved/secret.key conf/secret.key; ls -A . conf",
+        deny_read=[str(conf / "secret.key")],
+    )
+    assert "hunter2" not in first.output + second.output, (first.output, second.output)
+    assert "ok" in first.output.split(), first.output
+    assert (conf / "secret.key").read_text() == "hunter2\n"
+    assert sorted(os.listdir(conf)) == ["new", "secret.key", "sub"]
