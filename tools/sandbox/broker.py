@@ -238,7 +238,10 @@ class Broker:
         """Return when the broker must perform the operation; Proceed otherwise."""
         mine = False
         for parent, last in operands:
-            key = _key(os.fstat(parent.fd))
+            info = os.fstat(parent.fd)
+            if info.st_dev == self.proc_dev:
+                raise Proceed  # magic links: only the kernel follows them right
+            key = _key(info)
             names = self.guarded.get(key)
             if names is not None:  # the workspace folder, or a folder holding a secret
                 if last.casefold() in names:
@@ -285,6 +288,7 @@ class Broker:
             os.close(current)
         for member in chain:
             self.where[member] = found
+        self.where[key] = found
         return found
 
     # -- resolving
@@ -317,16 +321,17 @@ class Broker:
             while True:
                 part = pending.pop()
                 if not pending and part != ".." and (not follow or not _is_link(part, current)):
-                    if os.fstat(current).st_dev == self.proc_dev:
-                        raise Proceed
                     if trailing and _is_link(part, current):
                         raise Proceed  # the kernel follows it: let it judge
                     found, current = current, -1
-                    return _Fd(found), part
-                step = os.open(part, _PATH | os.O_NOFOLLOW, dir_fd=current)
-                info = os.fstat(step)
-                if stat.S_ISLNK(info.st_mode):
-                    os.close(step)
+                    return _Fd(found), part  # (the caller checks it is not in /proc)
+                try:  # a folder (the common case) in one call; anything else is looked at
+                    step = os.open(part, _PATH | os.O_NOFOLLOW | os.O_DIRECTORY, dir_fd=current)
+                except NotADirectoryError:
+                    step = -1
+                if step < 0:
+                    if not _is_link(part, current):
+                        raise Proceed  # ENOTDIR: the kernel says so
                     links += 1
                     if links > _MAX_LINKS:
                         raise Proceed
@@ -341,9 +346,6 @@ class Broker:
                         raise Proceed  # a final link to a folder: not a name to create
                     pending += more
                     continue
-                if not stat.S_ISDIR(info.st_mode) or info.st_dev == self.proc_dev:
-                    os.close(step)
-                    raise Proceed
                 os.close(current)
                 current = step
                 if not pending:
@@ -427,14 +429,7 @@ class _Thread:
         where = "cwd" if dirfd == _AT_FDCWD else f"fd/{dirfd}"
         if dirfd != _AT_FDCWD and dirfd < 0:
             raise Proceed
-        fd = os.open(f"/proc/{self.pid}/{where}", _PATH)
-        try:
-            if not stat.S_ISDIR(os.fstat(fd).st_mode):
-                raise Proceed
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return os.open(f"/proc/{self.pid}/{where}", _PATH | os.O_DIRECTORY)
 
     def umask(self) -> int:
         with open(f"/proc/{self.pid}/status", "rb") as status:
