@@ -187,21 +187,21 @@ def start(command: list[str], cwd: str, granted: list[int], tmp: str, channel: o
     child = os.fork()
     if child:
         return child
-    code = 126
+    code, what = 127, cwd
     try:
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)  # Python ignores the first two
         os.chdir(cwd)
+        code, what = 126, "cannot confine the command"
         landlock.restrict_writes(granted, [tmp])
         for fd in granted:
             os.close(fd)
         if channel is not None:
             _hand_over(channel)
-        code = 127
+        code, what = 127, command[0]
         os.execvp(command[0], command)
     except OSError as e:
-        what = command[0] if code == 127 else "cannot confine the command"
         print(f"m2agent sandbox: {what}: {e.strerror or e}", file=sys.stderr)
     os._exit(code)
 
