@@ -140,7 +140,7 @@ def protections_check(settings: Settings, workspace: Path) -> Check:
         else:
             missing.append(
                 "top-level workspace entries cannot be created or removed (the broker needs "
-                "Linux >= 5.14 on x86_64 or aarch64)"
+                "Linux >= 5.14 on x86_64 or aarch64 and kernel.yama.ptrace_scope below 2)"
             )
         if os.geteuid() == 0:
             missing.append("as root, root-owned files outside can be chmod'ed (Landlock)")

@@ -47,7 +47,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def supported() -> bool:
-    """Whether this kernel and machine have everything the broker needs (5.14+)."""
+    """Whether this kernel and machine have everything the broker needs: Linux 5.14+, and
+    the right to read its own descendants' memory (Yama's ptrace_scope below 2)."""
     uname = os.uname()
     if uname.sysname != "Linux" or uname.machine not in SYSCALLS:
         return False
@@ -55,6 +56,12 @@ def supported() -> bool:
         major, minor = (int(part) for part in uname.release.split(".")[:2])
     except ValueError:
         return False
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope", "rb") as scope:
+            if int(scope.read()) >= 2:
+                return False
+    except (OSError, ValueError):
+        pass  # no Yama
     return (major, minor) >= (5, 14)
 
 
