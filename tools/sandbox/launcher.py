@@ -141,7 +141,9 @@ class Layout:
             self.ruled.add((info.st_dev, info.st_ino))
         for folder in [workspace, *split]:
             info = os.stat(folder, follow_symlinks=False)
-            self.guarded[(info.st_dev, info.st_ino)] = {name.casefold() for name in PROTECTED}
+            self.guarded[(info.st_dev, info.st_ino)] = set()
+        top = os.stat(workspace)
+        self.guarded[(top.st_dev, top.st_ino)].update(name.casefold() for name in PROTECTED)
         for path in [*inside, *split]:  # a secret, or a folder holding one: never moved
             parent = os.stat(os.path.dirname(path), follow_symlinks=False)
             names = self.guarded.get((parent.st_dev, parent.st_ino))
