@@ -260,3 +260,41 @@ def test_a_nested_secret_stays_hidden_and_its_folder_stays_usable(attacker: Atta
     assert "ok" in first.output.split(), first.output
     assert (conf / "secret.key").read_text() == "hunter2\n"
     assert sorted(os.listdir(conf)) == ["new", "secret.key", "sub"]
+
+
+FALLBACK_SCRIPT = """
+import ctypes, struct, subprocess, sys
+from m2agent.tools.sandbox import launcher, notify
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # no_new_privs
+# A filter that allows everything but holds a listener: the kernel allows one listener per
+# process, so the launcher's command cannot install the broker's and must do without it.
+notify.install_listener(struct.pack("HBBI", 0x06, 0, 0, 0x7FFF0000))
+workspace, tmp = sys.argv[1], sys.argv[2]
+argv = [sys.executable, "-I", "-S", launcher.script_path(), "--workspace", workspace,
+        "--tmp", tmp, "--cwd", workspace, "--", "/bin/bash", "-c",
+        "echo changed > README.md && cat README.md; touch new; echo $?"]
+done = subprocess.run(argv, capture_output=True, text=True, cwd="/")
+print(done.returncode, done.stdout, done.stderr)
+"""
+
+
+def test_without_the_broker_the_top_level_stays_closed(public: Path) -> None:
+    """Where the broker cannot run, the command still runs, with layer 2 alone: existing
+    top-level entries writable, nothing created at the top level (the old behaviour)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from harness import make_attacker
+
+    attacker = make_attacker("landlock", "root", public)
+    tmp = tempfile.mkdtemp(dir=public)
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", FALLBACK_SCRIPT, str(attacker.workspace), tmp],
+        capture_output=True, text=True, timeout=60, cwd="/",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[:3] == ["0", "changed", "1"], done.stdout
+    assert "Permission denied" in done.stdout, done.stdout
+    assert not (attacker.workspace / "new").exists()
