@@ -121,7 +121,9 @@ def protections_check(settings: Settings, workspace: Path) -> Check:
     ]
     missing = []
     if seccomp.supported():
-        active.append("seccomp: no 32-bit/x32 syscalls, raw or netlink sockets, io_uring, setuid")
+        active.append(
+            "seccomp: no 32-bit/x32 syscalls, raw or netlink sockets, io_uring, setuid files"
+        )
     else:
         missing.append("no seccomp filter for this machine")
     if backend == "bwrap":

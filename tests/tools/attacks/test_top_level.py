@@ -218,15 +218,38 @@ def test_a_racing_thread_cannot_flip_the_path(attacker: Attacker) -> None:
     assert counts[0] == "opened" and int(counts[1]) > 0, result.output  # the race did run
 
 
-def test_the_broker_creates_no_setuid_file(attacker: Attacker) -> None:
-    if attacker.backend != "landlock":
-        pytest.skip("only the Landlock backend has a broker")
+def test_no_command_creates_a_setuid_file(attacker: Attacker) -> None:
+    """Not with chmod (test_escape.py), nor by creating it so: open/openat with O_CREAT,
+    creat, mknod, openat2 (whose mode the filter cannot read: ENOSYS), at the top level (the
+    broker) or in an existing folder (the kernel)."""
+    (attacker.workspace / "sub").mkdir()
+    _own(attacker, attacker.workspace / "sub")
     result = attacker.one(
-        "python3 -c 'import os; os.close(os.open(\"suid\", os.O_CREAT | os.O_WRONLY, 0o6755))'"
-        " && mkfifo -m 4755 fifo; stat -c '%a %n' suid fifo"
+        _python(
+            """
+            import ctypes, os, stat, struct
+            libc = ctypes.CDLL(None, use_errno=True)
+            for path in ("suid", "sub/suid"):
+                for mode in (0o4755, 0o2755):
+                    for how in ("open", "creat", "mknod"):
+                        name = f"{path}-{how}-{mode:o}"
+                        if how == "open":
+                            r = libc.open(name.encode(), os.O_CREAT | os.O_WRONLY, mode)
+                        elif how == "creat":
+                            r = libc.creat(name.encode(), mode)
+                        else:
+                            r = libc.mknod(name.encode(), stat.S_IFREG | mode, 0)
+                        print(name, r if r < 0 else "made", ctypes.get_errno())
+            how = struct.pack("QQQ", os.O_CREAT | os.O_WRONLY, 0o4755, 0)
+            r = libc.syscall(437, -100, b"suid-openat2", how, len(how))
+            print("openat2", r, ctypes.get_errno())
+            """
+        )
+        + "ls -l . sub"
     )
-    assert "755 suid" in result.output and "6755" not in result.output, result.output
-    assert not (attacker.workspace / "suid").stat().st_mode & 0o6000
+    found = [p for p in attacker.workspace.rglob("*suid*") if p.stat().st_mode & 0o6000]
+    assert not found, result.output
+    assert "openat2 -1 38" in result.output, result.output
 
 
 def test_a_hidden_secret_cannot_be_renamed_into_view(attacker: Attacker) -> None:
