@@ -94,15 +94,7 @@ class Broker:
     # -- one method per kind of syscall; each raises Proceed unless the broker acts
 
     def _open(self, thread: _Thread, a: list[int], name: str) -> None:
-        if name == "openat2":
-            if a[3] < 24 or a[3] > 4096:
-                raise Proceed
-            how = thread.read(a[2], a[3])
-            flags, mode, resolve = _u64s(how)
-            if resolve or any(how[24:]) or flags >> 32:
-                raise Proceed
-            dirfd, addr = a[0], a[1]
-        elif name == "creat":
+        if name == "creat":
             dirfd, addr, flags, mode = _AT_FDCWD, a[0], os.O_CREAT | os.O_WRONLY | os.O_TRUNC, a[1]
         elif name == "open":
             dirfd, addr, flags, mode = _AT_FDCWD, a[0], a[1], a[2]
@@ -396,18 +388,6 @@ class _Thread:
         if not notify.still_pending(self.broker.listener, self.id):
             raise Proceed
 
-    def read(self, addr: int, size: int) -> bytes:
-        if size <= 0:
-            return b""
-        if size > 4096:
-            raise Proceed
-        if self.mem < 0:
-            self.mem = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-        data = os.pread(self.mem, size, addr)
-        if len(data) != size:
-            raise Proceed
-        return data
-
     def string(self, addr: int) -> str:
         """A NUL-terminated path, read a page at a time (the next page may be unmapped)."""
         if self.mem < 0:
@@ -459,14 +439,6 @@ def _signed64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def _u64s(data: bytes) -> tuple[int, int, int]:
-    return (
-        int.from_bytes(data[0:8], "little"),
-        int.from_bytes(data[8:16], "little"),
-        int.from_bytes(data[16:24], "little"),
-    )
-
-
 def _renameat2(olddir: int, old: str, newdir: int, new: str, flags: int) -> None:
     if not flags:
         os.rename(old, new, src_dir_fd=olddir, dst_dir_fd=newdir)
@@ -480,7 +452,7 @@ def _renameat2(olddir: int, old: str, newdir: int, new: str, flags: int) -> None
 
 
 _METHODS = {
-    "open": "_open", "openat": "_open", "creat": "_open", "openat2": "_open",
+    "open": "_open", "openat": "_open", "creat": "_open",
     "mkdir": "_mkdir", "mkdirat": "_mkdir", "mknod": "_mknod", "mknodat": "_mknod",
     "unlink": "_unlink", "unlinkat": "_unlink", "rmdir": "_unlink",
     "rename": "_rename", "renameat": "_rename", "renameat2": "_rename",
