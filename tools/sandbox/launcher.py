@@ -2,12 +2,16 @@
 with `/` as its working directory, so that nothing in the workspace (an `m2agent/` package,
 `sitecustomize.py`, `.pth` files, PYTHON* variables) is ever imported by it.
 
-It applies resource limits, Landlock (writes, hidden secrets, TCP, signals, abstract sockets),
-drops every capability and loads the seccomp filter, all to itself; then, as a child
-subreaper, starts CMD in the requested folder and waits. When CMD ends, or on SIGTERM/SIGINT
-(the timeout), or when its parent dies, it kills every descendant left (background jobs,
-setsid'd and double-forked children, fork bombs) before exiting with CMD's status. Exits 126
-with the reason when the sandbox cannot be applied: the command never runs unconfined.
+It applies resource limits, Landlock layer 1 (write in the workspace and the temp folder,
+hidden secrets, TCP, signals, abstract sockets), drops every capability, becomes
+non-dumpable and loads the seccomp filter, all to itself; then, as a child subreaper, starts
+CMD in the requested folder under Landlock layer 2 (`Layout`: no write to the workspace
+folder itself, `.git`, `.m2agent`, nor folders holding secrets) and, on Linux >= 5.14, the
+broker's seccomp filter, whose notifications it answers while it waits (`broker.py`: the
+top-level changes layer 2 refuses). When CMD ends, or on SIGTERM/SIGINT (the timeout), or
+when its parent dies, it kills every descendant left (background jobs, setsid'd and
+double-forked children, fork bombs) before exiting with CMD's status. Exits 126 with the
+reason when the sandbox cannot be applied: the command never runs unconfined.
 
 It runs before every command, so it imports as little as it can (no pathlib, json, argparse,
 dataclasses or typing: each costs milliseconds). Its options (no secrets: they show in `ps`):
