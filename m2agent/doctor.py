@@ -103,7 +103,7 @@ def _sandbox(settings: Settings) -> Check:
 
 def protections_check(settings: Settings, workspace: Path) -> Check:
     """Which of the sandbox's protections are in force here, in words."""
-    from m2agent.tools.sandbox import bwrap, landlock, seccomp
+    from m2agent.tools.sandbox import bwrap, landlock, notify, seccomp
 
     if settings.sandbox == "off":
         return Check("protections", True, "none: the sandbox is off", needed=False)
@@ -121,7 +121,9 @@ def protections_check(settings: Settings, workspace: Path) -> Check:
     ]
     missing = []
     if seccomp.supported():
-        active.append("seccomp: no 32-bit/x32 syscalls, raw or netlink sockets, io_uring, setuid")
+        active.append(
+            "seccomp: no 32-bit/x32 syscalls, raw or netlink sockets, io_uring, setuid files"
+        )
     else:
         missing.append("no seccomp filter for this machine")
     if backend == "bwrap":
@@ -132,7 +134,16 @@ def protections_check(settings: Settings, workspace: Path) -> Check:
             active.append("signals and abstract unix sockets scoped to the sandbox")
         else:
             missing.append("Landlock ABI < 6: host processes can be signalled")
-        missing.append("new top-level workspace entries cannot be created (Landlock)")
+        if notify.supported():
+            active.append(
+                "top level of the workspace as under bubblewrap (broker: seccomp user "
+                "notification); .git/.m2agent never created, removed or renamed"
+            )
+        else:
+            missing.append(
+                "top-level workspace entries cannot be created or removed (the broker needs "
+                "Linux >= 5.14 on x86_64 or aarch64 and kernel.yama.ptrace_scope below 2)"
+            )
         if os.geteuid() == 0:
             missing.append("as root, root-owned files outside can be chmod'ed (Landlock)")
     if os.geteuid() == 0:

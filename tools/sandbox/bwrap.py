@@ -41,6 +41,13 @@ def bwrap_argv(
     for path in policy.read_only_paths:
         if path.exists():
             argv += ["--ro-bind", str(path), str(path)]
+    pinned: list[Path] = []  # a mount point cannot be renamed: nor can what holds a secret
+    for path in policy.hidden:
+        for folder in reversed(path.parents):
+            inside = folder.is_relative_to(policy.workspace) and folder != policy.workspace
+            if inside and folder not in pinned and folder.is_dir() and not folder.is_symlink():
+                pinned.append(folder)
+                argv += ["--bind", str(folder), str(folder)]
     for path in policy.hidden:
         private = path.is_relative_to("/tmp") or path.is_relative_to("/run")
         if private and not path.is_relative_to(policy.workspace):

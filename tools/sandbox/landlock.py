@@ -1,13 +1,17 @@
 """Landlock, for the fallback backend on machines where namespaces are blocked (Docker's default
-profile, GitHub runners): applied by the launcher (`launcher.py`) to itself before it starts
-the command, together with the seccomp filter and dropped privileges.
+profile, GitHub runners): applied by the launcher (`launcher.py`) in two layers, together with
+the seccomp filter and dropped privileges.
 
-Landlock rules only add rights. So the workspace's `.git` and `.m2agent` stay read-only by
-granting write access to every *other* child of the workspace (and to a private temp folder),
-never to the workspace folder itself: a command can change files in existing folders and
-top-level files, but cannot create or delete top-level entries. Secrets are hidden the same
-way: read access goes to everything around them (`split_around`). Network: Landlock (ABI >= 4)
-denies TCP bind/connect; ABI >= 6 also scopes abstract unix sockets and signals to the sandbox.
+Landlock rules only add rights, for whole hierarchies, so no rule can give the workspace folder
+itself without giving `.git` and `.m2agent` too. Layer 1 (`restrict`, the launcher and so
+everything it starts): read anywhere but hidden secrets, write beneath the workspace and a
+private temp folder. Layer 2 (`restrict_writes`, the command only): write beneath each *other*
+existing child of the workspace and the temp folder, never the workspace folder itself. What
+layer 2 refuses at the top level (creating, removing, renaming top-level entries) the broker
+(`broker.py`), which has only layer 1, does for the command when it is safe. Secrets are hidden
+by granting read access to everything around them (`split_around`). Network: Landlock (ABI >= 4)
+denies TCP bind/connect; ABI >= 6 also scopes abstract unix sockets and signals to the sandbox
+(so a command cannot signal the launcher either: it is outside the command's layer).
 Linux only; plain ctypes, stdlib only (the launcher loads it without site-packages).
 """
 
@@ -42,6 +46,8 @@ _READ = (1 << 0) | (1 << 2) | (1 << 3)  # execute, read file, read dir
 _LIST = 1 << 3  # read dir only: the ancestors of hidden paths
 _CONTENTS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 14) | (1 << 15)  # execute, read/write file...
 _FILE_ONLY = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 14) | (1 << 15)
+_WRITES = ((1 << 15) - 1) & ~_READ  # write, remove, make, refer, truncate
+_DEVICES = ("/dev/null", "/dev/zero", "/dev/tty", "/dev/urandom", "/dev/random")
 _NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1
 _SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1 << 0, 1 << 1
 
@@ -79,9 +85,7 @@ def restrict(writable: Iterable[str], hidden: Iterable[str] = (), *, allow_netwo
         attr = struct.pack("QQ", handled, net)
     else:
         attr = struct.pack("Q", handled)
-    ruleset = _libc.syscall(_SYSCALLS["create"], attr, ctypes.c_size_t(len(attr)), 0)
-    if ruleset < 0:
-        _raise("landlock_create_ruleset")
+    ruleset = _create(attr)
     try:
         hidden = list(hidden)
         readable, listable = split_around(["/"], hidden)
@@ -94,15 +98,50 @@ def restrict(writable: Iterable[str], hidden: Iterable[str] = (), *, allow_netwo
             _add_path(ruleset, path, handled & ~_CONTENTS)
         for path in granted:
             _add_path(ruleset, path, handled)
-        for device in ("/dev/null", "/dev/zero", "/dev/tty", "/dev/urandom", "/dev/random"):
-            if os.path.exists(device):
-                _add_path(ruleset, device, ((1 << 1) | (1 << 2)) & handled)
-        if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-            _raise("prctl(NO_NEW_PRIVS)")
-        if _libc.syscall(_SYSCALLS["restrict"], ruleset, 0) != 0:
-            _raise("landlock_restrict_self")
+        for device in _DEVICES:
+            _add_path(ruleset, device, ((1 << 1) | (1 << 2)) & handled)
+        _enforce(ruleset)
     finally:
         os.close(ruleset)
+
+
+def restrict_writes(granted: Iterable[int], writable: Iterable[str]) -> None:
+    """Add a layer that handles only the rights that change the filesystem (reading stays as
+    the layers below allow): grant them beneath each of the `granted` descriptors (O_PATH, the
+    caller keeps them) and each `writable` path, and writing the usual devices. Irreversible."""
+    abi = abi_version()
+    if abi < 1:
+        raise LandlockError(errno.ENOSYS, "Landlock is not available in this kernel")
+    handled = 0
+    for version, _, bit in _FS_RIGHTS:
+        if version <= abi:
+            handled |= bit
+    handled &= _WRITES
+    ruleset = _create(struct.pack("Q", handled))
+    try:
+        for fd in granted:
+            _add_fd(ruleset, fd, handled, "a workspace entry")
+        for path in writable:
+            _add_path(ruleset, path, handled)
+        for device in _DEVICES:
+            _add_path(ruleset, device, (1 << 1) & handled)
+        _enforce(ruleset)
+    finally:
+        os.close(ruleset)
+
+
+def _create(attr: bytes) -> int:
+    ruleset = _libc.syscall(_SYSCALLS["create"], attr, ctypes.c_size_t(len(attr)), 0)
+    if ruleset < 0:
+        _raise("landlock_create_ruleset")
+    return int(ruleset)
+
+
+def _enforce(ruleset: int) -> None:
+    if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        _raise("prctl(NO_NEW_PRIVS)")
+    if _libc.syscall(_SYSCALLS["restrict"], ruleset, 0) != 0:
+        _raise("landlock_restrict_self")
 
 
 def split_around(roots: Iterable[str], hidden: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -144,13 +183,17 @@ def _add_path(ruleset: int, path: str, rights: int) -> None:
     except FileNotFoundError:
         return  # gone since it was listed
     try:
-        if not stat.S_ISDIR(os.fstat(fd).st_mode):
-            rights &= _FILE_ONLY
-        rule = struct.pack("=Qi", rights, fd)  # struct landlock_path_beneath_attr (packed)
-        if _libc.syscall(_SYSCALLS["add"], ruleset, _RULE_PATH_BENEATH, rule, 0) != 0:
-            _raise(f"landlock_add_rule({path})")
+        _add_fd(ruleset, fd, rights, path)
     finally:
         os.close(fd)
+
+
+def _add_fd(ruleset: int, fd: int, rights: int, what: str) -> None:
+    if not stat.S_ISDIR(os.fstat(fd).st_mode):
+        rights &= _FILE_ONLY
+    rule = struct.pack("=Qi", rights, fd)  # struct landlock_path_beneath_attr (packed)
+    if _libc.syscall(_SYSCALLS["add"], ruleset, _RULE_PATH_BENEATH, rule, 0) != 0:
+        _raise(f"landlock_add_rule({what})")
 
 
 def _raise(what: str) -> None:

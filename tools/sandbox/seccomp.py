@@ -10,8 +10,10 @@ What it refuses (EACCES, the process keeps running):
 - `socket()` of AF_UNIX when asked (the Landlock backend with the network off: Landlock cannot
   tell a socket in the workspace from /run/docker.sock; `socketpair()` keeps working);
 - `io_uring_setup` (io_uring opens sockets without the `socket()` syscall);
-- chmod to a setuid or setgid mode (no command may leave a setuid program behind: as root on
-  the Landlock backend it could otherwise make any program it can reach setuid-root).
+- chmod to a setuid or setgid mode, and creating a file with one (open/openat with O_CREAT,
+  creat, mknod): no command may leave a setuid program behind (as root it could otherwise
+  make a setuid-root program for any user of the host); `openat2`, whose mode the filter
+  cannot read, fails with ENOSYS, as on kernels before 5.6 (callers fall back to openat).
 Stdlib only: the launcher loads it without site-packages.
 """
 
@@ -34,11 +36,20 @@ _CHMODS = {
     "x86_64": ((90, 1), (91, 1), (268, 2), (452, 2)),
     "aarch64": ((52, 1), (53, 2), (452, 2)),
 }
+# machine -> (syscall nr, index of its flags argument or None: always creates, index of its
+# mode argument): the calls that create a file with a mode (open, openat, creat, mknod(at))
+_CREATES = {
+    "x86_64": ((2, 1, 2), (257, 2, 3), (85, None, 1), (133, None, 1), (259, None, 2)),
+    "aarch64": ((56, 2, 3), (33, None, 2)),
+}
+_CREATE_FLAGS = 0o100 | 0o20000000  # O_CREAT | __O_TMPFILE (same on both machines)
+_OPENAT2 = 437  # its mode lies in a struct the filter cannot read: ENOSYS (callers fall back)
 _SETID = 0o6000  # S_ISUID | S_ISGID
 _PR_SET_NO_NEW_PRIVS, _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 38, 22, 2
 _LD, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06  # LD|W|ABS, JMP|JEQ/JGE/JSET|K, RET|K
 _ALLOW = 0x7FFF0000
 _DENY = 0x00050000 | errno.EACCES  # SECCOMP_RET_ERRNO | EACCES
+_NOSYS = 0x00050000 | errno.ENOSYS
 
 
 class SeccompError(OSError):
@@ -79,6 +90,23 @@ def program(families: tuple[int, ...], machine: str | None = None) -> bytes:
             op(_RET, 0, 0, _DENY),
             op(_RET, 0, 0, _ALLOW),
         ]
+    for nr, flags, mode in _CREATES[machine]:
+        test_mode = [
+            op(_LD, 0, 0, 16 + 8 * mode),
+            op(_JSET, 0, 1, _SETID),
+            op(_RET, 0, 0, _DENY),
+            op(_RET, 0, 0, _ALLOW),
+        ]
+        if flags is None:
+            deny_setid += [op(_JEQ, 0, 4, nr), *test_mode]
+        else:  # only when it creates: then the mode counts
+            deny_setid += [
+                op(_JEQ, 0, 6, nr),
+                op(_LD, 0, 0, 16 + 8 * flags),
+                op(_JSET, 0, 3, _CREATE_FLAGS),
+                *test_mode,
+            ]
+    deny_setid += [op(_JEQ, 0, 1, _OPENAT2), op(_RET, 0, 0, _NOSYS)]
     body = [
         op(_LD, 0, 0, 4),  # seccomp_data.arch
         op(_JEQ, 1, 0, arch),

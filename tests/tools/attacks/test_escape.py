@@ -354,3 +354,7 @@ def test_doctor_reports_the_active_protections(tmp_path: Path) -> None:
     assert "protections:" in text and "secret paths hidden" in text
     if landlock.abi_version() >= 6:
         assert "signals and abstract unix sockets scoped" in text
+    from m2agent.tools.sandbox import notify
+
+    top_level = "top level of the workspace as under bubblewrap"
+    assert (top_level in text) == notify.supported(), text
