@@ -2,8 +2,8 @@
 scales, or plain bf16/fp32. Only the experts the batch routes to are read; nothing is
 dequantized into memory (each weight tile is converted in registers, then scaled per block).
 
-Two paths, one pair of kernels (gate/up with SiLU(gate)*up fused, then down with the routing
-weight applied):
+Two paths, one pair of kernels (gate/up, then down with SiLU(gate)*up formed as it is read and
+the routing weight applied):
 
 - per pair (a few tokens, decode): each (token, slot) pair is its own block of one row, so no
   sorting at all; the grid spans pairs x output tiles, enough programs to put every SM on the
@@ -12,9 +12,12 @@ weight applied):
   padded to a multiple of BLOCK_M, so each program multiplies BLOCK_M rows by one tile of one
   expert's weights and every expert's weights are read once per row block.
 
-Both have no host sync (the grouped grid is sized by the worst case and unused blocks exit at
-once), so decode graphs capture them. The K outputs of each token are written per pair and
-summed in a fixed order: graph replay and eager give the same bits.
+When there are too few output tiles to keep every SM streaming, the reduction is split over
+programs (split-K). No launch exists only to add the pieces up: the down kernel sums the
+gate/up pieces as it loads its activations, and its own pieces (one per split and expert pick)
+are returned as `PartialSums` for the next fused residual add + RMSNorm to sum; always in a
+fixed order, so graph replay and eager give the same bits. No host sync anywhere (the grouped
+grid is sized by the worst case and unused blocks exit at once), so decode graphs capture them.
 
 Expert parallelism can pass `expert_map` (global expert id -> local index, -1 where this rank
 does not own the expert): such pairs contribute zero. The readable version is
@@ -30,35 +33,100 @@ import triton
 import triton.language as tl
 
 from m2agent.engine.kernels.occupancy import split_k
+from m2agent.engine.kernels.partial_sums import PartialSums
 from m2agent.engine.kernels.reference import ExpertWeights
+
+
+@dataclass(frozen=True, slots=True)
+class KernelTiles:
+    """One kernel's tile: output features per program, reduction step, warps, pipeline depth,
+    and the split-K target (cut the reduction until this many programs per SM)."""
+
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    programs_per_sm: int = 4
 
 
 @dataclass(frozen=True, slots=True)
 class TileConfig:
     grouped: bool
-    block_m: int
-    block_n: int
-    block_k: int
-    num_warps: int
-    num_stages: int
+    block_m: int  # rows per program (per pair: one row used of BLOCK_M, the MMA's minimum)
+    gate_up: KernelTiles
+    down: KernelTiles
+
+    @classmethod
+    def uniform(
+        cls, grouped: bool, block_m: int, block_n: int, block_k: int, warps: int, stages: int
+    ) -> TileConfig:
+        tiles = KernelTiles(block_n, block_k, warps, stages)
+        return cls(grouped, block_m, tiles, tiles)
 
 
-# Measured on an H200 by `m2agent bench kernels` (M2 shapes; docs/bench/h200-kernels.json):
+# Measured on an H200 (M2 shapes) by scripts/tune_kernels.py (docs/bench/i12/tune-h200.json):
 # per pair up to 4 tokens, then grouped; per number of tokens (upper bound).
 H200_TILES: tuple[tuple[int, TileConfig], ...] = (
-    (4, TileConfig(False, 16, 64, 128, 4, 3)),
-    (64, TileConfig(True, 16, 64, 128, 4, 3)),
-    (256, TileConfig(True, 32, 128, 128, 8, 3)),
-    (1 << 62, TileConfig(True, 64, 128, 128, 8, 3)),
+    (4, TileConfig.uniform(False, 16, 64, 128, 4, 3)),
+    (64, TileConfig.uniform(True, 16, 64, 128, 4, 3)),
+    (256, TileConfig.uniform(True, 32, 128, 128, 8, 3)),
+    (1 << 62, TileConfig.uniform(True, 64, 128, 128, 8, 3)),
 )
 
 
-def pick_tiles(num_tokens: int, block_k_max: int) -> TileConfig:
-    config = next(c for limit, c in H200_TILES if num_tokens <= limit)
-    block_k = min(config.block_k, block_k_max)
-    return TileConfig(
-        config.grouped, config.block_m, config.block_n, block_k, config.num_warps, config.num_stages
+def _fit(tiles: KernelTiles, block_k_max: int) -> KernelTiles:
+    block_k = min(tiles.block_k, block_k_max)
+    return KernelTiles(
+        tiles.block_n, block_k, tiles.num_warps, tiles.num_stages, tiles.programs_per_sm
     )
+
+
+def pick_tiles(num_tokens: int, block_k_max: int) -> TileConfig:
+    c = next(c for limit, c in H200_TILES if num_tokens <= limit)
+    return TileConfig(c.grouped, c.block_m, _fit(c.gate_up, block_k_max), _fit(c.down, block_k_max))
+
+
+@triton.jit
+def _block_rows(block, rows_ptr, num_pairs, BLOCK_M: tl.constexpr, PER_PAIR: tl.constexpr):
+    """This program's rows: (pair index of each, which are real, row in the per-row buffers)."""
+    m = tl.arange(0, BLOCK_M)
+    if PER_PAIR:
+        pair = block + m * 0
+        valid = m == 0
+        row = pair
+    else:
+        pair = tl.load(rows_ptr + block * BLOCK_M + m)
+        valid = pair < num_pairs
+        row = block * BLOCK_M + m
+    return pair, valid, row
+
+
+@triton.jit
+def _scaled_dot(
+    w_base,
+    s_base,
+    n,
+    n_ok,
+    kk,
+    k_ok,
+    k0,
+    a,
+    stride_wn,
+    stride_sn,
+    BR: tl.constexpr,
+    BC: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Weight rows `n` x columns `kk` (one scale block wide) times `a` [BLOCK_K, BLOCK_M],
+    scaled by the rows' block scales: [BLOCK_N, BLOCK_M] fp32."""
+    w_mask = n_ok[:, None] & k_ok[None, :]
+    w = tl.load(w_base + n[:, None] * stride_wn + kk[None, :], mask=w_mask, other=0.0)
+    p = tl.dot(w.to(a.dtype), a, input_precision=PRECISION)
+    if HAS_SCALE:
+        s = tl.load(s_base + (n // BR) * stride_sn + k0 // BC, mask=n_ok, other=0.0)
+        p = p * s[:, None]
+    return p
 
 
 @triton.jit
@@ -95,15 +163,7 @@ def _gate_up_kernel(
     expert = tl.load(expert_ptr + block)
     if expert < 0:
         return
-    m = tl.arange(0, BLOCK_M)
-    if PER_PAIR:
-        pair = block + m * 0
-        valid = m == 0
-        out_row = pair
-    else:
-        pair = tl.load(rows_ptr + block * BLOCK_M + m)
-        valid = pair < num_pairs
-        out_row = block * BLOCK_M + m
+    pair, valid, out_row = _block_rows(block, rows_ptr, num_pairs, BLOCK_M, PER_PAIR)
     token = pair // TOP_K
     n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < INTER
@@ -121,22 +181,14 @@ def _gate_up_kernel(
             mask=valid[None, :] & k_ok[:, None],
             other=0.0,
         )  # [BLOCK_K, BLOCK_M]: the rows' activations, transposed
-        w_mask = n_ok[:, None] & k_ok[None, :]
-        w1 = tl.load(w_base + n[:, None] * stride_wn + kk[None, :], mask=w_mask, other=0.0)
-        w3 = tl.load(
-            w_base + (n[:, None] + INTER) * stride_wn + kk[None, :], mask=w_mask, other=0.0
-        )
-        g = tl.dot(w1.to(a.dtype), a, input_precision=PRECISION)
-        u = tl.dot(w3.to(a.dtype), a, input_precision=PRECISION)
-        if HAS_SCALE:
-            kb = k0 // BC
-            s1 = tl.load(s_base + (n // BR) * stride_sn + kb, mask=n_ok, other=0.0)
-            s3 = tl.load(s_base + ((n + INTER) // BR) * stride_sn + kb, mask=n_ok, other=0.0)
-            gate += g * s1[:, None]
-            up += u * s3[:, None]
-        else:
-            gate += g
-            up += u
+        gate += _scaled_dot(
+            w_base, s_base, n, n_ok, kk, k_ok, k0, a, stride_wn, stride_sn,
+            BR, BC, HAS_SCALE, PRECISION,
+        )  # fmt: skip
+        up += _scaled_dot(
+            w_base, s_base, n + INTER, n_ok, kk, k_ok, k0, a, stride_wn, stride_sn,
+            BR, BC, HAS_SCALE, PRECISION,
+        )  # fmt: skip
     mask = n_ok[:, None] & valid[None, :]
     if SPLIT == 1:
         act = gate / (1.0 + tl.exp(-gate)) * up
@@ -152,30 +204,39 @@ def _gate_up_kernel(
 
 
 @triton.jit
-def _silu_mul_kernel(
-    part_ptr,  # [SPLIT, rows, 2I] fp32: gate and up partial sums
-    act_ptr,  # out: [rows, I]
-    rows_total,
+def _load_act(
+    act_ptr,
+    x_ptr,
+    act_row,
+    valid,
+    kk,
+    k_ok,
+    act_rows,
     INTER: tl.constexpr,
-    SPLIT: tl.constexpr,
-    BLOCK: tl.constexpr,
+    GU_SPLIT: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
-    row = tl.program_id(0)
-    i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    ok = i < INTER
-    gate = tl.zeros((BLOCK,), dtype=tl.float32)
-    up = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in tl.static_range(SPLIT):
-        base = part_ptr + (s * rows_total + row).to(tl.int64) * (2 * INTER)
-        gate += tl.load(base + i, mask=ok, other=0.0)
-        up += tl.load(base + INTER + i, mask=ok, other=0.0)
-    act = gate / (1.0 + tl.exp(-gate)) * up
-    tl.store(act_ptr + row.to(tl.int64) * INTER + i, act.to(act_ptr.dtype.element_ty), mask=ok)
+    """The rows' SwiGLU activations at columns kk, [BLOCK_K, BLOCK_M] in x's dtype: stored
+    as such, or (GU_SPLIT > 1) summed from the gate/up kernel's pieces and formed here."""
+    mask = valid[None, :] & k_ok[:, None]
+    if GU_SPLIT == 1:
+        a = tl.load(act_ptr + act_row[None, :] * INTER + kk[:, None], mask=mask, other=0.0)
+    else:
+        gate = tl.zeros((BLOCK_K, BLOCK_M), dtype=tl.float32)
+        up = tl.zeros((BLOCK_K, BLOCK_M), dtype=tl.float32)
+        for s in tl.static_range(GU_SPLIT):
+            base = act_ptr + (s * act_rows + act_row[None, :]).to(tl.int64) * (2 * INTER)
+            gate += tl.load(base + kk[:, None], mask=mask, other=0.0)
+            up += tl.load(base + INTER + kk[:, None], mask=mask, other=0.0)
+        a = (gate / (1.0 + tl.exp(-gate)) * up).to(x_ptr.dtype.element_ty)
+    return a
 
 
 @triton.jit
 def _down_kernel(
-    act_ptr,  # [rows, I]
+    act_ptr,  # [rows, I] in x's dtype, or fp32 [GU_SPLIT, rows, 2I] gate/up pieces
+    x_ptr,  # the MoE input (only its dtype is used)
     w_ptr,  # [E, C, I]
     s_ptr,  # [E, ceil(C/BR), ceil(I/BC)] fp32
     out_ptr,  # out: [SPLIT, num_pairs, C] fp32: each pair's expert output x its routing weight
@@ -183,6 +244,7 @@ def _down_kernel(
     expert_ptr,
     weights_ptr,  # [num_pairs] fp32 routing weights
     num_pairs,
+    act_rows,
     stride_we,
     stride_wn,
     stride_se,
@@ -196,6 +258,7 @@ def _down_kernel(
     BLOCK_K: tl.constexpr,
     SPLIT: tl.constexpr,
     K_PER_SPLIT: tl.constexpr,
+    GU_SPLIT: tl.constexpr,
     PER_PAIR: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -206,15 +269,7 @@ def _down_kernel(
     expert = tl.load(expert_ptr + block)
     if expert < 0:
         return
-    m = tl.arange(0, BLOCK_M)
-    if PER_PAIR:
-        pair = block + m * 0
-        valid = m == 0
-        act_row = pair
-    else:
-        pair = tl.load(rows_ptr + block * BLOCK_M + m)
-        valid = pair < num_pairs
-        act_row = block * BLOCK_M + m
+    pair, valid, act_row = _block_rows(block, rows_ptr, num_pairs, BLOCK_M, PER_PAIR)
     n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < HIDDEN
     k = tl.arange(0, BLOCK_K)
@@ -225,30 +280,17 @@ def _down_kernel(
         k0 = split * K_PER_SPLIT + step
         kk = k0 + k
         k_ok = kk < INTER
-        a = tl.load(
-            act_ptr + act_row[None, :] * INTER + kk[:, None],
-            mask=valid[None, :] & k_ok[:, None],
-            other=0.0,
+        a = _load_act(
+            act_ptr, x_ptr, act_row, valid, kk, k_ok, act_rows, INTER, GU_SPLIT, BLOCK_K, BLOCK_M
         )
-        w = tl.load(
-            w_base + n[:, None] * stride_wn + kk[None, :],
-            mask=n_ok[:, None] & k_ok[None, :],
-            other=0.0,
-        )
-        p = tl.dot(w.to(a.dtype), a, input_precision=PRECISION)
-        if HAS_SCALE:
-            s = tl.load(s_base + (n // BR) * stride_sn + k0 // BC, mask=n_ok, other=0.0)
-            acc += p * s[:, None]
-        else:
-            acc += p
+        acc += _scaled_dot(
+            w_base, s_base, n, n_ok, kk, k_ok, k0, a, stride_wn, stride_sn,
+            BR, BC, HAS_SCALE, PRECISION,
+        )  # fmt: skip
     routing = tl.load(weights_ptr + pair, mask=valid, other=0.0)
     acc = acc * routing[None, :]
     out = out_ptr + (split * num_pairs + pair[None, :]).to(tl.int64) * HIDDEN
-    tl.store(
-        out + n[:, None],
-        acc,
-        mask=n_ok[:, None] & valid[None, :],
-    )
+    tl.store(out + n[:, None], acc, mask=n_ok[:, None] & valid[None, :])
 
 
 def align_by_expert(
@@ -281,22 +323,32 @@ def align_by_expert(
     return rows, block_expert
 
 
-def moe_experts(
+def _split(programs: int, k_dim: int, tiles: KernelTiles, device: torch.device) -> tuple[int, int]:
+    """(pieces the reduction over `k_dim` is cut into, length of each: whole BLOCK_K steps)."""
+    k_blocks = triton.cdiv(k_dim, tiles.block_k)
+    split = split_k(programs, k_blocks, device, per_sm=tiles.programs_per_sm)
+    k_per_split = triton.cdiv(k_blocks, split) * tiles.block_k
+    return triton.cdiv(k_dim, k_per_split), k_per_split
+
+
+def moe_experts_parts(
     x: torch.Tensor,
     weights: torch.Tensor,
     expert_ids: torch.Tensor,
     experts: ExpertWeights,
     expert_map: torch.Tensor | None = None,
     tiles: TileConfig | None = None,
-) -> torch.Tensor:
-    """sum_k weights[t,k] * w2(silu(w1 x) * w3 x) over each token's K experts.
-    x [T, C] (bf16 or fp32); weights [T, K] fp32, expert_ids [T, K] (global ids; with
-    `expert_map`, ids are mapped to local ones and unowned experts skipped) -> [T, C]."""
+) -> PartialSums:
+    """sum_k weights[t,k] * w2(silu(w1 x) * w3 x) over each token's K experts, left as
+    `PartialSums` [S, T, K, C] (S: the down projection's split-K pieces). x [T, C] (bf16 or
+    fp32); weights [T, K] fp32, expert_ids [T, K] (global ids; with `expert_map`, ids are
+    mapped to local ones and unowned experts skipped)."""
     num_tokens, top_k = expert_ids.shape
     w13, w2 = experts.w13, experts.w2
     num_experts, hidden, inter = w13.shape[0], w13.shape[2], w2.shape[2]
     if num_tokens == 0:
-        return torch.zeros((0, hidden), dtype=x.dtype, device=x.device)
+        empty = torch.zeros((1, 0, top_k, hidden), dtype=torch.float32, device=x.device)
+        return PartialSums(empty, x.dtype)
     ids = expert_ids.reshape(-1)
     if expert_map is not None:
         ids = expert_map[ids]
@@ -304,8 +356,11 @@ def moe_experts(
     pairs = ids.numel()
     block_rows, block_cols = experts.block
     tiles = tiles or pick_tiles(num_tokens, block_cols if experts.is_fp8 else 128)
-    if experts.is_fp8 and block_cols % tiles.block_k:
-        raise ValueError(f"block_k {tiles.block_k} must divide the FP8 block ({block_cols})")
+    for kernel_tiles in (tiles.gate_up, tiles.down):
+        if experts.is_fp8 and block_cols % kernel_tiles.block_k:
+            raise ValueError(
+                f"block_k {kernel_tiles.block_k} must divide the FP8 block ({block_cols})"
+            )
     x = x.contiguous()
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
     s13 = experts.w13_scale if experts.w13_scale is not None else w13
@@ -315,46 +370,49 @@ def moe_experts(
         num_blocks, act_rows = block_expert.numel(), block_expert.numel() * tiles.block_m
     else:
         rows, block_expert, num_blocks, act_rows = ids, ids, pairs, pairs
-    act = torch.empty((act_rows, inter), dtype=x.dtype, device=x.device)
     common = dict(
-        BR=block_rows, BC=block_cols, BLOCK_M=tiles.block_m, BLOCK_K=tiles.block_k,
+        BR=block_rows, BC=block_cols, BLOCK_M=tiles.block_m,
         PER_PAIR=not tiles.grouped, HAS_SCALE=experts.is_fp8, PRECISION=precision,
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )  # fmt: skip
     # Split the reduction when the tiles alone are too few programs (decode: 8 pairs).
-    n_tiles = triton.cdiv(inter, tiles.block_n)
-    k_blocks = triton.cdiv(hidden, tiles.block_k)
-    split = split_k(num_blocks * n_tiles, k_blocks, x.device)
-    k_per_split = triton.cdiv(k_blocks, split) * tiles.block_k
-    split = triton.cdiv(hidden, k_per_split)
-    gate_up_out = (
-        act
-        if split == 1
-        else torch.empty((split, act_rows, 2 * inter), dtype=torch.float32, device=x.device)
-    )
-    _gate_up_kernel[(num_blocks, n_tiles, split)](
-        x, w13, s13, gate_up_out, rows, block_expert, pairs, act_rows,
+    gu = tiles.gate_up
+    n_tiles = triton.cdiv(inter, gu.block_n)
+    gu_split, gu_k = _split(num_blocks * n_tiles, hidden, gu, x.device)
+    if gu_split == 1:
+        act = torch.empty((act_rows, inter), dtype=x.dtype, device=x.device)
+    else:
+        act = torch.empty((gu_split, act_rows, 2 * inter), dtype=torch.float32, device=x.device)
+    _gate_up_kernel[(num_blocks, n_tiles, gu_split)](
+        x, w13, s13, act, rows, block_expert, pairs, act_rows,
         w13.stride(0), w13.stride(1), s13.stride(0), s13.stride(1),
-        TOP_K=top_k, HIDDEN=hidden, INTER=inter, BLOCK_N=tiles.block_n,
-        SPLIT=split, K_PER_SPLIT=k_per_split, **common,
+        TOP_K=top_k, HIDDEN=hidden, INTER=inter, BLOCK_N=gu.block_n, BLOCK_K=gu.block_k,
+        SPLIT=gu_split, K_PER_SPLIT=gu_k,
+        num_warps=gu.num_warps, num_stages=gu.num_stages, **common,
     )  # fmt: skip
-    if split > 1:
-        _silu_mul_kernel[(act_rows, triton.cdiv(inter, 256))](
-            gate_up_out, act, act_rows, INTER=inter, SPLIT=split, BLOCK=256, num_warps=4
-        )
-    n_tiles = triton.cdiv(hidden, tiles.block_n)
-    k_blocks = triton.cdiv(inter, tiles.block_k)
-    split = split_k(num_blocks * n_tiles, k_blocks, x.device)
-    k_per_split = triton.cdiv(k_blocks, split) * tiles.block_k
-    split = triton.cdiv(inter, k_per_split)
+    dn = tiles.down
+    n_tiles = triton.cdiv(hidden, dn.block_n)
+    split, k_per_split = _split(num_blocks * n_tiles, inter, dn, x.device)
     skipped = expert_map is not None
     partial = (torch.zeros if skipped else torch.empty)(
         (split, pairs, hidden), dtype=torch.float32, device=x.device
     )
     _down_kernel[(num_blocks, n_tiles, split)](
-        act, w2, s2, partial, rows, block_expert, weights.reshape(-1).float().contiguous(), pairs,
-        w2.stride(0), w2.stride(1), s2.stride(0), s2.stride(1),
-        HIDDEN=hidden, INTER=inter, BLOCK_N=tiles.block_n,
-        SPLIT=split, K_PER_SPLIT=k_per_split, **common,
+        act, x, w2, s2, partial, rows, block_expert, weights.reshape(-1).float().contiguous(),
+        pairs, act_rows, w2.stride(0), w2.stride(1), s2.stride(0), s2.stride(1),
+        HIDDEN=hidden, INTER=inter, BLOCK_N=dn.block_n, BLOCK_K=dn.block_k,
+        SPLIT=split, K_PER_SPLIT=k_per_split, GU_SPLIT=gu_split,
+        num_warps=dn.num_warps, num_stages=dn.num_stages, **common,
     )  # fmt: skip
-    return partial.view(split, num_tokens, top_k, hidden).sum(dim=(0, 2)).to(x.dtype)
+    return PartialSums(partial.view(split, num_tokens, top_k, hidden), x.dtype)
+
+
+def moe_experts(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    expert_ids: torch.Tensor,
+    experts: ExpertWeights,
+    expert_map: torch.Tensor | None = None,
+    tiles: TileConfig | None = None,
+) -> torch.Tensor:
+    """`moe_experts_parts`, summed: [T, C] in x's dtype."""
+    return moe_experts_parts(x, weights, expert_ids, experts, expert_map, tiles).materialize()
