@@ -3,8 +3,8 @@
 6144->3072) at decode batch sizes. Writes every timing and the best tiles per bucket as JSON
 (the source of `fp8_moe.H200_TILES` and `fp8_linear.LINEAR_TILES`) and prints a short table.
 
-Each candidate is checked against the current table's output first (relative error under
-2e-2 in bf16), then timed as `m2agent bench kernels` times (a CUDA graph cycling over random
+Each candidate is checked against a grouped tile's output first (relative error under 2e-2
+in bf16; the GPU tests check that one against the float64 oracle), then timed as `m2agent bench kernels` times (a CUDA graph cycling over random
 input sets, median of the replays). Per-pair and linear tiles are found by coordinate descent
 from the current table's choice: one dimension at a time, keep what is faster by more than
 the run-to-run spread. A deadline bounds the whole sweep (compiles dominate it).
@@ -30,12 +30,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", required=True)
     parser.add_argument("--deadline-s", type=float, default=240.0)
+    parser.add_argument("--moe-tokens", default="1,4,16,64,256,1024")
+    parser.add_argument("--linear-rows", default="1,4,16,64")
     args = parser.parse_args()
+    moe_tokens = [int(t) for t in args.moe_tokens.split(",") if t]
+    linear_rows = [int(t) for t in args.linear_rows.split(",") if t]
     deadline = time.monotonic() + args.deadline_s
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(), "moe": {}, "linear": {}}
     try:
-        tune_moe(results, deadline)
-        tune_linear(results, deadline)
+        tune_moe(results, deadline, moe_tokens)
+        tune_linear(results, deadline, linear_rows)
         scaled_mm(results)
     finally:
         with open(args.json, "w") as f:
@@ -79,7 +83,7 @@ def descend(
     return best
 
 
-def tune_moe(results: dict[str, Any], deadline: float) -> None:
+def tune_moe(results: dict[str, Any], deadline: float, token_counts: list[int]) -> None:
     from triton.compiler.errors import CompilationError
     from triton.runtime.errors import OutOfResources
 
@@ -121,26 +125,37 @@ def tune_moe(results: dict[str, Any], deadline: float) -> None:
         "num_warps": [2, 8],
         "block_k": [64],
     }
-    for tokens in (1, 4, 16, 64, 256, 1024):
+    gemv_axes = {
+        "block_n": [16, 32, 64, 128],
+        "block_k": [128, 512],
+        "num_warps": [2, 8],
+        "num_stages": [1, 3, 4],
+        "programs_per_sm": [1, 2, 8],
+    }
+    kt = fp8_moe.KernelTiles
+    mma_pair = fp8_moe.TileConfig(False, 16, kt(32, 128, 2, 3, 1), kt(64, 128, 4, 3, 2))
+    for tokens in token_counts:
         if time.monotonic() > deadline:
             break
         sets = max(2, min(8, 64 // tokens))
         inputs = _moe_inputs(tokens, sets, device)
         current = fp8_moe.pick_tiles(tokens, 128)
-        ref = [fp8_moe.moe_experts_parts(*a, experts, tiles=current).materialize() for a in inputs]
+        checked = fp8_moe.TileConfig.uniform(True, 16, 64, 128, 4, 3)  # the reference here
+        ref = [fp8_moe.moe_experts_parts(*a, experts, tiles=checked).materialize() for a in inputs]
         m = partial(measure, experts, tokens, inputs, ref)
         baseline = m(current)
         if tokens == 1:
+            axes = gemv_axes if current.gemv else kt_axes
             gate_up = descend(
-                current.gate_up, kt_axes, partial(_with, m, current, "gate_up"), deadline
+                current.gate_up, axes, partial(_with, m, current, "gate_up"), deadline
             )
             with_gu = dataclasses.replace(current, gate_up=gate_up)
-            down = descend(current.down, kt_axes, partial(_with, m, with_gu, "down"), deadline)
-            candidates = [dataclasses.replace(with_gu, down=down)]
+            down = descend(current.down, axes, partial(_with, m, with_gu, "down"), deadline)
+            candidates = [dataclasses.replace(with_gu, down=down), mma_pair]
         elif tokens == 4:
             one = best_per_tokens.get(1, {}).get("tiles")
             candidates = [] if one is None else [one]
-            candidates += [fp8_moe.TileConfig.uniform(True, 16, 64, 128, 4, s) for s in (3, 4)]
+            candidates += [mma_pair, fp8_moe.TileConfig.uniform(True, 16, 64, 128, 4, 3)]
         elif tokens <= 64:
             candidates = [
                 fp8_moe.TileConfig.uniform(True, bm, bn, 128, w, s)
@@ -173,7 +188,7 @@ def _with(measure: Callable[[Any], float | None], config: Any, field: str, value
     return measure(dataclasses.replace(config, **{field: value}))
 
 
-def tune_linear(results: dict[str, Any], deadline: float) -> None:
+def tune_linear(results: dict[str, Any], deadline: float, row_counts: list[int]) -> None:
     from triton.compiler.errors import CompilationError
     from triton.runtime.errors import OutOfResources
 
@@ -184,19 +199,27 @@ def tune_linear(results: dict[str, Any], deadline: float) -> None:
     best: dict[str, dict[str, Any]] = {}
     results["linear"] = {"log": log, "best": best}
     generator = torch.Generator(device=device).manual_seed(2)
-    axes = {
+    mma_axes = {
         "block_n": [32, 64, 128],
         "programs_per_sm": [1, 2, 8, 16],
         "num_stages": [2, 4, 5],
         "num_warps": [2, 8],
         "block_k": [64],
     }
+    gemv_axes = {
+        "block_n": [16, 32, 64, 128],
+        "block_k": [128, 512],
+        "num_warps": [2, 8],
+        "num_stages": [1, 3, 4],
+        "programs_per_sm": [1, 2, 8],
+    }
     for name, (n, k) in {"qkv": (8192, 3072), "o_proj": (3072, 6144)}.items():
         weights = []
         for _ in range(4):
             dense = torch.randn(n, k, generator=generator, device=device) * 0.02
             weights.append(reference.quantize_fp8_block(dense, (128, 128)))
-        for rows in (1, 4, 16, 64):
+        gemv_best = None
+        for rows in row_counts:
             if time.monotonic() > deadline:
                 break
             xs = [torch.randn(rows, k, device=device).bfloat16() for _ in weights]
@@ -232,8 +255,14 @@ def tune_linear(results: dict[str, Any], deadline: float) -> None:
 
             current = fp8_linear.pick_tiles(rows)
             table_us = measure(current)
-            tune = rows in (1, 16)
-            chosen = descend(current, axes, measure, deadline) if tune else current
+            axes = gemv_axes if current.gemv else mma_axes
+            chosen = descend(current, axes, measure, deadline) if rows in (1, 16) else current
+            if current.gemv:
+                gemv_best = chosen
+            elif gemv_best is not None and rows <= 4:  # GEMV one row per program, or the MMA
+                t_gemv, t_chosen = measure(gemv_best), measure(chosen)
+                if t_gemv is not None and (t_chosen is None or t_gemv < t_chosen):
+                    chosen = gemv_best
             best[f"{name} x{rows}"] = {
                 "tiles": dataclasses.asdict(chosen),
                 "us": measure(chosen) if chosen != current else table_us,

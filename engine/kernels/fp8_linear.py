@@ -25,17 +25,22 @@ from m2agent.engine.kernels.partial_sums import PartialSums
 
 @dataclass(frozen=True, slots=True)
 class LinearTiles:
+    """With `gemv`, one input row per program and plain FMAs (block_m unused): no MMA padded
+    to 16 rows and no shared-memory round trip, for decode; else BLOCK_M rows on the MMA."""
+
     block_m: int
     block_n: int
     block_k: int
     num_warps: int
     num_stages: int
     programs_per_sm: int  # split-K target: cut the reduction until this many programs per SM
+    gemv: bool = False
 
 
 # Per number of rows (upper bound). Measured on an H200: docs/bench/i12/tune-h200.json.
 LINEAR_TILES: tuple[tuple[int, LinearTiles], ...] = (
-    (16, LinearTiles(16, 64, 128, 4, 3, 4)),
+    (1, LinearTiles(1, 64, 256, 4, 2, 4, gemv=True)),
+    (16, LinearTiles(16, 64, 128, 4, 3, 2)),
     (32, LinearTiles(32, 64, 128, 4, 3, 4)),
     (64, LinearTiles(64, 64, 128, 4, 3, 4)),
     (1 << 62, LinearTiles(64, 128, 128, 4, 3, 4)),
@@ -97,6 +102,46 @@ def _fp8_linear_kernel(
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=n_ok[:, None] & m_ok[None, :])
 
 
+@triton.jit
+def _fp8_gemv_kernel(
+    x_ptr,  # [M, K]
+    w_ptr,  # [N, K] fp8
+    s_ptr,  # [ceil(N/BR), ceil(K/BC)] fp32
+    out_ptr,  # [SPLIT, M, N]: fp32 pieces, or x's dtype when SPLIT == 1
+    M,
+    N: tl.constexpr,
+    K: tl.constexpr,
+    stride_xm,
+    stride_wn,
+    stride_sn,
+    K_PER_SPLIT: tl.constexpr,
+    BR: tl.constexpr,
+    BC: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """One row of x times BLOCK_N weight rows (all in one scale row-block, so each step's
+    scales fold into the activations)."""
+    row = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    split = tl.program_id(2)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < N
+    k = tl.arange(0, BLOCK_K)
+    scale_row = (pid_n * BLOCK_N) // BR
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for step in range(0, K_PER_SPLIT, BLOCK_K):
+        kk = split * K_PER_SPLIT + step + k
+        k_ok = kk < K
+        a = tl.load(x_ptr + row.to(tl.int64) * stride_xm + kk, mask=k_ok, other=0.0)
+        a = a.to(tl.float32) * tl.load(s_ptr + scale_row * stride_sn + kk // BC, mask=k_ok)
+        w_mask = n_ok[:, None] & k_ok[None, :]
+        w = tl.load(w_ptr + n[:, None] * stride_wn + kk[None, :], mask=w_mask, other=0.0)
+        acc += tl.sum(w.to(tl.float32) * a[None, :], 1)
+    out = out_ptr + (split.to(tl.int64) * M + row) * N + n
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=n_ok)
+
+
 def _launch(
     x2: torch.Tensor,
     weight: torch.Tensor,
@@ -110,17 +155,32 @@ def _launch(
     n_dim = weight.shape[0]
     block_rows, block_cols = block
     tiles = tiles or pick_tiles(num_rows)
-    block_k = min(tiles.block_k, block_cols)
-    if block_cols % block_k:
-        raise ValueError(f"FP8 block columns {block_cols} must be a multiple of {block_k}")
-    programs = triton.cdiv(num_rows, tiles.block_m) * triton.cdiv(n_dim, tiles.block_n)
+    if tiles.gemv:
+        if block_rows % tiles.block_n:
+            raise ValueError(f"GEMV block_n {tiles.block_n} must divide the FP8 block rows")
+        block_k = tiles.block_k
+    else:
+        block_k = min(tiles.block_k, block_cols)
+        if block_cols % block_k:
+            raise ValueError(f"FP8 block columns {block_cols} must be a multiple of {block_k}")
+    block_m = 1 if tiles.gemv else tiles.block_m
+    programs = triton.cdiv(num_rows, block_m) * triton.cdiv(n_dim, tiles.block_n)
     k_blocks = triton.cdiv(k_dim, block_k)
     split = split_k(programs, k_blocks, x2.device, per_sm=tiles.programs_per_sm)
     k_per_split = triton.cdiv(k_blocks, split) * block_k
     split = triton.cdiv(k_dim, k_per_split)
     dtype = torch.float32 if split > 1 or always_fp32 else x2.dtype
     out = torch.empty((split, num_rows, n_dim), dtype=dtype, device=x2.device)
-    grid = (triton.cdiv(num_rows, tiles.block_m), triton.cdiv(n_dim, tiles.block_n), split)
+    grid = (triton.cdiv(num_rows, block_m), triton.cdiv(n_dim, tiles.block_n), split)
+    if tiles.gemv:
+        _fp8_gemv_kernel[grid](
+            x2, weight, scale_inv, out, num_rows, n_dim, k_dim,
+            x2.stride(0), weight.stride(0), scale_inv.stride(0),
+            K_PER_SPLIT=k_per_split, BR=block_rows, BC=block_cols,
+            BLOCK_N=tiles.block_n, BLOCK_K=block_k,
+            num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        )  # fmt: skip
+        return out
     _fp8_linear_kernel[grid](
         x2, weight, scale_inv, out, num_rows, n_dim, k_dim,
         x2.stride(0), weight.stride(0), scale_inv.stride(0),

@@ -51,10 +51,16 @@ class KernelTiles:
 
 @dataclass(frozen=True, slots=True)
 class TileConfig:
+    """grouped: sorted by expert, BLOCK_M rows per program on the tensor cores. Otherwise per
+    pair: with `gemv`, each program multiplies one pair's activation row by a weight tile with
+    plain FMAs (no MMA padding to 16 rows, no shared-memory round trip: the decode path);
+    else one row of a BLOCK_M-row MMA."""
+
     grouped: bool
     block_m: int  # rows per program (per pair: one row used of BLOCK_M, the MMA's minimum)
     gate_up: KernelTiles
     down: KernelTiles
+    gemv: bool = False
 
     @classmethod
     def uniform(
@@ -65,12 +71,13 @@ class TileConfig:
 
 
 # Measured on an H200 (M2 shapes) by scripts/tune_kernels.py (docs/bench/i12/tune-h200.json):
-# per pair up to 4 tokens, then grouped; per number of tokens (upper bound).
+# per number of tokens (upper bound): per-pair GEMV at 1, per-pair MMA at 4, then grouped.
 H200_TILES: tuple[tuple[int, TileConfig], ...] = (
-    (4, TileConfig.uniform(False, 16, 64, 128, 4, 3)),
-    (64, TileConfig.uniform(True, 16, 64, 128, 4, 3)),
-    (256, TileConfig.uniform(True, 32, 128, 128, 8, 3)),
-    (1 << 62, TileConfig.uniform(True, 64, 128, 128, 8, 3)),
+    (1, TileConfig(False, 16, KernelTiles(32, 256, 4, 2), KernelTiles(64, 256, 4, 2), gemv=True)),
+    (4, TileConfig(False, 16, KernelTiles(32, 128, 2, 3, 1), KernelTiles(64, 128, 4, 3, 2))),
+    (16, TileConfig.uniform(True, 16, 64, 128, 4, 3)),
+    (64, TileConfig.uniform(True, 32, 64, 128, 4, 3)),
+    (1 << 62, TileConfig.uniform(True, 64, 64, 128, 4, 3)),
 )
 
 
@@ -293,6 +300,147 @@ def _down_kernel(
     tl.store(out + n[:, None], acc, mask=n_ok[:, None] & valid[None, :])
 
 
+@triton.jit
+def _gemv_step(
+    w_base,
+    s_base,
+    n,
+    n_ok,
+    scale_row,
+    kk,
+    k_ok,
+    a,
+    stride_wn,
+    stride_sn,
+    BC: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+):
+    """Weight rows `n` x columns `kk` times the vector `a` [BLOCK_K] (fp32): [BLOCK_N] fp32.
+    All rows share one scale row-block (`scale_row`), so the scales fold into `a`."""
+    w_mask = n_ok[:, None] & k_ok[None, :]
+    w = tl.load(w_base + n[:, None] * stride_wn + kk[None, :], mask=w_mask, other=0.0)
+    if HAS_SCALE:
+        a = a * tl.load(s_base + scale_row * stride_sn + kk // BC, mask=k_ok, other=0.0)
+    return tl.sum(w.to(tl.float32) * a[None, :], 1)
+
+
+@triton.jit
+def _gate_up_gemv_kernel(
+    x_ptr,  # [T, C]
+    w_ptr,  # [E, 2I, C]
+    s_ptr,  # [E, ceil(2I/BR), ceil(C/BC)]
+    act_ptr,  # out: [pairs, I] in x's dtype; with SPLIT > 1, fp32 [SPLIT, pairs, 2I] pieces
+    expert_ptr,  # [pairs] expert of each pair (-1: skip)
+    stride_we,
+    stride_wn,
+    stride_se,
+    stride_sn,
+    TOP_K: tl.constexpr,
+    HIDDEN: tl.constexpr,
+    INTER: tl.constexpr,
+    BR: tl.constexpr,
+    BC: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SPLIT: tl.constexpr,
+    K_PER_SPLIT: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+):
+    pair = tl.program_id(0)
+    tile = tl.program_id(1)
+    split = tl.program_id(2)
+    num_pairs = tl.num_programs(0)
+    expert = tl.load(expert_ptr + pair)
+    if expert < 0:
+        return
+    token = pair // TOP_K
+    n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < INTER
+    k = tl.arange(0, BLOCK_K)
+    w_base = w_ptr + expert.to(tl.int64) * stride_we
+    s_base = s_ptr + expert.to(tl.int64) * stride_se
+    gate_row = (tile * BLOCK_N) // BR
+    up_row = (tile * BLOCK_N + INTER) // BR
+    gate = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    up = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for step in range(0, K_PER_SPLIT, BLOCK_K):
+        kk = split * K_PER_SPLIT + step + k
+        k_ok = kk < HIDDEN
+        a = tl.load(x_ptr + token * HIDDEN + kk, mask=k_ok, other=0.0).to(tl.float32)
+        gate += _gemv_step(
+            w_base, s_base, n, n_ok, gate_row, kk, k_ok, a, stride_wn, stride_sn, BC, HAS_SCALE
+        )
+        up += _gemv_step(
+            w_base, s_base, n + INTER, n_ok, up_row, kk, k_ok, a, stride_wn, stride_sn, BC,
+            HAS_SCALE,
+        )  # fmt: skip
+    if SPLIT == 1:
+        act = gate / (1.0 + tl.exp(-gate)) * up
+        tl.store(act_ptr + pair * INTER + n, act.to(act_ptr.dtype.element_ty), mask=n_ok)
+    else:
+        part = act_ptr + (split * num_pairs + pair).to(tl.int64) * (2 * INTER)
+        tl.store(part + n, gate, mask=n_ok)
+        tl.store(part + INTER + n, up, mask=n_ok)
+
+
+@triton.jit
+def _down_gemv_kernel(
+    act_ptr,  # [pairs, I] in x's dtype, or fp32 [GU_SPLIT, pairs, 2I] gate/up pieces
+    x_ptr,  # the MoE input (only its dtype is used)
+    w_ptr,  # [E, C, I]
+    s_ptr,  # [E, ceil(C/BR), ceil(I/BC)]
+    out_ptr,  # out: [SPLIT, pairs, C] fp32
+    expert_ptr,
+    weights_ptr,  # [pairs] fp32 routing weights
+    stride_we,
+    stride_wn,
+    stride_se,
+    stride_sn,
+    HIDDEN: tl.constexpr,
+    INTER: tl.constexpr,
+    BR: tl.constexpr,
+    BC: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SPLIT: tl.constexpr,
+    K_PER_SPLIT: tl.constexpr,
+    GU_SPLIT: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+):
+    pair = tl.program_id(0)
+    tile = tl.program_id(1)
+    split = tl.program_id(2)
+    num_pairs = tl.num_programs(0)
+    expert = tl.load(expert_ptr + pair)
+    if expert < 0:
+        return
+    n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < HIDDEN
+    k = tl.arange(0, BLOCK_K)
+    w_base = w_ptr + expert.to(tl.int64) * stride_we
+    s_base = s_ptr + expert.to(tl.int64) * stride_se
+    scale_row = (tile * BLOCK_N) // BR
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for step in range(0, K_PER_SPLIT, BLOCK_K):
+        kk = split * K_PER_SPLIT + step + k
+        k_ok = kk < INTER
+        if GU_SPLIT == 1:
+            a = tl.load(act_ptr + pair * INTER + kk, mask=k_ok, other=0.0).to(tl.float32)
+        else:
+            g = tl.zeros((BLOCK_K,), dtype=tl.float32)
+            u = tl.zeros((BLOCK_K,), dtype=tl.float32)
+            for s in tl.static_range(GU_SPLIT):
+                base = act_ptr + (s * num_pairs + pair).to(tl.int64) * (2 * INTER)
+                g += tl.load(base + kk, mask=k_ok, other=0.0)
+                u += tl.load(base + INTER + kk, mask=k_ok, other=0.0)
+            a = (g / (1.0 + tl.exp(-g)) * u).to(x_ptr.dtype.element_ty).to(tl.float32)
+        acc += _gemv_step(
+            w_base, s_base, n, n_ok, scale_row, kk, k_ok, a, stride_wn, stride_sn, BC, HAS_SCALE
+        )
+    acc = acc * tl.load(weights_ptr + pair)
+    tl.store(out_ptr + (split * num_pairs + pair).to(tl.int64) * HIDDEN + n, acc, mask=n_ok)
+
+
 def align_by_expert(
     expert_ids: torch.Tensor, num_experts: int, block_m: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -357,14 +505,23 @@ def moe_experts_parts(
     block_rows, block_cols = experts.block
     tiles = tiles or pick_tiles(num_tokens, block_cols if experts.is_fp8 else 128)
     for kernel_tiles in (tiles.gate_up, tiles.down):
-        if experts.is_fp8 and block_cols % kernel_tiles.block_k:
+        if tiles.gemv:
+            if experts.is_fp8 and block_rows % kernel_tiles.block_n:
+                raise ValueError(
+                    f"GEMV block_n {kernel_tiles.block_n} must divide the FP8 block ({block_rows})"
+                )
+        elif experts.is_fp8 and block_cols % kernel_tiles.block_k:
             raise ValueError(
                 f"block_k {kernel_tiles.block_k} must divide the FP8 block ({block_cols})"
             )
     x = x.contiguous()
-    precision = "ieee" if x.dtype == torch.float32 else "tf32"
     s13 = experts.w13_scale if experts.w13_scale is not None else w13
     s2 = experts.w2_scale if experts.w2_scale is not None else w2
+    routing = weights.reshape(-1).float().contiguous()
+    if tiles.gemv and not tiles.grouped:
+        parts = _gemv(x, ids, routing, experts, s13, s2, tiles, top_k, expert_map is not None)
+        return PartialSums(parts.view(-1, num_tokens, top_k, hidden), x.dtype)
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
     if tiles.grouped:
         rows, block_expert = align_by_expert(ids, num_experts, tiles.block_m)
         num_blocks, act_rows = block_expert.numel(), block_expert.numel() * tiles.block_m
@@ -397,13 +554,57 @@ def moe_experts_parts(
         (split, pairs, hidden), dtype=torch.float32, device=x.device
     )
     _down_kernel[(num_blocks, n_tiles, split)](
-        act, x, w2, s2, partial, rows, block_expert, weights.reshape(-1).float().contiguous(),
+        act, x, w2, s2, partial, rows, block_expert, routing,
         pairs, act_rows, w2.stride(0), w2.stride(1), s2.stride(0), s2.stride(1),
         HIDDEN=hidden, INTER=inter, BLOCK_N=dn.block_n, BLOCK_K=dn.block_k,
         SPLIT=split, K_PER_SPLIT=k_per_split, GU_SPLIT=gu_split,
         num_warps=dn.num_warps, num_stages=dn.num_stages, **common,
     )  # fmt: skip
     return PartialSums(partial.view(split, num_tokens, top_k, hidden), x.dtype)
+
+
+def _gemv(
+    x: torch.Tensor,
+    ids: torch.Tensor,
+    routing: torch.Tensor,
+    experts: ExpertWeights,
+    s13: torch.Tensor,
+    s2: torch.Tensor,
+    tiles: TileConfig,
+    top_k: int,
+    skipped: bool,
+) -> torch.Tensor:
+    """The per-pair GEMV kernels: returns the down projection's pieces [SPLIT, pairs, C]."""
+    w13, w2 = experts.w13, experts.w2
+    hidden, inter = w13.shape[2], w2.shape[2]
+    pairs = ids.numel()
+    block_rows, block_cols = experts.block
+    gu, dn = tiles.gate_up, tiles.down
+    n_tiles = triton.cdiv(inter, gu.block_n)
+    gu_split, gu_k = _split(pairs * n_tiles, hidden, gu, x.device)
+    if gu_split == 1:
+        act = torch.empty((pairs, inter), dtype=x.dtype, device=x.device)
+    else:
+        act = torch.empty((gu_split, pairs, 2 * inter), dtype=torch.float32, device=x.device)
+    _gate_up_gemv_kernel[(pairs, n_tiles, gu_split)](
+        x, w13, s13, act, ids, w13.stride(0), w13.stride(1), s13.stride(0), s13.stride(1),
+        TOP_K=top_k, HIDDEN=hidden, INTER=inter, BR=block_rows, BC=block_cols,
+        BLOCK_N=gu.block_n, BLOCK_K=gu.block_k, SPLIT=gu_split, K_PER_SPLIT=gu_k,
+        HAS_SCALE=experts.is_fp8, num_warps=gu.num_warps, num_stages=gu.num_stages,
+    )  # fmt: skip
+    n_tiles = triton.cdiv(hidden, dn.block_n)
+    split, k_per_split = _split(pairs * n_tiles, inter, dn, x.device)
+    out = (torch.zeros if skipped else torch.empty)(
+        (split, pairs, hidden), dtype=torch.float32, device=x.device
+    )
+    _down_gemv_kernel[(pairs, n_tiles, split)](
+        act, x, w2, s2, out, ids, routing, w2.stride(0), w2.stride(1), s2.stride(0),
+        s2.stride(1), HIDDEN=hidden, INTER=inter, BR=block_rows, BC=block_cols,
+        BLOCK_N=dn.block_n, BLOCK_K=dn.block_k, SPLIT=split, K_PER_SPLIT=k_per_split,
+        GU_SPLIT=gu_split, HAS_SCALE=experts.is_fp8,
+        num_warps=dn.num_warps, num_stages=dn.num_stages,
+    )  # fmt: skip
+    return out
 
 
 def moe_experts(

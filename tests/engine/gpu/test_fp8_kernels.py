@@ -107,7 +107,20 @@ def _split_everywhere():
     return fp8_moe.TileConfig(False, 16, tiles, tiles)
 
 
+def _gemv_configs():
+    """Per-pair GEMV tiles: steps of two scale blocks; and one that splits both reductions
+    (the down kernel then forms SiLU(gate)*up from the gate/up pieces)."""
+    from m2agent.engine.kernels import fp8_moe
+
+    kt = fp8_moe.KernelTiles
+    return [
+        fp8_moe.TileConfig(False, 16, kt(32, 256, 4, 2), kt(64, 256, 4, 2), gemv=True),
+        fp8_moe.TileConfig(False, 16, kt(16, 128, 4, 2, 64), kt(32, 64, 2, 1, 64), gemv=True),
+    ]
+
+
 SPLIT_EVERYWHERE = _split_everywhere() if torch.cuda.is_available() else None
+GEMV_CONFIGS = _gemv_configs() if torch.cuda.is_available() else []
 
 
 @pytest.mark.parametrize("tokens", [0, 1, 3, 17, 64, 300])
@@ -129,6 +142,7 @@ def test_fp8_moe_matches_reference_on_both_paths(
         for grouped, block_m, block_n in [(False, 16, 64), (False, 16, 32), (True, 16, 64)]
     ]
     configs += [SPLIT_EVERYWHERE, fp8_moe.TileConfig.uniform(True, 64, 128, 128, 4, 3)]
+    configs += GEMV_CONFIGS
     for tiles in configs:
         poisoned_pool()
         got = fp8_moe.moe_experts(x, weights, ids, experts, tiles=tiles)
@@ -156,11 +170,14 @@ def test_fp8_moe_expert_map_skips_unowned_experts(grouped: bool) -> None:
     assert relative_error(got, expected) < 1e-5
 
 
+@pytest.mark.parametrize("gemv", [False, True])
 @pytest.mark.parametrize("rows", [0, 1, 17, 100])
 @pytest.mark.parametrize(("n", "k"), [(8192, 3072), (3072, 6144), (200, 300)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_fp8_linear_matches_reference(rows: int, n: int, k: int, dtype: torch.dtype) -> None:
-    from m2agent.engine.kernels.fp8_linear import fp8_linear
+def test_fp8_linear_matches_reference(
+    rows: int, n: int, k: int, dtype: torch.dtype, gemv: bool
+) -> None:
+    from m2agent.engine.kernels.fp8_linear import LinearTiles, fp8_linear
 
     gen = torch.Generator(device="cuda").manual_seed(rows + n + k)
     weight, scale = reference.quantize_fp8_block(
@@ -169,7 +186,8 @@ def test_fp8_linear_matches_reference(rows: int, n: int, k: int, dtype: torch.dt
     x = torch.randn(rows, k, generator=gen, device="cuda").to(dtype)
     expected = x.double() @ reference.dequantize_fp8_block(weight, scale, BLOCK, torch.float64).T
     poisoned_pool()
-    got = fp8_linear(x, weight, scale, BLOCK)
+    tiles = LinearTiles(1, 32, 256, 4, 2, 16, gemv=True) if gemv else None  # (split: o_proj)
+    got = fp8_linear(x, weight, scale, BLOCK, tiles)
     assert got.dtype == dtype and got.shape == (rows, n)
     if rows:
         assert relative_error(got, expected) < tolerance(dtype)
