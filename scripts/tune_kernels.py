@@ -4,8 +4,9 @@
 (the source of `fp8_moe.H200_TILES` and `fp8_linear.LINEAR_TILES`) and prints a short table.
 
 Each candidate is checked against a grouped tile's output first (relative error under 2e-2
-in bf16; the GPU tests check that one against the float64 oracle), then timed as `m2agent bench kernels` times (a CUDA graph cycling over random
-input sets, median of the replays). Per-pair and linear tiles are found by coordinate descent
+in bf16; the GPU tests check that one against the float64 oracle), then timed as
+`m2agent bench kernels` times (a CUDA graph cycling over random input sets, median of the
+replays). Per-pair and linear tiles are found by coordinate descent
 from the current table's choice: one dimension at a time, keep what is faster by more than
 the run-to-run spread. A deadline bounds the whole sweep (compiles dominate it).
 
