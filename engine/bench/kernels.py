@@ -204,16 +204,20 @@ def _tile_name(t: object) -> str:
     from m2agent.engine.kernels.fp8_moe import TileConfig
 
     assert isinstance(t, TileConfig)
-    kind = "grouped" if t.grouped else "pair"
+    kind = "grouped" if t.grouped else "pair-gemv" if t.gemv else "pair"
     return f"{kind} m{t.block_m} n{t.block_n} k{t.block_k} w{t.num_warps} s{t.num_stages}"
 
 
 def _sweep(tokens: int) -> list[object]:
     """A few tile configs around the table's choice, to keep the table honest (the full sweep
     that made the table is scripts/tune_kernels.py)."""
-    from m2agent.engine.kernels.fp8_moe import TileConfig
+    from m2agent.engine.kernels.fp8_moe import KernelTiles, TileConfig
 
     configs = []
+    if tokens <= 4:  # per-pair GEMV (plain FMAs) beside the per-pair MMA of the table
+        configs.append(
+            TileConfig(False, 16, KernelTiles(32, 256, 4, 2), KernelTiles(64, 256, 4, 2), gemv=True)
+        )
     if tokens <= 16:
         configs += [TileConfig.uniform(False, 16, n, 128, w, 3) for n in (64, 128) for w in (4, 8)]
     if tokens > 1:

@@ -37,9 +37,10 @@ class LinearTiles:
     gemv: bool = False
 
 
-# Per number of rows (upper bound). Measured on an H200: docs/bench/i12/tune-h200.json.
+# Per number of rows (upper bound). Measured on an H200 by scripts/tune_kernels.py
+# (docs/bench/i12/tune-h200*.json): one row by GEMV, then the MMA.
 LINEAR_TILES: tuple[tuple[int, LinearTiles], ...] = (
-    (1, LinearTiles(1, 64, 256, 4, 2, 4, gemv=True)),
+    (1, LinearTiles(1, 32, 256, 4, 2, 4, gemv=True)),
     (16, LinearTiles(16, 64, 128, 4, 3, 2)),
     (32, LinearTiles(32, 64, 128, 4, 3, 4)),
     (64, LinearTiles(64, 64, 128, 4, 3, 4)),
@@ -134,7 +135,9 @@ def _fp8_gemv_kernel(
         kk = split * K_PER_SPLIT + step + k
         k_ok = kk < K
         a = tl.load(x_ptr + row.to(tl.int64) * stride_xm + kk, mask=k_ok, other=0.0)
-        a = a.to(tl.float32) * tl.load(s_ptr + scale_row * stride_sn + kk // BC, mask=k_ok)
+        a = a.to(tl.float32) * tl.load(
+            s_ptr + scale_row * stride_sn + kk // BC, mask=k_ok, other=0.0
+        )
         w_mask = n_ok[:, None] & k_ok[None, :]
         w = tl.load(w_ptr + n[:, None] * stride_wn + kk[None, :], mask=w_mask, other=0.0)
         acc += tl.sum(w.to(tl.float32) * a[None, :], 1)

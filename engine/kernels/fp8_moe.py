@@ -70,15 +70,17 @@ class TileConfig:
         return cls(grouped, block_m, tiles, tiles)
 
 
-# Measured on an H200 (M2 shapes) by scripts/tune_kernels.py (docs/bench/i12/tune-h200.json):
-# per number of tokens (upper bound): per-pair GEMV at 1, per-pair MMA at 4, then grouped.
+# Measured on an H200 (M2 shapes) by scripts/tune_kernels.py (docs/bench/i12/tune-h200*.json):
+# per number of tokens (upper bound): per pair up to 4 tokens, then grouped.
 H200_TILES: tuple[tuple[int, TileConfig], ...] = (
-    (1, TileConfig(False, 16, KernelTiles(32, 256, 4, 2), KernelTiles(64, 256, 4, 2), gemv=True)),
     (4, TileConfig(False, 16, KernelTiles(32, 128, 2, 3, 1), KernelTiles(64, 128, 4, 3, 2))),
     (16, TileConfig.uniform(True, 16, 64, 128, 4, 3)),
     (64, TileConfig.uniform(True, 32, 64, 128, 4, 3)),
     (1 << 62, TileConfig.uniform(True, 64, 64, 128, 4, 3)),
 )
+# The down kernel re-reads every gate/up piece for each of its output tiles: past a few pieces
+# that costs more than the split gives (and the pipelined loads overflow shared memory).
+MAX_GATE_UP_SPLIT = 4
 
 
 def _fit(tiles: KernelTiles, block_k_max: int) -> KernelTiles:
@@ -90,7 +92,10 @@ def _fit(tiles: KernelTiles, block_k_max: int) -> KernelTiles:
 
 def pick_tiles(num_tokens: int, block_k_max: int) -> TileConfig:
     c = next(c for limit, c in H200_TILES if num_tokens <= limit)
-    return TileConfig(c.grouped, c.block_m, _fit(c.gate_up, block_k_max), _fit(c.down, block_k_max))
+    if c.gemv:  # GEMV steps may span several scale blocks: no cap on block_k
+        return c
+    gate_up, down = _fit(c.gate_up, block_k_max), _fit(c.down, block_k_max)
+    return TileConfig(c.grouped, c.block_m, gate_up, down)
 
 
 @triton.jit
@@ -471,10 +476,12 @@ def align_by_expert(
     return rows, block_expert
 
 
-def _split(programs: int, k_dim: int, tiles: KernelTiles, device: torch.device) -> tuple[int, int]:
+def _split(
+    programs: int, k_dim: int, tiles: KernelTiles, device: torch.device, max_split: int = 16
+) -> tuple[int, int]:
     """(pieces the reduction over `k_dim` is cut into, length of each: whole BLOCK_K steps)."""
     k_blocks = triton.cdiv(k_dim, tiles.block_k)
-    split = split_k(programs, k_blocks, device, per_sm=tiles.programs_per_sm)
+    split = split_k(programs, k_blocks, device, max_split, per_sm=tiles.programs_per_sm)
     k_per_split = triton.cdiv(k_blocks, split) * tiles.block_k
     return triton.cdiv(k_dim, k_per_split), k_per_split
 
@@ -534,7 +541,7 @@ def moe_experts_parts(
     # Split the reduction when the tiles alone are too few programs (decode: 8 pairs).
     gu = tiles.gate_up
     n_tiles = triton.cdiv(inter, gu.block_n)
-    gu_split, gu_k = _split(num_blocks * n_tiles, hidden, gu, x.device)
+    gu_split, gu_k = _split(num_blocks * n_tiles, hidden, gu, x.device, MAX_GATE_UP_SPLIT)
     if gu_split == 1:
         act = torch.empty((act_rows, inter), dtype=x.dtype, device=x.device)
     else:
@@ -581,7 +588,7 @@ def _gemv(
     block_rows, block_cols = experts.block
     gu, dn = tiles.gate_up, tiles.down
     n_tiles = triton.cdiv(inter, gu.block_n)
-    gu_split, gu_k = _split(pairs * n_tiles, hidden, gu, x.device)
+    gu_split, gu_k = _split(pairs * n_tiles, hidden, gu, x.device, MAX_GATE_UP_SPLIT)
     if gu_split == 1:
         act = torch.empty((pairs, inter), dtype=x.dtype, device=x.device)
     else:
