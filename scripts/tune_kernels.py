@@ -33,13 +33,16 @@ def main() -> None:
     parser.add_argument("--deadline-s", type=float, default=240.0)
     parser.add_argument("--moe-tokens", default="1,4,16,64,256,1024")
     parser.add_argument("--linear-rows", default="1,4,16,64")
+    parser.add_argument(
+        "--quick", action="store_true", help="MoE at 1 token: fixed candidates, no descent"
+    )
     args = parser.parse_args()
     moe_tokens = [int(t) for t in args.moe_tokens.split(",") if t]
     linear_rows = [int(t) for t in args.linear_rows.split(",") if t]
     deadline = time.monotonic() + args.deadline_s
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(), "moe": {}, "linear": {}}
     try:
-        tune_moe(results, deadline, moe_tokens)
+        tune_moe(results, deadline, moe_tokens, args.quick)
         tune_linear(results, deadline, linear_rows)
         scaled_mm(results)
     finally:
@@ -84,7 +87,9 @@ def descend(
     return best
 
 
-def tune_moe(results: dict[str, Any], deadline: float, token_counts: list[int]) -> None:
+def tune_moe(
+    results: dict[str, Any], deadline: float, token_counts: list[int], quick: bool = False
+) -> None:
     from triton.compiler.errors import CompilationError
     from triton.runtime.errors import OutOfResources
 
@@ -145,7 +150,19 @@ def tune_moe(results: dict[str, Any], deadline: float, token_counts: list[int]) 
         ref = [fp8_moe.moe_experts_parts(*a, experts, tiles=checked).materialize() for a in inputs]
         m = partial(measure, experts, tokens, inputs, ref)
         baseline = m(current)
-        if tokens == 1:
+        if tokens == 1 and quick:
+            candidates = [mma_pair] + [
+                fp8_moe.TileConfig(False, 16, kt(gn, gk, w, st), kt(dn, dk, w, st), gemv=True)
+                for gn, gk, dn, dk, w, st in [
+                    (32, 256, 64, 256, 4, 2),
+                    (16, 256, 32, 256, 4, 2),
+                    (32, 512, 64, 512, 4, 1),
+                    (32, 256, 64, 256, 8, 2),
+                    (64, 128, 128, 128, 4, 3),
+                    (16, 512, 32, 512, 4, 2),
+                ]
+            ]
+        elif tokens == 1:
             axes = gemv_axes if current.gemv else kt_axes
             gate_up = descend(
                 current.gate_up, axes, partial(_with, m, current, "gate_up"), deadline
