@@ -2,22 +2,25 @@
 scales, or plain bf16/fp32. Only the experts the batch routes to are read; nothing is
 dequantized into memory (each weight tile is converted in registers, then scaled per block).
 
-Two paths, one pair of kernels (gate/up, then down with SiLU(gate)*up formed as it is read and
-the routing weight applied):
+Three paths, each a gate/up kernel (SiLU(gate)*up fused) and a down kernel (routing weight
+applied):
 
-- per pair (a few tokens, decode): each (token, slot) pair is its own block of one row, so no
-  sorting at all; the grid spans pairs x output tiles, enough programs to put every SM on the
-  weights at batch 1.
+- per-pair GEMV (decode, one token): each (token, slot) pair's activation row times weight
+  tiles with plain FMAs; the block scales fold into the activations (a tile's rows share one
+  scale row-block), so there is no MMA padded to 16 rows and no shared-memory round trip.
+- per pair on the MMA (a few tokens): each pair is its own block of one row of a BLOCK_M-row
+  MMA, so no sorting at all; the grid spans pairs x output tiles.
 - grouped (larger batches): the pairs are sorted by expert on the GPU, each expert's rows
   padded to a multiple of BLOCK_M, so each program multiplies BLOCK_M rows by one tile of one
   expert's weights and every expert's weights are read once per row block.
 
 When there are too few output tiles to keep every SM streaming, the reduction is split over
-programs (split-K). No launch exists only to add the pieces up: the down kernel sums the
-gate/up pieces as it loads its activations, and its own pieces (one per split and expert pick)
-are returned as `PartialSums` for the next fused residual add + RMSNorm to sum; always in a
-fixed order, so graph replay and eager give the same bits. No host sync anywhere (the grouped
-grid is sized by the worst case and unused blocks exit at once), so decode graphs capture them.
+programs (split-K). No launch exists only to add the pieces up: the GEMV down kernel forms
+SiLU(gate)*up from the gate/up pieces as it loads them, and every down kernel's pieces (one
+per split and expert pick) are returned as `PartialSums` for the next fused residual add +
+RMSNorm to sum; always in a fixed order, so graph replay and eager give the same bits. No host
+sync anywhere (the grouped grid is sized by the worst case and unused blocks exit at once), so
+decode graphs capture them. Tiles per token-count bucket: `H200_TILES`.
 
 Expert parallelism can pass `expert_map` (global expert id -> local index, -1 where this rank
 does not own the expert): such pairs contribute zero. The readable version is
@@ -40,7 +43,8 @@ from m2agent.engine.kernels.reference import ExpertWeights
 @dataclass(frozen=True, slots=True)
 class KernelTiles:
     """One kernel's tile: output features per program, reduction step, warps, pipeline depth,
-    and the split-K target (cut the reduction until this many programs per SM)."""
+    and the split-K target (cut the reduction until this many programs per SM; the MMA gate/up
+    kernel never splits: its output feeds the down kernel's MMA as stored activations)."""
 
     block_n: int
     block_k: int
@@ -71,15 +75,16 @@ class TileConfig:
 
 
 # Measured on an H200 (M2 shapes) by scripts/tune_kernels.py (docs/bench/i12/tune-h200*.json):
-# per number of tokens (upper bound): per pair up to 4 tokens, then grouped.
+# per number of tokens (upper bound): per-pair GEMV at 1, per-pair MMA to 4, then grouped.
 H200_TILES: tuple[tuple[int, TileConfig], ...] = (
-    (4, TileConfig(False, 16, KernelTiles(32, 128, 2, 3, 1), KernelTiles(64, 128, 4, 3, 2))),
+    (1, TileConfig(False, 16, KernelTiles(32, 256, 4, 2), KernelTiles(64, 256, 4, 2), gemv=True)),
+    (4, TileConfig(False, 16, KernelTiles(32, 128, 2, 3), KernelTiles(64, 128, 4, 3, 2))),
     (16, TileConfig.uniform(True, 16, 64, 128, 4, 3)),
     (64, TileConfig.uniform(True, 32, 64, 128, 4, 3)),
     (1 << 62, TileConfig.uniform(True, 64, 64, 128, 4, 3)),
 )
-# The down kernel re-reads every gate/up piece for each of its output tiles: past a few pieces
-# that costs more than the split gives (and the pipelined loads overflow shared memory).
+# The GEMV down kernel re-reads every gate/up piece for each of its output tiles: past a few
+# pieces that costs more than the split gives.
 MAX_GATE_UP_SPLIT = 4
 
 
@@ -146,11 +151,10 @@ def _gate_up_kernel(
     x_ptr,  # [T, C]
     w_ptr,  # [E, 2I, C]: rows 0..I-1 gate (w1), I..2I-1 up (w3)
     s_ptr,  # [E, ceil(2I/BR), ceil(C/BC)] fp32 scale_inv (unused without HAS_SCALE)
-    act_ptr,  # out: [rows, I] in x's dtype; with SPLIT > 1, fp32 [SPLIT, rows, 2I] partial sums
+    act_ptr,  # out: [rows, I] in x's dtype: SiLU(gate) * up
     rows_ptr,  # grouped: pair of each row, sorted by expert (>= num_pairs: padding)
     expert_ptr,  # grouped: expert of each row block; per pair: expert of each pair
     num_pairs,
-    act_rows,
     stride_we,
     stride_wn,
     stride_se,
@@ -163,15 +167,12 @@ def _gate_up_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    SPLIT: tl.constexpr,
-    K_PER_SPLIT: tl.constexpr,
     PER_PAIR: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     block = tl.program_id(0)
     tile = tl.program_id(1)
-    split = tl.program_id(2)
     expert = tl.load(expert_ptr + block)
     if expert < 0:
         return
@@ -184,8 +185,7 @@ def _gate_up_kernel(
     s_base = s_ptr + expert.to(tl.int64) * stride_se
     gate = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     up = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    for step in range(0, K_PER_SPLIT, BLOCK_K):
-        k0 = split * K_PER_SPLIT + step
+    for k0 in range(0, HIDDEN, BLOCK_K):
         kk = k0 + k
         k_ok = kk < HIDDEN
         a = tl.load(
@@ -201,54 +201,17 @@ def _gate_up_kernel(
             w_base, s_base, n + INTER, n_ok, kk, k_ok, k0, a, stride_wn, stride_sn,
             BR, BC, HAS_SCALE, PRECISION,
         )  # fmt: skip
-    mask = n_ok[:, None] & valid[None, :]
-    if SPLIT == 1:
-        act = gate / (1.0 + tl.exp(-gate)) * up
-        tl.store(
-            act_ptr + out_row[None, :] * INTER + n[:, None],
-            act.to(act_ptr.dtype.element_ty),
-            mask=mask,
-        )
-    else:
-        part = act_ptr + (split * act_rows + out_row[None, :]).to(tl.int64) * (2 * INTER)
-        tl.store(part + n[:, None], gate, mask=mask)
-        tl.store(part + INTER + n[:, None], up, mask=mask)
-
-
-@triton.jit
-def _load_act(
-    act_ptr,
-    x_ptr,
-    act_row,
-    valid,
-    kk,
-    k_ok,
-    act_rows,
-    INTER: tl.constexpr,
-    GU_SPLIT: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-):
-    """The rows' SwiGLU activations at columns kk, [BLOCK_K, BLOCK_M] in x's dtype: stored
-    as such, or (GU_SPLIT > 1) summed from the gate/up kernel's pieces and formed here."""
-    mask = valid[None, :] & k_ok[:, None]
-    if GU_SPLIT == 1:
-        a = tl.load(act_ptr + act_row[None, :] * INTER + kk[:, None], mask=mask, other=0.0)
-    else:
-        gate = tl.zeros((BLOCK_K, BLOCK_M), dtype=tl.float32)
-        up = tl.zeros((BLOCK_K, BLOCK_M), dtype=tl.float32)
-        for s in tl.static_range(GU_SPLIT):
-            base = act_ptr + (s * act_rows + act_row[None, :]).to(tl.int64) * (2 * INTER)
-            gate += tl.load(base + kk[:, None], mask=mask, other=0.0)
-            up += tl.load(base + INTER + kk[:, None], mask=mask, other=0.0)
-        a = (gate / (1.0 + tl.exp(-gate)) * up).to(x_ptr.dtype.element_ty)
-    return a
+    act = gate / (1.0 + tl.exp(-gate)) * up
+    tl.store(
+        act_ptr + out_row[None, :] * INTER + n[:, None],
+        act.to(act_ptr.dtype.element_ty),
+        mask=n_ok[:, None] & valid[None, :],
+    )
 
 
 @triton.jit
 def _down_kernel(
-    act_ptr,  # [rows, I] in x's dtype, or fp32 [GU_SPLIT, rows, 2I] gate/up pieces
-    x_ptr,  # the MoE input (only its dtype is used)
+    act_ptr,  # [rows, I] in x's dtype
     w_ptr,  # [E, C, I]
     s_ptr,  # [E, ceil(C/BR), ceil(I/BC)] fp32
     out_ptr,  # out: [SPLIT, num_pairs, C] fp32: each pair's expert output x its routing weight
@@ -256,7 +219,6 @@ def _down_kernel(
     expert_ptr,
     weights_ptr,  # [num_pairs] fp32 routing weights
     num_pairs,
-    act_rows,
     stride_we,
     stride_wn,
     stride_se,
@@ -270,7 +232,6 @@ def _down_kernel(
     BLOCK_K: tl.constexpr,
     SPLIT: tl.constexpr,
     K_PER_SPLIT: tl.constexpr,
-    GU_SPLIT: tl.constexpr,
     PER_PAIR: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -292,8 +253,10 @@ def _down_kernel(
         k0 = split * K_PER_SPLIT + step
         kk = k0 + k
         k_ok = kk < INTER
-        a = _load_act(
-            act_ptr, x_ptr, act_row, valid, kk, k_ok, act_rows, INTER, GU_SPLIT, BLOCK_K, BLOCK_M
+        a = tl.load(
+            act_ptr + act_row[None, :] * INTER + kk[:, None],
+            mask=valid[None, :] & k_ok[:, None],
+            other=0.0,
         )
         acc += _scaled_dot(
             w_base, s_base, n, n_ok, kk, k_ok, k0, a, stride_wn, stride_sn,
@@ -538,19 +501,12 @@ def moe_experts_parts(
         BR=block_rows, BC=block_cols, BLOCK_M=tiles.block_m,
         PER_PAIR=not tiles.grouped, HAS_SCALE=experts.is_fp8, PRECISION=precision,
     )  # fmt: skip
-    # Split the reduction when the tiles alone are too few programs (decode: 8 pairs).
     gu = tiles.gate_up
-    n_tiles = triton.cdiv(inter, gu.block_n)
-    gu_split, gu_k = _split(num_blocks * n_tiles, hidden, gu, x.device, MAX_GATE_UP_SPLIT)
-    if gu_split == 1:
-        act = torch.empty((act_rows, inter), dtype=x.dtype, device=x.device)
-    else:
-        act = torch.empty((gu_split, act_rows, 2 * inter), dtype=torch.float32, device=x.device)
-    _gate_up_kernel[(num_blocks, n_tiles, gu_split)](
-        x, w13, s13, act, rows, block_expert, pairs, act_rows,
+    act = torch.empty((act_rows, inter), dtype=x.dtype, device=x.device)
+    _gate_up_kernel[(num_blocks, triton.cdiv(inter, gu.block_n))](
+        x, w13, s13, act, rows, block_expert, pairs,
         w13.stride(0), w13.stride(1), s13.stride(0), s13.stride(1),
         TOP_K=top_k, HIDDEN=hidden, INTER=inter, BLOCK_N=gu.block_n, BLOCK_K=gu.block_k,
-        SPLIT=gu_split, K_PER_SPLIT=gu_k,
         num_warps=gu.num_warps, num_stages=gu.num_stages, **common,
     )  # fmt: skip
     dn = tiles.down
@@ -561,10 +517,10 @@ def moe_experts_parts(
         (split, pairs, hidden), dtype=torch.float32, device=x.device
     )
     _down_kernel[(num_blocks, n_tiles, split)](
-        act, x, w2, s2, partial, rows, block_expert, routing,
-        pairs, act_rows, w2.stride(0), w2.stride(1), s2.stride(0), s2.stride(1),
+        act, w2, s2, partial, rows, block_expert, routing,
+        pairs, w2.stride(0), w2.stride(1), s2.stride(0), s2.stride(1),
         HIDDEN=hidden, INTER=inter, BLOCK_N=dn.block_n, BLOCK_K=dn.block_k,
-        SPLIT=split, K_PER_SPLIT=k_per_split, GU_SPLIT=gu_split,
+        SPLIT=split, K_PER_SPLIT=k_per_split,
         num_warps=dn.num_warps, num_stages=dn.num_stages, **common,
     )  # fmt: skip
     return PartialSums(partial.view(split, num_tokens, top_k, hidden), x.dtype)

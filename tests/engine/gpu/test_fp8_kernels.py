@@ -99,8 +99,8 @@ SHAPES = [(3072, 1536, 256, 8), (384, 256, 16, 4), (200, 128, 7, 3)]
 
 
 def _split_everywhere():
-    """Per-pair tiles that split both reductions as far as they go (the gate/up pieces are
-    then summed by the down kernel as it loads them)."""
+    """Per-pair MMA tiles that split the down projection's reduction as far as it goes (its
+    pieces are left for the consumer to sum)."""
     from m2agent.engine.kernels import fp8_moe
 
     tiles = fp8_moe.KernelTiles(32, 64, 4, 3, programs_per_sm=64)
