@@ -205,7 +205,11 @@ def _tile_name(t: object) -> str:
 
     assert isinstance(t, TileConfig)
     kind = "grouped" if t.grouped else "pair-gemv" if t.gemv else "pair"
-    return f"{kind} m{t.block_m} n{t.block_n} k{t.block_k} w{t.num_warps} s{t.num_stages}"
+    g, d = t.gate_up, t.down
+    return (
+        f"{kind} m{t.block_m} gu n{g.block_n} k{g.block_k} w{g.num_warps} s{g.num_stages}"
+        f" dn n{d.block_n} k{d.block_k} w{d.num_warps} s{d.num_stages}"
+    )
 
 
 def _sweep(tokens: int) -> list[object]:
@@ -214,7 +218,7 @@ def _sweep(tokens: int) -> list[object]:
     from m2agent.engine.kernels.fp8_moe import KernelTiles, TileConfig
 
     configs = []
-    if tokens <= 4:  # per-pair GEMV (plain FMAs) beside the per-pair MMA of the table
+    if tokens <= 16:  # per-pair GEMV (plain FMAs) beside the per-pair MMA
         configs.append(
             TileConfig(False, 16, KernelTiles(32, 256, 4, 2), KernelTiles(64, 256, 4, 2), gemv=True)
         )

@@ -75,10 +75,10 @@ class TileConfig:
 
 
 # Measured on an H200 (M2 shapes) by scripts/tune_kernels.py (docs/bench/i12/tune-h200*.json):
-# per number of tokens (upper bound): per-pair GEMV at 1, per-pair MMA to 4, then grouped.
+# per number of tokens (upper bound): per-pair GEMV up to 4 (at 16 the grouped MMA wins), then
+# grouped.
 H200_TILES: tuple[tuple[int, TileConfig], ...] = (
-    (1, TileConfig(False, 16, KernelTiles(32, 256, 4, 2), KernelTiles(64, 256, 4, 2), gemv=True)),
-    (4, TileConfig(False, 16, KernelTiles(32, 128, 2, 3), KernelTiles(64, 128, 4, 3, 2))),
+    (4, TileConfig(False, 16, KernelTiles(32, 256, 4, 2), KernelTiles(64, 256, 4, 2), gemv=True)),
     (16, TileConfig.uniform(True, 16, 64, 128, 4, 3)),
     (64, TileConfig.uniform(True, 32, 64, 128, 4, 3)),
     (1 << 62, TileConfig.uniform(True, 64, 64, 128, 4, 3)),
