@@ -175,10 +175,14 @@ def bench_moe(
             if fp8:
                 variants += [(_tile_name(t), t) for t in _sweep(tokens)]
             for label, tiles in variants:
+                # The kernels alone: their split-K pieces are summed by the next fused
+                # residual add + RMSNorm in the model, as part of a launch it makes anyway.
                 if fp8 and tiles is not None:
-                    calls = [partial(fp8_moe.moe_experts, *a, experts, tiles=tiles) for a in inputs]
+                    calls = [
+                        partial(fp8_moe.moe_experts_parts, *a, experts, tiles=tiles) for a in inputs
+                    ]
                 else:
-                    calls = [partial(dispatch.moe_experts, *a, experts) for a in inputs]
+                    calls = [partial(dispatch.moe_experts_parts, *a, experts) for a in inputs]
                 try:
                     times = time_graph(calls)
                 except (OutOfResources, CompilationError) as e:  # a tile the compiler rejects
@@ -200,21 +204,30 @@ def _tile_name(t: object) -> str:
     from m2agent.engine.kernels.fp8_moe import TileConfig
 
     assert isinstance(t, TileConfig)
-    kind = "grouped" if t.grouped else "pair"
-    return f"{kind} m{t.block_m} n{t.block_n} k{t.block_k} w{t.num_warps} s{t.num_stages}"
+    kind = "grouped" if t.grouped else "pair-gemv" if t.gemv else "pair"
+    g, d = t.gate_up, t.down
+    return (
+        f"{kind} m{t.block_m} gu n{g.block_n} k{g.block_k} w{g.num_warps} s{g.num_stages}"
+        f" dn n{d.block_n} k{d.block_k} w{d.num_warps} s{d.num_stages}"
+    )
 
 
 def _sweep(tokens: int) -> list[object]:
-    """A few tile configs around the table's choice, to keep the table honest."""
-    from m2agent.engine.kernels.fp8_moe import TileConfig
+    """A few tile configs around the table's choice, to keep the table honest (the full sweep
+    that made the table is scripts/tune_kernels.py)."""
+    from m2agent.engine.kernels.fp8_moe import KernelTiles, TileConfig
 
     configs = []
+    if tokens <= 16:  # per-pair GEMV (plain FMAs) beside the per-pair MMA
+        configs.append(
+            TileConfig(False, 16, KernelTiles(32, 256, 4, 2), KernelTiles(64, 256, 4, 2), gemv=True)
+        )
     if tokens <= 16:
-        configs += [TileConfig(False, 16, n, 128, w, 3) for n in (64, 128) for w in (4, 8)]
+        configs += [TileConfig.uniform(False, 16, n, 128, w, 3) for n in (64, 128) for w in (4, 8)]
     if tokens > 1:
-        configs += [TileConfig(True, 16, n, 128, 4, 3) for n in (64, 128)]
+        configs += [TileConfig.uniform(True, 16, n, 128, 4, 3) for n in (64, 128)]
     if tokens > 16:
-        configs += [TileConfig(True, m, 128, 128, w, 3) for m in (32, 64) for w in (4, 8)]
+        configs += [TileConfig.uniform(True, m, 128, 128, w, 3) for m in (32, 64) for w in (4, 8)]
     return configs
 
 
@@ -235,7 +248,7 @@ def bench_linear(
             xs = [torch.randn(tokens, k, device=device).bfloat16() for _ in weights]
             times = time_graph(
                 [
-                    partial(fp8_linear.fp8_linear, x, w, s, BLOCK)
+                    partial(fp8_linear.fp8_linear_parts, x, w, s, BLOCK)
                     for x, (w, s) in zip(xs, weights, strict=True)
                 ]
             )

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from m2agent.engine.forward_batch import ForwardBatch
 from m2agent.engine.kernels import grouped_moe, reference
+from m2agent.engine.kernels.partial_sums import PartialSums, materialize
 from m2agent.engine.kernels.reference import ExpertWeights
 
 
@@ -24,14 +25,26 @@ def moe_experts(
     experts: ExpertWeights,
     expert_map: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """`moe_experts_parts`, summed into one [T, C] tensor."""
+    return materialize(moe_experts_parts(x, weights, expert_ids, experts, expert_map))
+
+
+def moe_experts_parts(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    expert_ids: torch.Tensor,
+    experts: ExpertWeights,
+    expert_map: torch.Tensor | None = None,
+) -> torch.Tensor | PartialSums:
     """On CUDA a path with no host sync (graph-capturable). FP8 experts: the Triton kernels
-    that read the FP8 weights and block scales as stored (never a dequantized copy). bf16: for
-    a few tokens the Triton GEMV kernels, else grouped GEMMs. Small fp32 test models: every
-    expert on every token. On CPU the reference on dequantized weights. `expert_map` (global
-    expert id -> local index, -1 where not owned) is for expert parallelism: FP8 only."""
+    that read the FP8 weights and block scales as stored (never a dequantized copy), their
+    output left as `PartialSums` for the next fused add + RMSNorm. bf16: for a few tokens the
+    Triton GEMV kernels, else grouped GEMMs. Small fp32 test models: every expert on every
+    token. On CPU the reference on dequantized weights. `expert_map` (global expert id ->
+    local index, -1 where not owned) is for expert parallelism: FP8 only."""
     fp8 = _triton_fp8_moe() if x.is_cuda else None
     if fp8 is not None and (experts.is_fp8 or expert_map is not None):
-        return fp8.moe_experts(x, weights, expert_ids, experts, expert_map)
+        return fp8.moe_experts_parts(x, weights, expert_ids, experts, expert_map)
     if expert_map is not None:
         raise NotImplementedError("expert_map needs the Triton MoE kernels (CUDA)")
     w13, w2 = experts.dense(x.dtype) if experts.is_fp8 else (experts.w13, experts.w2)
@@ -56,6 +69,17 @@ def fp8_linear(
     return F.linear(x, reference.dequantize_fp8_block(weight, scale_inv, block, x.dtype))
 
 
+def fp8_linear_parts(
+    x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]
+) -> torch.Tensor | PartialSums:
+    """`fp8_linear` for a consumer that sums split-K pieces itself (the fused add + RMSNorm,
+    the QK-norm kernel): on CUDA the pieces as `PartialSums`, no reduction launch."""
+    kernel = _triton_fp8_linear() if x.is_cuda else None
+    if kernel is not None:
+        return kernel.fp8_linear_parts(x, weight, scale_inv, block)
+    return fp8_linear(x, weight, scale_inv, block)
+
+
 def route(
     x: torch.Tensor, gate_weight: torch.Tensor, correction_bias: torch.Tensor, top_k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,19 +91,20 @@ def route(
 
 
 def add_rms_norm(
-    x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float
+    x: torch.Tensor, delta: torch.Tensor | PartialSums | None, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x + delta, its RMSNorm): on CUDA one kernel that updates x in place."""
+    """(x + delta, its RMSNorm): on CUDA one kernel that updates x in place (and sums `delta`
+    when it is left as pieces)."""
     fused = _triton_fused() if x.is_cuda and x.is_contiguous() else None
     if fused is not None:
         return fused.add_rms_norm(x, delta, weight, eps)
-    return reference.add_rms_norm(x, delta, weight, eps)
+    return reference.add_rms_norm(x, None if delta is None else materialize(delta), weight, eps)
 
 
 def qk_norm_rope_store(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    q: torch.Tensor | PartialSums,
+    k: torch.Tensor | PartialSums,
+    v: torch.Tensor | PartialSums,
     q_weight: torch.Tensor,
     k_weight: torch.Tensor,
     rope: tuple[torch.Tensor, torch.Tensor],
@@ -90,10 +115,16 @@ def qk_norm_rope_store(
     head_dim: int,
 ) -> torch.Tensor:
     """Full-width QK-norm, partial RoPE and the KV-cache write (reference.qk_norm_rope_store):
-    on CUDA one kernel per step."""
-    fused = _triton_fused() if q.is_cuda and head_dim & (head_dim - 1) == 0 else None
-    impl = fused.qk_norm_rope_store if fused is not None else reference.qk_norm_rope_store
-    return impl(q, k, v, q_weight, k_weight, *rope, k_cache, v_cache, slot_mapping, eps, head_dim)
+    on CUDA one kernel per step, which also sums q/k/v left as split-K pieces."""
+    fused = _triton_fused() if k_cache.is_cuda and head_dim & (head_dim - 1) == 0 else None
+    if fused is not None:
+        return fused.qk_norm_rope_store(
+            q, k, v, q_weight, k_weight, *rope, k_cache, v_cache, slot_mapping, eps, head_dim
+        )
+    q, k, v = materialize(q), materialize(k), materialize(v)
+    return reference.qk_norm_rope_store(
+        q, k, v, q_weight, k_weight, *rope, k_cache, v_cache, slot_mapping, eps, head_dim
+    )
 
 
 def decode_graphs_supported(head_dim: int) -> bool:

@@ -4,17 +4,52 @@ by the activations on the tensor cores, and the partial product scaled by its bl
 
 The weight is the left operand (the output features run along the MMA's M), so a decode step
 of one token still fills the MMA with weight rows. For few output tiles (o_proj at batch 1) the
-reduction dim is split over programs and the partial sums added in a fixed order afterwards.
-The readable version is `F.linear(x, reference.dequantize_fp8_block(...))`.
+reduction dim is split over programs: `fp8_linear_parts` leaves the pieces as `PartialSums` for
+the consumer to add up (no extra launch); `fp8_linear` sums them in a fixed order itself.
+Tiles per row-count bucket come from `LINEAR_TILES` (measured on an H200 by
+scripts/tune_kernels.py). The readable version is
+`F.linear(x, reference.dequantize_fp8_block(...))`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
 from m2agent.engine.kernels.occupancy import split_k
+from m2agent.engine.kernels.partial_sums import PartialSums
+
+
+@dataclass(frozen=True, slots=True)
+class LinearTiles:
+    """With `gemv`, one input row per program and plain FMAs (block_m unused): no MMA padded
+    to 16 rows and no shared-memory round trip, for decode; else BLOCK_M rows on the MMA."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    programs_per_sm: int  # split-K target: cut the reduction until this many programs per SM
+    gemv: bool = False
+
+
+# Per number of rows (upper bound). Measured on an H200 by scripts/tune_kernels.py
+# (docs/bench/i12/tune-h200*.json): one row by GEMV, then the MMA.
+LINEAR_TILES: tuple[tuple[int, LinearTiles], ...] = (
+    (1, LinearTiles(1, 32, 256, 4, 2, 4, gemv=True)),
+    (16, LinearTiles(16, 64, 128, 4, 3, 2)),
+    (32, LinearTiles(32, 64, 128, 4, 3, 4)),
+    (64, LinearTiles(64, 64, 128, 4, 3, 4)),
+    (1 << 62, LinearTiles(64, 128, 128, 4, 3, 4)),
+)
+
+
+def pick_tiles(num_rows: int) -> LinearTiles:
+    return next(t for limit, t in LINEAR_TILES if num_rows <= limit)
 
 
 @triton.jit
@@ -22,7 +57,7 @@ def _fp8_linear_kernel(
     x_ptr,  # [M, K]
     w_ptr,  # [N, K] fp8
     s_ptr,  # [ceil(N/BR), ceil(K/BC)] fp32
-    out_ptr,  # [SPLIT, M, N] (fp32 partials) or [M, N] (x's dtype) when SPLIT == 1
+    out_ptr,  # [SPLIT, M, N]: fp32 partial sums, or x's dtype when SPLIT == 1
     M,
     N: tl.constexpr,
     K: tl.constexpr,
@@ -68,45 +103,133 @@ def _fp8_linear_kernel(
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=n_ok[:, None] & m_ok[None, :])
 
 
+@triton.jit
+def _fp8_gemv_kernel(
+    x_ptr,  # [M, K]
+    w_ptr,  # [N, K] fp8
+    s_ptr,  # [ceil(N/BR), ceil(K/BC)] fp32
+    out_ptr,  # [SPLIT, M, N]: fp32 pieces, or x's dtype when SPLIT == 1
+    M,
+    N: tl.constexpr,
+    K: tl.constexpr,
+    stride_xm,
+    stride_wn,
+    stride_sn,
+    K_PER_SPLIT: tl.constexpr,
+    BR: tl.constexpr,
+    BC: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """One row of x times BLOCK_N weight rows (all in one scale row-block, so each step's
+    scales fold into the activations)."""
+    row = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    split = tl.program_id(2)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < N
+    k = tl.arange(0, BLOCK_K)
+    scale_row = (pid_n * BLOCK_N) // BR
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for step in range(0, K_PER_SPLIT, BLOCK_K):
+        kk = split * K_PER_SPLIT + step + k
+        k_ok = kk < K
+        a = tl.load(x_ptr + row.to(tl.int64) * stride_xm + kk, mask=k_ok, other=0.0)
+        a = a.to(tl.float32) * tl.load(
+            s_ptr + scale_row * stride_sn + kk // BC, mask=k_ok, other=0.0
+        )
+        w_mask = n_ok[:, None] & k_ok[None, :]
+        w = tl.load(w_ptr + n[:, None] * stride_wn + kk[None, :], mask=w_mask, other=0.0)
+        acc += tl.sum(w.to(tl.float32) * a[None, :], 1)
+    out = out_ptr + (split.to(tl.int64) * M + row) * N + n
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=n_ok)
+
+
+def _launch(
+    x2: torch.Tensor,
+    weight: torch.Tensor,
+    scale_inv: torch.Tensor,
+    block: tuple[int, int],
+    tiles: LinearTiles | None,
+    always_fp32: bool,
+) -> torch.Tensor:
+    """Returns [S, M, N]: fp32 pieces, or (S == 1 and not `always_fp32`) x's dtype."""
+    num_rows, k_dim = x2.shape
+    n_dim = weight.shape[0]
+    block_rows, block_cols = block
+    tiles = tiles or pick_tiles(num_rows)
+    if tiles.gemv:
+        if block_rows % tiles.block_n:
+            raise ValueError(f"GEMV block_n {tiles.block_n} must divide the FP8 block rows")
+        block_k = tiles.block_k
+    else:
+        block_k = min(tiles.block_k, block_cols)
+        if block_cols % block_k:
+            raise ValueError(f"FP8 block columns {block_cols} must be a multiple of {block_k}")
+    block_m = 1 if tiles.gemv else tiles.block_m
+    programs = triton.cdiv(num_rows, block_m) * triton.cdiv(n_dim, tiles.block_n)
+    k_blocks = triton.cdiv(k_dim, block_k)
+    split = split_k(programs, k_blocks, x2.device, per_sm=tiles.programs_per_sm)
+    k_per_split = triton.cdiv(k_blocks, split) * block_k
+    split = triton.cdiv(k_dim, k_per_split)
+    dtype = torch.float32 if split > 1 or always_fp32 else x2.dtype
+    out = torch.empty((split, num_rows, n_dim), dtype=dtype, device=x2.device)
+    grid = (triton.cdiv(num_rows, block_m), triton.cdiv(n_dim, tiles.block_n), split)
+    if tiles.gemv:
+        _fp8_gemv_kernel[grid](
+            x2, weight, scale_inv, out, num_rows, n_dim, k_dim,
+            x2.stride(0), weight.stride(0), scale_inv.stride(0),
+            K_PER_SPLIT=k_per_split, BR=block_rows, BC=block_cols,
+            BLOCK_N=tiles.block_n, BLOCK_K=block_k,
+            num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        )  # fmt: skip
+        return out
+    _fp8_linear_kernel[grid](
+        x2, weight, scale_inv, out, num_rows, n_dim, k_dim,
+        x2.stride(0), weight.stride(0), scale_inv.stride(0),
+        K_PER_SPLIT=k_per_split, BR=block_rows, BC=block_cols,
+        BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=block_k,
+        PRECISION="ieee" if x2.dtype == torch.float32 else "tf32",
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+    )  # fmt: skip
+    return out
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
 def fp8_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
     scale_inv: torch.Tensor,
     block: tuple[int, int],
+    tiles: LinearTiles | None = None,
 ) -> torch.Tensor:
     """x [..., K] (bf16 or fp32) @ weight [N, K] (float8_e4m3fn, `scale_inv` per
     `block` = (rows, cols)) transposed -> [..., N] in x's dtype."""
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    num_rows, k_dim = x2.shape
-    n_dim = weight.shape[0]
-    if num_rows == 0:
+    lead, n_dim = x.shape[:-1], weight.shape[0]
+    x2 = _rows(x)
+    if x2.shape[0] == 0:
         return torch.empty((*lead, n_dim), dtype=x.dtype, device=x.device)
-    block_rows, block_cols = block
-    block_m = 16 if num_rows <= 16 else 32 if num_rows <= 32 else 64
-    block_n = 64 if num_rows <= 64 else 128
-    block_k = min(128, block_cols)
-    if block_cols % block_k:
-        raise ValueError(f"FP8 block columns {block_cols} must be a multiple of {block_k}")
-    tiles = triton.cdiv(num_rows, block_m) * triton.cdiv(n_dim, block_n)
-    k_blocks = triton.cdiv(k_dim, block_k)
-    split = split_k(tiles, k_blocks, x.device)
-    k_per_split = triton.cdiv(k_blocks, split) * block_k
-    split = triton.cdiv(k_dim, k_per_split)
-    if split == 1:
-        out = torch.empty((num_rows, n_dim), dtype=x.dtype, device=x.device)
-    else:
-        out = torch.empty((split, num_rows, n_dim), dtype=torch.float32, device=x.device)
-    _fp8_linear_kernel[(triton.cdiv(num_rows, block_m), triton.cdiv(n_dim, block_n), split)](
-        x2, weight, scale_inv, out, num_rows, n_dim, k_dim,
-        x2.stride(0), weight.stride(0), scale_inv.stride(0),
-        K_PER_SPLIT=k_per_split, BR=block_rows, BC=block_cols,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        num_warps=4, num_stages=3,
-    )  # fmt: skip
-    if split > 1:
-        out = out.sum(dim=0).to(x.dtype)
+    out = _launch(x2, weight, scale_inv, block, tiles, always_fp32=False)
+    out = out[0] if out.shape[0] == 1 else out.sum(dim=0).to(x.dtype)
     return out.view(*lead, n_dim)
+
+
+def fp8_linear_parts(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale_inv: torch.Tensor,
+    block: tuple[int, int],
+    tiles: LinearTiles | None = None,
+) -> PartialSums:
+    """The same product for x [T, K], left as fp32 pieces of the reduction for the consumer
+    to add up (`PartialSums`; one piece when the reduction is not split)."""
+    x2 = _rows(x)
+    if x2.shape[0] == 0:
+        empty = torch.empty((1, 0, 1, weight.shape[0]), dtype=torch.float32, device=x.device)
+        return PartialSums(empty, x.dtype)
+    out = _launch(x2, weight, scale_inv, block, tiles, always_fp32=True)
+    return PartialSums(out.unsqueeze(2), x.dtype)

@@ -21,10 +21,16 @@ def sm_count(device: torch.device) -> int:
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def split_k(programs: int, k_blocks: int, device: torch.device, max_split: int = 16) -> int:
+def split_k(
+    programs: int,
+    k_blocks: int,
+    device: torch.device,
+    max_split: int = 16,
+    per_sm: int = PROGRAMS_PER_SM,
+) -> int:
     """Pieces to cut a loop of `k_blocks` steps into (a power of two, each piece >= 2 steps)
-    so that `programs` x pieces reaches PROGRAMS_PER_SM per SM."""
-    target = PROGRAMS_PER_SM * sm_count(device)
+    so that `programs` x pieces reaches `per_sm` programs per SM."""
+    target = per_sm * sm_count(device)
     split = 1
     while programs * split < target and k_blocks >= 4 * split and split < max_split:
         split *= 2

@@ -11,7 +11,8 @@ from torch import nn
 
 from m2agent.engine.forward_batch import ForwardBatch
 from m2agent.engine.kernels import dispatch
-from m2agent.engine.layers.linear import Linear, Split
+from m2agent.engine.kernels.partial_sums import PartialSums, materialize
+from m2agent.engine.layers.linear import FusedRows, Linear, Split
 from m2agent.engine.layers.norm import SplitRMSNorm
 from m2agent.engine.layers.parallel import SINGLE, TensorParallel
 from m2agent.engine.layers.rotary import PartialRotary
@@ -36,6 +37,8 @@ class Attention(nn.Module):
         self.k_proj = linear("k_proj", c.hidden_size, c.kv_size, "columns")
         self.v_proj = linear("v_proj", c.hidden_size, c.kv_size, "columns")
         self.o_proj = linear("o_proj", c.q_size, c.hidden_size, "rows")
+        # q, k and v as row blocks of one weight: one launch for all three.
+        self.qkv = FusedRows.fuse([self.q_proj, self.k_proj, self.v_proj])
         # One norm over the whole projection (6144 / 1024 wide in M2), not per head.
         self.q_norm = SplitRMSNorm(c.q_size, c.rms_norm_eps, dtype, tp)
         self.k_norm = SplitRMSNorm(c.kv_size, c.rms_norm_eps, dtype, tp)
@@ -48,18 +51,21 @@ class Attention(nn.Module):
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         batch: ForwardBatch,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | PartialSums:
         """x [T, C] for the batch's tokens, with their RoPE (cos, sin). The paged caches
         [N_blocks, block_size, Hkv, D] receive these tokens' keys and values at
-        `batch.slot_mapping`, then each sequence attends over all of its cached tokens."""
+        `batch.slot_mapping`, then each sequence attends over all of its cached tokens.
+        Without tensor parallelism the output may be left as split-K pieces (`PartialSums`)
+        for the fused residual add + RMSNorm that follows."""
         num_tokens = x.shape[0]
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = self._project_qkv(x)
         if self.tp.size == 1:  # QK-norm, RoPE and the KV write: one kernel on CUDA
             q = dispatch.qk_norm_rope_store(
                 q, k, v, self.q_norm.weight, self.k_norm.weight, rope, k_cache, v_cache,
                 batch.slot_mapping, self.q_norm.eps, self.head_dim,
             )  # fmt: skip
         else:
+            q, k, v = materialize(q), materialize(k), materialize(v)
             q, k = self._normed_qk(q, k)
             q = q.view(num_tokens, self.num_heads, self.head_dim)
             k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
@@ -69,8 +75,18 @@ class Attention(nn.Module):
             k_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, slots, k)
             v_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, slots, v)
         out = dispatch.paged_attention(q, k_cache, v_cache, batch, self.scale)
-        out = self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
-        return self.tp.all_reduce(out)
+        out = out.reshape(num_tokens, self.num_heads * self.head_dim)
+        if self.tp.size == 1:
+            return self.o_proj.forward_parts(out)
+        return self.tp.all_reduce(self.o_proj(out))
+
+    def _project_qkv(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor | PartialSums, torch.Tensor | PartialSums, torch.Tensor | PartialSums]:
+        if self.qkv is not None and self.qkv.intact():
+            q, k, v = self.qkv(x)
+            return q, k, v
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
     def _normed_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.tp.size == 1:

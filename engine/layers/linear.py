@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from m2agent.engine.kernels import dispatch
+from m2agent.engine.kernels.partial_sums import PartialSums
 from m2agent.engine.kernels.reference import FP8_DTYPE, dequantize_fp8_block
 from m2agent.engine.layers.loading import Slice, new_parameter, sliced_loader
 from m2agent.engine.layers.parallel import SINGLE, TensorParallel
@@ -76,6 +77,93 @@ class Linear(nn.Module):
         block = (self.fp8.block_rows, self.fp8.block_cols)
         return dispatch.fp8_linear(x, self.weight, self.weight_scale_inv, block)
 
+    def forward_parts(self, x: torch.Tensor) -> torch.Tensor | PartialSums:
+        """y, or (FP8 on CUDA) y left as split-K pieces for a consumer that sums them."""
+        if self.fp8 is None or self.weight_scale_inv is None:
+            return F.linear(x, self.weight)
+        block = (self.fp8.block_rows, self.fp8.block_cols)
+        return dispatch.fp8_linear_parts(x, self.weight, self.weight_scale_inv, block)
+
     def extra_repr(self) -> str:
         kind = f"fp8 block {self.fp8.block_rows}x{self.fp8.block_cols}" if self.fp8 else "dense"
         return f"in={self.in_features}, out={self.out_features}, {kind}"
+
+
+class FusedRows:
+    """Linears over the same input whose weights are row blocks of one tensor, so one launch
+    computes all of them (M2's q/k/v). Made before any weight is loaded: each Linear's weight
+    (and FP8 scale) is re-pointed at its rows of a fresh fused tensor, so the checkpoint loads
+    into place and nothing is ever copied or held twice. `fuse` returns None where the weights
+    cannot share a tensor (different FP8 configs, or FP8 rows not on scale-block bounds)."""
+
+    def __init__(self, linears: list[Linear], weight: torch.Tensor, scale: torch.Tensor | None):
+        self.linears, self.weight, self.scale = linears, weight, scale
+        self.widths = [lin.out_features for lin in linears]
+
+    @classmethod
+    def fuse(cls, linears: list[Linear]) -> FusedRows | None:
+        first = linears[0]
+        fp8 = first.fp8
+        if any(lin.fp8 != fp8 or lin.in_features != first.in_features for lin in linears):
+            return None
+        if fp8 is not None and any(lin.out_features % fp8.block_rows for lin in linears):
+            return None
+        rows = sum(lin.out_features for lin in linears)
+        old = first.weight
+        weight = torch.empty((rows, first.in_features), dtype=old.dtype, device=old.device)
+        scale = None
+        scales = [lin.weight_scale_inv for lin in linears if lin.weight_scale_inv is not None]
+        if scales:
+            old_scale = scales[0]
+            scale_rows = sum(s.shape[0] for s in scales)
+            scale = torch.empty(
+                (scale_rows, old_scale.shape[1]), dtype=old_scale.dtype, device=old_scale.device
+            )
+        row = scale_row = 0
+        for lin in linears:
+            lin.weight = _view_parameter(lin.weight, weight[row : row + lin.out_features])
+            row += lin.out_features
+            if scale is not None and lin.weight_scale_inv is not None:
+                n = lin.weight_scale_inv.shape[0]
+                lin.weight_scale_inv = _view_parameter(
+                    lin.weight_scale_inv, scale[scale_row : scale_row + n]
+                )
+                scale_row += n
+        return cls(linears, weight, scale)
+
+    def intact(self) -> bool:
+        """Whether the Linears still hold views of the fused tensor (a `.to()` would copy)."""
+        return all(
+            lin.weight.data_ptr() == self.weight[start:].data_ptr()
+            for lin, start in zip(self.linears, self._starts(), strict=True)
+        )
+
+    def _starts(self) -> list[int]:
+        starts, at = [], 0
+        for width in self.widths:
+            starts.append(at)
+            at += width
+        return starts
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor | PartialSums]:
+        """Each Linear's output (views of one product's columns)."""
+        fp8 = self.linears[0].fp8
+        if fp8 is None or self.scale is None:
+            y: torch.Tensor | PartialSums = F.linear(x, self.weight)
+        else:
+            block = (fp8.block_rows, fp8.block_cols)
+            y = dispatch.fp8_linear_parts(x, self.weight, self.scale, block)
+        outs: list[torch.Tensor | PartialSums] = []
+        for start, width in zip(self._starts(), self.widths, strict=True):
+            if isinstance(y, PartialSums):
+                outs.append(y.columns(start, width))
+            else:
+                outs.append(y[:, start : start + width])
+        return outs
+
+
+def _view_parameter(old: nn.Parameter, view: torch.Tensor) -> nn.Parameter:
+    """A parameter over `view` that loads like `old` (same weight_loader)."""
+    param = nn.Parameter(view, requires_grad=False)
+    param.weight_loader = old.weight_loader  # type: ignore[attr-defined]
+    return param

@@ -16,6 +16,7 @@ from torch import nn
 
 from m2agent.engine.errors import ConfigError
 from m2agent.engine.kernels import dispatch
+from m2agent.engine.kernels.partial_sums import PartialSums, materialize
 from m2agent.engine.kernels.reference import (
     FP8_DTYPE,
     ExpertWeights,
@@ -131,10 +132,12 @@ class Experts(nn.Module):
 
     def forward(
         self, x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | PartialSums:
+        """The experts' weighted sum per token; on CUDA (FP8) left as pieces (`PartialSums`)
+        for the next fused residual add + RMSNorm to sum."""
         if self.is_partial:
             weights, expert_ids = self.localize(weights, expert_ids)
-        return dispatch.moe_experts(x, weights, expert_ids, self.stored())
+        return dispatch.moe_experts_parts(x, weights, expert_ids, self.stored())
 
 
 class SparseMoE(nn.Module):
@@ -155,8 +158,11 @@ class SparseMoE(nn.Module):
             tp,
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | PartialSums:
         weights, expert_ids = dispatch.route(
             x, self.gate.weight, self.e_score_correction_bias, self.top_k
         )
-        return self.tp.all_reduce(self.experts(x, weights, expert_ids))
+        out = self.experts(x, weights, expert_ids)
+        if self.tp.size == 1:
+            return out
+        return self.tp.all_reduce(materialize(out))

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from m2agent.engine.forward_batch import ForwardBatch
+from m2agent.engine.kernels.partial_sums import PartialSums
 from m2agent.engine.layers.attention import Attention
 from m2agent.engine.layers.embedding import Embedding, LMHead
 from m2agent.engine.layers.moe import SparseMoE
@@ -31,15 +32,16 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        delta: torch.Tensor | None,
+        delta: torch.Tensor | PartialSums | None,
         rope: tuple[torch.Tensor, torch.Tensor],
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         batch: ForwardBatch,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | PartialSums]:
         """`x + delta` is the residual stream entering this layer (`delta`: the previous
         layer's MoE output, None for the first layer): each residual add is fused with the
-        norm that follows it. Returns (the stream after attention, this layer's MoE output)."""
+        norm that follows it, which also sums a delta left as split-K pieces (`PartialSums`).
+        Returns (the stream after attention, this layer's MoE output)."""
         x, h = self.input_layernorm.add_and_norm(x, delta)
         attn = self.self_attn(h, rope, k_cache, v_cache, batch)
         x, h = self.post_attention_layernorm.add_and_norm(x, attn)
@@ -78,7 +80,7 @@ class MiniMaxM2ForCausalLM(nn.Module):
         (Hkv: this rank's key/value heads)."""
         x = self.model.embed_tokens(batch.token_ids)
         rope = self.rotary.cos_sin(batch.positions, x.dtype)
-        delta: torch.Tensor | None = None
+        delta: torch.Tensor | PartialSums | None = None
         for i, layer in enumerate(self.model.layers):
             x, delta = layer(x, delta, rope, k_caches[i], v_caches[i], batch)
         return self.model.norm.add_and_norm(x, delta)[1]

@@ -96,3 +96,34 @@ def test_dummy_fp8_weights_from_a_config_alone(tiny_fp8_checkpoint: Path) -> Non
     assert torch.isfinite(experts.dense("w2")).all()
     (out,) = llm.generate([[1, 2, 3]], SamplingParams(temperature=0, max_tokens=5, ignore_eos=True))
     assert len(out.token_ids) == 5
+
+
+@pytest.mark.parametrize("fixture", ["tiny_fp8_checkpoint", "tiny_m2_checkpoint"])
+def test_qkv_load_into_one_fused_weight(fixture: str, request: pytest.FixtureRequest) -> None:
+    """q/k/v are views of one weight (and scale) made before loading: the checkpoint loads into
+    place, nothing is held twice, and the one product's columns are the three projections."""
+    from safetensors.torch import load_file
+
+    folder: Path = request.getfixturevalue(fixture)
+    llm = LLM(folder, dtype="float32")
+    attn = llm.model.model.layers[0].self_attn
+    fused = attn.qkv
+    assert fused is not None and fused.intact()
+    names = [f"model.layers.0.self_attn.{p}_proj.weight" for p in "qkv"]
+    stored: dict[str, torch.Tensor] = {}
+    for shard in folder.glob("*.safetensors"):
+        stored.update({k: v for k, v in load_file(shard).items() if k in names})
+    row = 0
+    for lin, name in zip((attn.q_proj, attn.k_proj, attn.v_proj), names, strict=True):
+        assert lin.weight.data_ptr() == fused.weight[row:].data_ptr()  # a view, not a copy
+        want = stored[name]
+        if want.dtype == FP8_DTYPE:  # bit for bit (fp8 has no torch.equal)
+            assert torch.equal(lin.weight.view(torch.uint8), want.view(torch.uint8))
+        else:
+            assert torch.equal(lin.weight, want.to(lin.weight.dtype))
+        row += lin.out_features
+    assert row == fused.weight.shape[0]
+    x = torch.randn(3, attn.q_proj.in_features, generator=torch.Generator().manual_seed(0))
+    for got, lin in zip(fused(x), (attn.q_proj, attn.k_proj, attn.v_proj), strict=True):
+        assert isinstance(got, torch.Tensor)
+        torch.testing.assert_close(got, lin(x), rtol=1e-5, atol=1e-6)

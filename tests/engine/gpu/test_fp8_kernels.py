@@ -98,6 +98,31 @@ def moe_oracle(x, weights, ids, experts: ExpertWeights) -> torch.Tensor:
 SHAPES = [(3072, 1536, 256, 8), (384, 256, 16, 4), (200, 128, 7, 3)]
 
 
+def _split_everywhere():
+    """Per-pair MMA tiles that split the down projection's reduction as far as it goes (its
+    pieces are left for the consumer to sum)."""
+    from m2agent.engine.kernels import fp8_moe
+
+    tiles = fp8_moe.KernelTiles(32, 64, 4, 3, programs_per_sm=64)
+    return fp8_moe.TileConfig(False, 16, tiles, tiles)
+
+
+def _gemv_configs():
+    """Per-pair GEMV tiles: steps of two scale blocks; and one that splits both reductions
+    (the down kernel then forms SiLU(gate)*up from the gate/up pieces)."""
+    from m2agent.engine.kernels import fp8_moe
+
+    kt = fp8_moe.KernelTiles
+    return [
+        fp8_moe.TileConfig(False, 16, kt(32, 256, 4, 2), kt(64, 256, 4, 2), gemv=True),
+        fp8_moe.TileConfig(False, 16, kt(16, 128, 4, 2, 64), kt(32, 64, 2, 1, 64), gemv=True),
+    ]
+
+
+SPLIT_EVERYWHERE = _split_everywhere() if torch.cuda.is_available() else None
+GEMV_CONFIGS = _gemv_configs() if torch.cuda.is_available() else []
+
+
 @pytest.mark.parametrize("tokens", [0, 1, 3, 17, 64, 300])
 @pytest.mark.parametrize(("hidden", "inter", "num_experts", "top_k"), SHAPES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -112,14 +137,18 @@ def test_fp8_moe_matches_reference_on_both_paths(
     experts = fp8_experts(num_experts, hidden, inter, gen)
     x, weights, ids = routed(tokens, hidden, num_experts, top_k, dtype, seed=tokens)
     expected = moe_oracle(x, weights, ids, experts)
-    configs = [(False, 16, 64), (False, 16, 32), (True, 16, 64), (True, 64, 128)]
-    for grouped, block_m, block_n in configs:
-        tiles = fp8_moe.TileConfig(grouped, block_m, block_n, 128, 4, 3)
+    configs = [
+        fp8_moe.TileConfig.uniform(grouped, block_m, block_n, 128, 4, 3)
+        for grouped, block_m, block_n in [(False, 16, 64), (False, 16, 32), (True, 16, 64)]
+    ]
+    configs += [SPLIT_EVERYWHERE, fp8_moe.TileConfig.uniform(True, 64, 128, 128, 4, 3)]
+    configs += GEMV_CONFIGS
+    for tiles in configs:
         poisoned_pool()
         got = fp8_moe.moe_experts(x, weights, ids, experts, tiles=tiles)
         assert got.dtype == dtype
         if tokens:
-            assert relative_error(got, expected) < tolerance(dtype), (grouped, block_m)
+            assert relative_error(got, expected) < tolerance(dtype), tiles
         else:
             assert got.shape == (0, hidden)
 
@@ -135,17 +164,20 @@ def test_fp8_moe_expert_map_skips_unowned_experts(grouped: bool) -> None:
     owned = torch.arange(num_experts, device="cuda") % 2 == 0  # this rank owns the even ones
     expert_map = torch.where(owned, torch.arange(num_experts, device="cuda"), -1)
     poisoned_pool()
-    tiles = fp8_moe.TileConfig(grouped, 16, 64, 128, 4, 3)
+    tiles = fp8_moe.TileConfig.uniform(grouped, 16, 64, 128, 4, 3)
     got = fp8_moe.moe_experts(x, weights, ids, experts, expert_map=expert_map, tiles=tiles)
     expected = moe_oracle(x, weights * owned[ids], ids, experts)
     assert relative_error(got, expected) < 1e-5
 
 
+@pytest.mark.parametrize("gemv", [False, True])
 @pytest.mark.parametrize("rows", [0, 1, 17, 100])
 @pytest.mark.parametrize(("n", "k"), [(8192, 3072), (3072, 6144), (200, 300)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_fp8_linear_matches_reference(rows: int, n: int, k: int, dtype: torch.dtype) -> None:
-    from m2agent.engine.kernels.fp8_linear import fp8_linear
+def test_fp8_linear_matches_reference(
+    rows: int, n: int, k: int, dtype: torch.dtype, gemv: bool
+) -> None:
+    from m2agent.engine.kernels.fp8_linear import LinearTiles, fp8_linear
 
     gen = torch.Generator(device="cuda").manual_seed(rows + n + k)
     weight, scale = reference.quantize_fp8_block(
@@ -154,10 +186,71 @@ def test_fp8_linear_matches_reference(rows: int, n: int, k: int, dtype: torch.dt
     x = torch.randn(rows, k, generator=gen, device="cuda").to(dtype)
     expected = x.double() @ reference.dequantize_fp8_block(weight, scale, BLOCK, torch.float64).T
     poisoned_pool()
-    got = fp8_linear(x, weight, scale, BLOCK)
+    tiles = LinearTiles(1, 32, 256, 4, 2, 16, gemv=True) if gemv else None  # (split: o_proj)
+    got = fp8_linear(x, weight, scale, BLOCK, tiles)
     assert got.dtype == dtype and got.shape == (rows, n)
     if rows:
         assert relative_error(got, expected) < tolerance(dtype)
+
+
+@pytest.mark.parametrize("rows", [1, 17])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_split_k_pieces_are_summed_by_their_consumers(rows: int, dtype: torch.dtype) -> None:
+    """The producers leave split-K pieces (`PartialSums`); the fused add + RMSNorm and the
+    QK-norm kernel sum them as they read. Against the same consumers on the summed tensor."""
+    from m2agent.engine.kernels import fp8_moe
+    from m2agent.engine.kernels.fp8_linear import LinearTiles, fp8_linear_parts
+    from m2agent.engine.kernels.fused_small_ops import add_rms_norm, qk_norm_rope_store
+
+    gen = torch.Generator(device="cuda").manual_seed(rows)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=gen, device="cuda").to(dtype)
+
+    split_linear = LinearTiles(16, 64, 128, 4, 3, programs_per_sm=64)
+    hidden, heads, kv_heads, head_dim = 384, 6, 2, 128
+    weight, scale = reference.quantize_fp8_block(
+        torch.randn(hidden, 1024, generator=gen, device="cuda") * 0.05, BLOCK
+    )
+    experts = fp8_experts(16, hidden, 256, gen)
+    x, weights, ids = routed(rows, hidden, 16, 4, dtype, seed=rows)
+    producers = [
+        fp8_linear_parts(randn(rows, 1024), weight, scale, BLOCK, split_linear),
+        fp8_moe.moe_experts_parts(x, weights, ids, experts, tiles=SPLIT_EVERYWHERE),
+    ]
+    norm_weight = randn(hidden)
+    for parts in producers:
+        assert parts.parts.shape[0] > 1  # really split
+        residual = randn(rows, hidden)
+        expected = reference.add_rms_norm(residual.clone(), parts.materialize(), norm_weight, 1e-6)
+        poisoned_pool()
+        got = add_rms_norm(residual.clone(), parts, norm_weight, 1e-6)
+        for g, e in zip(got, expected, strict=True):
+            assert relative_error(g, e) < tolerance(dtype) / 4
+
+    widths = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
+    qkv_weight, qkv_scale = reference.quantize_fp8_block(
+        torch.randn(sum(widths), 1024, generator=gen, device="cuda") * 0.05, BLOCK
+    )
+    parts = fp8_linear_parts(randn(rows, 1024), qkv_weight, qkv_scale, BLOCK, split_linear)
+    assert parts.parts.shape[0] > 1
+    starts = [0, widths[0], widths[0] + widths[1]]
+    pieces = [parts.columns(a, w) for a, w in zip(starts, widths, strict=True)]
+    dense = [p.materialize() for p in pieces]
+    q_weight, k_weight = randn(widths[0]), randn(widths[1])
+    positions = torch.randint(0, 100_000, (rows,), generator=gen, device="cuda")
+    cos, sin = reference.rope_cos_sin(positions, 64, 5e6, dtype)
+    slots = torch.randperm(640, generator=gen, device="cuda")[:rows]
+    caches = [randn(40, 16, kv_heads, head_dim) for _ in range(2)]
+    ref_caches = [c.clone() for c in caches]
+    expected = reference.qk_norm_rope_store(
+        *dense, q_weight, k_weight, cos, sin, *ref_caches, slots, 1e-6, head_dim
+    )
+    poisoned_pool()
+    got = qk_norm_rope_store(*pieces, q_weight, k_weight, cos, sin, *caches, slots, 1e-6, head_dim)
+    assert relative_error(got, expected) < tolerance(dtype) / 4
+    for cache, ref in zip(caches, ref_caches, strict=True):
+        assert relative_error(cache, ref) < tolerance(dtype) / 4
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -195,6 +288,7 @@ def test_split_kv_attention_matches_reference_at_long_context(dtype: torch.dtype
 def test_graph_replay_equals_eager_for_the_new_kernels() -> None:
     from m2agent.engine.kernels import fp8_moe
     from m2agent.engine.kernels.fp8_linear import fp8_linear
+    from m2agent.engine.kernels.fused_small_ops import add_rms_norm
     from m2agent.engine.kernels.paged_attention_triton import paged_decode_attention
 
     gen = torch.Generator(device="cuda").manual_seed(11)
@@ -211,13 +305,18 @@ def test_graph_replay_equals_eager_for_the_new_kernels() -> None:
     gate = torch.randn(16, 384, generator=gen, device="cuda")
     bias = torch.randn(16, generator=gen, device="cuda")
 
+    norm_weight = torch.randn(384, generator=gen, device="cuda").bfloat16()
+
     def step() -> list[torch.Tensor]:
         x = static["x"]
         weights, ids = reference.route(x, gate, bias, 4)
         outs = [fp8_linear(x, weight, scale, BLOCK)]
         for grouped in (False, True):
-            tiles = fp8_moe.TileConfig(grouped, 16, 64, 128, 4, 3)
+            tiles = fp8_moe.TileConfig.uniform(grouped, 16, 64, 128, 4, 3)
             outs.append(fp8_moe.moe_experts(x, weights, ids, experts, tiles=tiles))
+        # Split-K pieces summed by their consumer (fixed order: replay == eager, bit for bit).
+        parts = fp8_moe.moe_experts_parts(x, weights, ids, experts, tiles=SPLIT_EVERYWHERE)
+        outs += add_rms_norm(x.clone(), parts, norm_weight, 1e-6)
         outs.append(paged_decode_attention(static["q"], k_cache, v_cache, table, lens, 0.125))
         return outs
 
