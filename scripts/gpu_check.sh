@@ -17,10 +17,22 @@ OUT=${OUT:-/tmp/m2agent-gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if [ -d .whl ]; then
+  deps=()
+  for wheel in .whl/*.whl; do
+    case $(basename "$wheel") in m2agent-*) ;; *) deps+=("$wheel") ;; esac
+  done
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
+    --target /tmp/site "${deps[@]}" || exit 1
   export PYTHONPATH=/tmp/site
 fi
+# m2agent itself always comes from this tree (a wheel built earlier could be stale): its
+# packages laid out as setuptools maps them (engine/ -> m2agent.engine, tools/ -> m2agent.tools).
+src=/tmp/m2agent-src
+rm -rf "$src" && mkdir -p "$src/m2agent" || exit 1
+for entry in m2agent/*; do ln -s "$PWD/$entry" "$src/m2agent/"; done
+ln -s "$PWD/engine" "$src/m2agent/engine" && ln -s "$PWD/tools" "$src/m2agent/tools" || exit 1
+export PYTHONPATH="$src${PYTHONPATH:+:$PYTHONPATH}"
+python3 -P -c 'import m2agent.engine, m2agent.tools; print("m2agent from", m2agent.engine.__file__)' || exit 1
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c 'import sys, torch, transformers, triton; print(sys.version.split()[0], torch.__version__, transformers.__version__, triton.__version__)' | tee -a "$OUT/gpu.txt"

@@ -201,7 +201,7 @@ def run_latency_bench(
             max_num_seqs=1, num_kv_blocks=blocks, block_size=16,
             max_model_len=max(pool_tokens, prompt_tokens + new_tokens + 16),
         )  # fmt: skip
-        if device != "cpu":
+        if device != "cpu" and torch.cuda.is_available():  # else open_model says why not
             torch.cuda.reset_peak_memory_stats()
         llm, folder = open_model(
             model_path, dummy_config, layers, device, Path(tmp), report, quant,

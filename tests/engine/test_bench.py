@@ -120,6 +120,22 @@ def test_bench_latency_needs_exactly_one_source() -> None:
 @pytest.mark.skipif(
     torch.cuda.is_available(), reason="checks the message on a machine without CUDA"
 )
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the message of a machine without CUDA"
+)
+@pytest.mark.parametrize("bench", ["latency", "throughput", "agent"])
+def test_benches_on_cuda_say_so_without_a_gpu(bench: str) -> None:
+    """The default device is cuda: without one, a clear error and no traceback."""
+    result = subprocess.run(
+        [sys.executable, "-m", "m2agent", "bench", bench, "--dummy-config", "minimax-m2",
+         "--layers", "1"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "CUDA is not available here" in result.stderr
+    assert "Traceback" not in result.stderr and "Error:" not in result.stderr
+
+
 def test_bench_kernels_says_it_needs_cuda() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "m2agent", "bench", "kernels"],
