@@ -13,6 +13,7 @@ import torch
 
 from m2agent.engine.forward_batch import ForwardBatch
 from m2agent.engine.models.minimax_m2 import MiniMaxM2ForCausalLM
+from m2agent.engine.runner.decode_staging import DecodeStaging
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +51,8 @@ class DecodeGraphs:
         self.logits_indices = torch.arange(max_batch, dtype=torch.long, device=device)
         self.query_start = torch.arange(max_batch + 1, dtype=torch.int32, device=device)
         # Host staging (pinned, so each step's inputs go over in two async copies).
-        self._staged = torch.empty((4, max_batch), dtype=torch.long, pin_memory=True)
-        self._staged_tables = torch.empty(
-            (max_batch, max_blocks_per_seq), dtype=torch.int32, pin_memory=True
+        self._staging = DecodeStaging(
+            max_batch, max_blocks_per_seq, scratch_block, self.scratch_slot, pin=True
         )
         self._inputs = torch.empty((4, max_batch), dtype=torch.long, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -120,20 +120,10 @@ class DecodeGraphs:
         `positions`, its KV going to `slots`), by replaying the graph of the next size up."""
         n = len(token_ids)
         size = next(s for s in self.sizes if s >= n)
-        pad = size - n
-        staged = self._staged[:, :size]
-        staged[0] = torch.tensor(token_ids + [0] * pad)
-        staged[1] = torch.tensor(positions + [0] * pad)
-        staged[2] = torch.tensor(slots + [self.scratch_slot] * pad)
-        staged[3] = torch.tensor([p + 1 for p in positions] + [1] * pad)
-        width = max(len(t) for t in block_tables)
-        rows = [t + [self.scratch_block] * (width - len(t)) for t in block_tables]
-        rows += [[self.scratch_block] * width] * pad
-        self._staged_tables[:size, :width] = torch.tensor(rows, dtype=torch.int32)
-        self._inputs[:, :size].copy_(staged, non_blocking=True)
-        self.block_tables[:size, :width].copy_(
-            self._staged_tables[:size, :width], non_blocking=True
-        )
+        staging = self._staging
+        width = staging.fill(token_ids, positions, slots, block_tables, size)
+        self._inputs[:, :size].copy_(staging.ids[:, :size], non_blocking=True)
+        self.block_tables[:size, :width].copy_(staging.tables[:size, :width], non_blocking=True)
         self.token_ids[:size].copy_(self._inputs[0, :size])
         self.positions[:size].copy_(self._inputs[1, :size])
         self.slot_mapping[:size].copy_(self._inputs[2, :size])
