@@ -20,11 +20,27 @@ import dataclasses
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
 import torch
+
+# The sweeps' axes: per-pair / grouped MMA tiles, and the one-row GEMV tiles.
+MMA_AXES: dict[str, list[int]] = {
+    "block_n": [32, 64, 128],
+    "programs_per_sm": [1, 2, 8, 16],
+    "num_stages": [2, 4, 5],
+    "num_warps": [2, 8],
+    "block_k": [64],
+}
+GEMV_AXES: dict[str, list[int]] = {
+    "block_n": [16, 32, 64, 128],
+    "block_k": [128, 512],
+    "num_warps": [2, 8],
+    "num_stages": [1, 3, 4],
+    "programs_per_sm": [1, 2, 8],
+}
 
 
 def main() -> None:
@@ -51,7 +67,7 @@ def main() -> None:
     print_table(results)
 
 
-def timed(calls: list[Callable[[], object]]) -> tuple[float, float, float]:
+def timed(calls: Sequence[Callable[[], object]]) -> tuple[float, float, float]:
     from m2agent.engine.bench.kernels import time_graph
 
     times = time_graph(calls, replays=30)
@@ -124,20 +140,6 @@ def tune_moe(
         print(f"moe x{tokens} {tiles}: {med:.1f} us", flush=True)
         return med
 
-    kt_axes = {
-        "block_n": [32, 64, 128],
-        "programs_per_sm": [1, 2, 8, 16],
-        "num_stages": [2, 4, 5],
-        "num_warps": [2, 8],
-        "block_k": [64],
-    }
-    gemv_axes = {
-        "block_n": [16, 32, 64, 128],
-        "block_k": [128, 512],
-        "num_warps": [2, 8],
-        "num_stages": [1, 3, 4],
-        "programs_per_sm": [1, 2, 8],
-    }
     kt = fp8_moe.KernelTiles
     mma_pair = fp8_moe.TileConfig(False, 16, kt(32, 128, 2, 3, 1), kt(64, 128, 4, 3, 2))
     for tokens in token_counts:
@@ -163,7 +165,7 @@ def tune_moe(
                 ]
             ]
         elif tokens == 1:
-            axes = gemv_axes if current.gemv else kt_axes
+            axes = GEMV_AXES if current.gemv else MMA_AXES
             gate_up = descend(
                 current.gate_up, axes, partial(_with, m, current, "gate_up"), deadline
             )
@@ -217,20 +219,6 @@ def tune_linear(results: dict[str, Any], deadline: float, row_counts: list[int])
     best: dict[str, dict[str, Any]] = {}
     results["linear"] = {"log": log, "best": best}
     generator = torch.Generator(device=device).manual_seed(2)
-    mma_axes = {
-        "block_n": [32, 64, 128],
-        "programs_per_sm": [1, 2, 8, 16],
-        "num_stages": [2, 4, 5],
-        "num_warps": [2, 8],
-        "block_k": [64],
-    }
-    gemv_axes = {
-        "block_n": [16, 32, 64, 128],
-        "block_k": [128, 512],
-        "num_warps": [2, 8],
-        "num_stages": [1, 3, 4],
-        "programs_per_sm": [1, 2, 8],
-    }
     for name, (n, k) in {"qkv": (8192, 3072), "o_proj": (3072, 6144)}.items():
         weights = []
         for _ in range(4):
@@ -273,7 +261,7 @@ def tune_linear(results: dict[str, Any], deadline: float, row_counts: list[int])
 
             current = fp8_linear.pick_tiles(rows)
             table_us = measure(current)
-            axes = gemv_axes if current.gemv else mma_axes
+            axes = GEMV_AXES if current.gemv else MMA_AXES
             chosen = descend(current, axes, measure, deadline) if rows in (1, 16) else current
             if current.gemv:
                 gemv_best = chosen

@@ -68,7 +68,6 @@ class Broker:
         self.protected = protected
         self.ruled = ruled
         self.where: dict[_Key, str] = {}  # folder -> its class (cleared on rename and rmdir)
-        self.performed = 0
         os.umask(0)  # each creation applies the command's own umask, read when it asks
 
     def handle(self) -> None:
@@ -121,7 +120,6 @@ class Broker:
             try:
                 if not flags & os.O_NONBLOCK:
                     os.set_blocking(fd, True)
-                self.performed += 1
                 notify.answer_with_fd(self.listener, thread.id, fd, bool(flags & os.O_CLOEXEC))
             finally:
                 os.close(fd)
@@ -209,7 +207,6 @@ class Broker:
         except OSError as e:
             notify.answer(self.listener, thread.id, error=e.errno or errno.EIO)
             return
-        self.performed += 1
         notify.answer(self.listener, thread.id)
 
     def _one(

@@ -271,7 +271,7 @@ def supervise(found: dict[str, object], command: list[str]) -> int:
     if ours is not None and theirs is not None:
         theirs.close()
         listener = _receive_listener(ours)
-    return _wait(child, wake_read, listener, workspace, layout)
+    return _wait(child, wake_read, listener, layout)
 
 
 def _broker_supported() -> bool:
@@ -284,7 +284,6 @@ def _wait(
     child: int,
     wake: int,
     listener: int | None,
-    workspace: str,
     layout: Layout,
 ) -> int:
     import select

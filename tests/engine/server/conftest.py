@@ -18,6 +18,15 @@ import pytest
 from m2agent.engine.models.tiny import TinySpec, write_tiny_checkpoint
 
 
+def read_calls(*paths: str) -> str:
+    """Model output that calls Read once per path, all in one tool-call block."""
+    calls = "".join(
+        f'<invoke name="Read">\n<parameter name="file_path">{path}</parameter>\n</invoke>\n'
+        for path in paths
+    )
+    return f"R</think>\n\n<minimax:tool_call>\n{calls}</minimax:tool_call>"
+
+
 @dataclass(frozen=True)
 class Server:
     base_url: str  # ends in /v1

@@ -16,7 +16,7 @@ from m2agent.engine.server.anthropic_codec import (
     to_conversation,
 )
 
-from .conftest import Server
+from .conftest import Server, read_calls
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -376,9 +376,7 @@ def test_models_answer_both_sdks(server: Server) -> None:
 
 
 def test_disable_parallel_tool_use_keeps_the_first_tool_use() -> None:
-    call = '<invoke name="Read">\n<parameter name="file_path">{}</parameter>\n</invoke>\n'
-    text = "R</think>\n\n<minimax:tool_call>\n" + call.format("a.py") + call.format("b.py")
-    text += "</minimax:tool_call>"
+    text = read_calls("a.py", "b.py")
     tools = to_conversation(None, [{"role": "user", "content": "hi"}], TOOLS).tools
     single, both = MessageBuilder(tools, True, 1), MessageBuilder(tools, True)
     for builder in (single, both):

@@ -18,7 +18,7 @@ from m2agent.engine.server.responses_codec import (
     to_conversation,
 )
 
-from .conftest import Server
+from .conftest import Server, read_calls
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -279,9 +279,7 @@ def test_input_items_group_into_turns() -> None:
 
 
 def test_parallel_tool_calls_false_keeps_the_first_function_call() -> None:
-    call = '<invoke name="Read">\n<parameter name="file_path">{}</parameter>\n</invoke>\n'
-    text = "R</think>\n\n<minimax:tool_call>\n" + call.format("a.py") + call.format("b.py")
-    text += "</minimax:tool_call>"
+    text = read_calls("a.py", "b.py")
     tools = to_conversation(None, "hi", TOOLS).tools
     single = ResponseBuilder(tools, True, False, max_tool_calls=1)
     both = ResponseBuilder(tools, True, False)
