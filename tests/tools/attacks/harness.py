@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -174,3 +175,13 @@ def processes_with(token: str) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def survivors(token: str, within_s: float = 3.0) -> list[int]:
+    """The processes with `token` still there after `within_s`: those a command's end killed
+    (a PID namespace torn down, a subreaper's SIGKILL) vanish once the kernel reaps them, which
+    a loaded machine may take a moment to do; one that really outlived its command stays."""
+    deadline = time.monotonic() + within_s
+    while (left := processes_with(token)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
