@@ -72,7 +72,7 @@ class BlockManager:
     def can_allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
         """Whether `seq` can hold `num_new_tokens` more computed tokens (counting, for a
         sequence without blocks, the cached prefix it would reuse)."""
-        return self._blocks_to_take(seq, num_new_tokens) <= self.num_free_blocks
+        return self.blocks_to_take(seq, num_new_tokens) <= self.num_free_blocks
 
     # -- changes ------------------------------------------------------------------------------
 
@@ -141,7 +141,9 @@ class BlockManager:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _blocks_to_take(self, seq: Sequence, num_new_tokens: int) -> int:
+    def blocks_to_take(self, seq: Sequence, num_new_tokens: int) -> int:
+        """Free blocks that `allocate` (after `admit`, for a sequence without blocks) would
+        take for `num_new_tokens` more computed tokens of `seq`."""
         if seq.block_table:
             needed = self.blocks_needed(seq.num_computed_tokens + num_new_tokens)
             return max(0, needed - len(seq.block_table))

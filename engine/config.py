@@ -23,6 +23,10 @@ class EngineConfig:
     cpu_kv_cache_bytes: int = 512 << 20  # KV pool size on CPU
     num_kv_blocks: int | None = None  # exact pool size, overriding the memory-based sizing
     cuda_graphs: bool = True  # replay decode steps from captured graphs on CUDA
+    # Queue each decode step before the host has read the tokens of the one before (the GPU
+    # then never waits for the host's bookkeeping; a request that stops computes one step
+    # more, which is dropped). None: on for a single-rank CUDA engine.
+    overlap_steps: bool | None = None
     seed: int = 0  # for dummy weights
     tensor_parallel_size: int = 1  # processes (GPUs), each holding a slice of every layer
     # Groups of ranks the experts are spread over (whole experts, E / ep per group); None picks

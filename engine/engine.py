@@ -28,7 +28,7 @@ from m2agent.engine.layers.parallel import SINGLE, TensorParallel
 from m2agent.engine.loader import LoadedModel, load_model
 from m2agent.engine.protocol import markers
 from m2agent.engine.runner import workers
-from m2agent.engine.runner.model_runner import ModelRunner, SamplingState
+from m2agent.engine.runner.model_runner import ModelRunner, SamplingState, StepTokens
 from m2agent.engine.runner.workers import Workers
 from m2agent.engine.sampling import SamplingParams
 from m2agent.engine.scheduler import ScheduledSeq, Scheduler, SchedulerConfig
@@ -56,6 +56,16 @@ class RequestDelta:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """A queued model step: what it computes and the tokens it samples (`samples[i]` gets
+    `tokens`' i-th); the host reads them with `tokens.wait()`."""
+
+    entries: list[ScheduledSeq]
+    samples: list[ScheduledSeq]
+    tokens: StepTokens
 
 
 @dataclass(eq=False)
@@ -109,6 +119,12 @@ class LLMEngine:
             SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens), self.blocks
         )
         self._requests: dict[str, _Request] = {}
+        overlap = config.overlap_steps
+        if overlap is None:
+            overlap = self.loaded.device.type == "cuda"
+        self._overlap = overlap and self.runner.can_start_ahead
+        self._ahead: _Step | None = None  # queued, its tokens not read yet
+        self.steps_queued_ahead = 0  # decode steps queued before their inputs reached the host
         self._token_texts: TokenTexts | None = None  # built by the first JSON-mode request
         logger.info("KV cache: %d blocks of %d tokens", num_blocks, config.block_size)
 
@@ -204,17 +220,77 @@ class LLMEngine:
     # -- stepping -----------------------------------------------------------------------------
 
     def step(self) -> list[RequestDelta]:
-        """Run the model once over the next batch; return each request's new tokens."""
-        if not self.scheduler.has_work:
-            return []
-        batch = self.scheduler.schedule()
-        if not batch.entries:
-            return []
-        sampling = [e for e in batch.entries if e.samples]
-        samplers = [self._requests[e.seq.request_id].sampler for e in sampling]
-        tokens = self.runner.execute(batch.entries, samplers)
-        self.scheduler.update(batch)
-        return [self._append(e, token) for e, token in zip(sampling, tokens, strict=True)]
+        """Run the model once over the next batch; return each request's new tokens.
+
+        With `overlap_steps`, a decode step whose sequences all go on is queued before this
+        one's tokens are read (its inputs are those tokens, still on the device), so the
+        device runs it while the host does this step's bookkeeping. It is the next call's
+        step; a sequence that stops on this step's token wastes its row of it."""
+        current, self._ahead = self._ahead, None
+        if current is None:
+            if not self.scheduler.has_work:
+                return []
+            batch = self.scheduler.schedule()
+            if not batch.entries:
+                return []
+            samples = [e for e in batch.entries if e.samples]
+            samplers = [self._requests[e.seq.request_id].sampler for e in samples]
+            current = _Step(batch.entries, samples, self.runner.start(batch.entries, samplers))
+        if self._overlap:
+            self._ahead = self._start_ahead(current)
+        tokens = current.tokens.wait()
+        # A sequence aborted while its step was queued is finished: nothing of it is kept.
+        for entry in current.entries:
+            if not entry.seq.is_finished:
+                self.scheduler.update_one(entry)
+        deltas = [
+            self._append(e, token)
+            for e, token in zip(current.samples, tokens, strict=True)
+            if not e.seq.is_finished
+        ]
+        if self._ahead is not None and all(e.seq.is_finished for e in self._ahead.entries):
+            self._ahead = None  # all of it stopped here: its result would be dropped
+        return deltas
+
+    def _start_ahead(self, current: _Step) -> _Step | None:
+        """Queue the decode step after `current`, if it is one: every running sequence is in
+        `current`, decodes, and nothing waits for admission (the scheduler's choice would be
+        the same batch). Sequences that surely end with `current`'s token are left out."""
+        device_tokens = current.tokens.device
+        if device_tokens is None or self.scheduler.waiting:
+            return None
+        if len(current.samples) != len(current.entries) or any(
+            e.num_tokens != 1 for e in current.entries
+        ):
+            return None
+        if len(self.scheduler.running) != len(current.entries):
+            return None
+        rows, nxt, samplers = [], [], []
+        for row, entry in enumerate(current.samples):
+            seq = entry.seq
+            request = self._requests.get(seq.request_id)
+            if request is None or seq.is_finished:
+                continue
+            if request.sampler.constraint is not None:
+                return None
+            if seq.num_tokens + 1 - seq.num_prompt_tokens >= request.max_tokens:
+                continue  # the token in flight is its last
+            rows.append(row)
+            nxt.append(ScheduledSeq(seq, 1))
+            samplers.append(request.sampler)
+        if not nxt:
+            return None
+        # Blocks up to the position after the token in flight (computed tokens + 2).
+        blocks = self.blocks
+        if sum(blocks.blocks_to_take(e.seq, 2) for e in nxt) > blocks.num_free_blocks:
+            return None  # the scheduler's next call decides whom to preempt
+        for entry in nxt:
+            blocks.allocate(entry.seq, 2)
+        if len(rows) < len(current.samples):
+            device_tokens = device_tokens[torch.tensor(rows, device=device_tokens.device)]
+        tokens = self.runner.start_decode([e.seq for e in nxt], device_tokens, samplers)
+        self.steps_queued_ahead += 1
+        return _Step(nxt, nxt, tokens)
 
     def prompt_logits(self, token_ids: Seq[int]) -> torch.Tensor:
         """fp32 logits [T, V] for every position of `token_ids` (a scratch sequence that

@@ -136,8 +136,12 @@ class Scheduler:
     def update(self, batch: ScheduledBatch) -> None:
         """After the model ran `batch`: those tokens' KV is in the cache."""
         for entry in batch.entries:
-            entry.seq.num_computed_tokens += entry.num_tokens
-            self.blocks.commit(entry.seq)
+            self.update_one(entry)
+
+    def update_one(self, entry: ScheduledSeq) -> None:
+        """After the model ran `entry`: its tokens' KV is in the cache."""
+        entry.seq.num_computed_tokens += entry.num_tokens
+        self.blocks.commit(entry.seq)
 
     def _newest_running(self, excluding: Sequence) -> Sequence | None:
         candidates = [s for s in self.running if s is not excluding]

@@ -38,12 +38,20 @@ def allowed_mask(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
     """One token id from logits [V] (fp32). Greedy when temperature is 0."""
+    return int(sample_on_device(logits, params, generator))
+
+
+def sample_on_device(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> torch.Tensor:
+    """`sample`'s token as a 0-d int64 tensor on the logits' device, without waiting for the
+    device (the same draw: the same kernels, the same generator)."""
     if params.is_greedy:
-        return int(torch.argmax(logits))
+        return torch.argmax(logits)
     assert params.temperature is not None
     keep = allowed_mask(logits, params)
     probs = torch.softmax((logits / params.temperature).masked_fill(~keep, float("-inf")), dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return torch.multinomial(probs, 1, generator=generator)[0]
 
 
 def sample_constrained(

@@ -55,6 +55,10 @@ class DecodeGraphs:
             max_batch, max_blocks_per_seq, scratch_block, self.scratch_slot, pin=True
         )
         self._inputs = torch.empty((4, max_batch), dtype=torch.long, device=device)
+        # Recorded once the staged inputs have been copied: the staging is not refilled before
+        # (with steps queued ahead, the copy of the previous step may not have run yet).
+        self._copied = torch.cuda.Event()
+        self._copied.record()
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self._capture_all()
@@ -115,12 +119,16 @@ class DecodeGraphs:
         positions: list[int],
         slots: list[int],
         block_tables: list[list[int]],
+        device_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, V] for a decode batch of B <= max_batch sequences (one token each, at
-        `positions`, its KV going to `slots`), by replaying the graph of the next size up."""
+        `positions`, its KV going to `slots`), by replaying the graph of the next size up.
+        With `device_tokens` ([B] int64 on the GPU, e.g. the previous step's samples, not yet
+        known to the host) those are the input tokens and `token_ids` are placeholders."""
         n = len(token_ids)
         size = next(s for s in self.sizes if s >= n)
         staging = self._staging
+        self._copied.synchronize()
         width = staging.fill(token_ids, positions, slots, block_tables, size)
         self._inputs[:, :size].copy_(staging.ids[:, :size], non_blocking=True)
         self.block_tables[:size, :width].copy_(staging.tables[:size, :width], non_blocking=True)
@@ -128,5 +136,8 @@ class DecodeGraphs:
         self.positions[:size].copy_(self._inputs[1, :size])
         self.slot_mapping[:size].copy_(self._inputs[2, :size])
         self.seq_lens[:size].copy_(self._inputs[3, :size])
+        self._copied.record()
+        if device_tokens is not None:
+            self.token_ids[:n].copy_(device_tokens)
         self.graphs[size].replay()
         return self.outputs[size][:n]

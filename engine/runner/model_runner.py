@@ -10,6 +10,7 @@ and collectives in the same order; only rank 0 samples."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import torch
 from m2agent.engine.json_mode import JsonObjectConstraint
 from m2agent.engine.kernels import dispatch
 from m2agent.engine.layers.parallel import SINGLE, TensorParallel
-from m2agent.engine.layers.sampler import sample, sample_constrained
+from m2agent.engine.layers.sampler import sample_constrained, sample_on_device
 from m2agent.engine.model_config import ModelConfig
 from m2agent.engine.models.minimax_m2 import MiniMaxM2ForCausalLM
 from m2agent.engine.runner.batch_builder import SeqStep, StepPlan, build_forward_batch
@@ -34,6 +35,7 @@ from m2agent.engine.runner.messages import (
 )
 from m2agent.engine.sampling import SamplingParams
 from m2agent.engine.scheduler import ScheduledSeq
+from m2agent.engine.sequence import Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,31 @@ class SamplingState:
     params: SamplingParams
     generator: torch.Generator
     constraint: JsonObjectConstraint | None = None
+
+
+class StepTokens:
+    """The tokens one step sampled, one per sampling sequence: `device` (int64 [S] on the
+    model's device, or None when they were drawn on the host) at once, and the host's copy
+    when `wait` returns. The copy is queued behind the step, so the host can queue the next
+    step before it has the tokens of this one."""
+
+    def __init__(self, device: torch.Tensor | None, host: list[int] | None = None) -> None:
+        self.device, self._ready = device, None
+        if device is None:
+            assert host is not None
+            self._host: torch.Tensor | list[int] = host
+        elif device.device.type == "cuda":
+            self._host = device.to("cpu", non_blocking=True)  # pinned, filled in stream order
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+        else:
+            self._host = device
+
+    def wait(self) -> list[int]:
+        if self._ready is not None:
+            self._ready.synchronize()
+        host = self._host
+        return host if isinstance(host, list) else host.tolist()
 
 
 class ModelRunner:
@@ -208,23 +235,74 @@ class ModelRunner:
         hidden = self.model(batch, self.k_caches, self.v_caches)
         return self.model.compute_logits(hidden[batch.logits_indices])
 
-    def _replay(self, graphs: DecodeGraphs, plan: StepPlan) -> torch.Tensor:
+    def _replay(
+        self, graphs: DecodeGraphs, plan: StepPlan, device_tokens: torch.Tensor | None = None
+    ) -> torch.Tensor:
         bs = self.block_size
         return graphs.run(
             [s.token_ids[0] for s in plan.seqs],
             [s.start for s in plan.seqs],
             [s.block_table[s.start // bs] * bs + s.start % bs for s in plan.seqs],
             [s.block_table for s in plan.seqs],
+            device_tokens,
         )
 
-    def execute(self, entries: list[ScheduledSeq], samplers: list[SamplingState]) -> list[int]:
-        """Run one step; return the token sampled for each entry that samples, in order."""
+    def start(self, entries: list[ScheduledSeq], samplers: list[SamplingState]) -> StepTokens:
+        """Queue one step and the sampling of each entry that samples (in order). Only a
+        JSON-mode constraint, which judges each token on the host, makes this wait."""
         logits = self.logits(entries)
-        if all(s.params.is_greedy and s.constraint is None for s in samplers):
-            return logits.argmax(dim=-1).tolist()
-        return [
-            sample(row, s.params, s.generator)
-            if s.constraint is None
-            else sample_constrained(row, s.params, s.generator, s.constraint)
-            for row, s in zip(logits, samplers, strict=True)
-        ]
+        if any(s.constraint is not None for s in samplers):
+            return StepTokens(
+                None,
+                [
+                    sample_constrained(row, s.params, s.generator, s.constraint)
+                    if s.constraint is not None
+                    else int(sample_on_device(row, s.params, s.generator))
+                    for row, s in zip(logits, samplers, strict=True)
+                ],
+            )
+        return StepTokens(self._sample(logits, samplers))
+
+    @property
+    def can_start_ahead(self) -> bool:
+        """Whether `start_decode` can run here (one rank: the other ranks could not see
+        input tokens that only this device holds)."""
+        return self.peers is None
+
+    @torch.inference_mode()
+    def start_decode(
+        self, seqs: list[Sequence], tokens: torch.Tensor, samplers: list[SamplingState]
+    ) -> StepTokens:
+        """Queue a decode step whose input tokens are still on the device: `tokens[i]` is
+        sequence i's next token, which its host copy does not hold yet, so it computes
+        position `seq.num_tokens` (its blocks must already cover that position)."""
+        if not self.can_start_ahead:
+            raise RuntimeError("start_decode needs a single-rank runner")
+        bs = self.block_size
+        plan = StepPlan(
+            [
+                SeqStep([0], seq.num_tokens, True, seq.block_table[: seq.num_tokens // bs + 1])
+                for seq in seqs
+            ]
+        )
+        graphs = self.graphs
+        if graphs is not None and len(seqs) <= graphs.max_batch:
+            logits = self._replay(graphs, plan, tokens)
+        else:
+            batch = dataclasses.replace(
+                build_forward_batch(plan, bs, self.device), token_ids=tokens
+            )
+            hidden = self.model(batch, self.k_caches, self.v_caches)
+            logits = self.model.compute_logits(hidden[batch.logits_indices])
+        return StepTokens(self._sample(logits, samplers))
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, samplers: list[SamplingState]) -> torch.Tensor:
+        if all(s.params.is_greedy for s in samplers):
+            return logits.argmax(dim=-1)
+        return torch.stack(
+            [
+                sample_on_device(row, s.params, s.generator)
+                for row, s in zip(logits, samplers, strict=True)
+            ]
+        )

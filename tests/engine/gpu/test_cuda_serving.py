@@ -132,3 +132,46 @@ def test_triton_prefill_attention_matches_reference(
     )
     tolerance = 1e-4 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got.float(), expected, atol=tolerance, rtol=tolerance)
+
+
+def test_steps_queued_ahead_equal_plain_steps_on_cuda(tiny_m2_checkpoint: Path) -> None:
+    """Decode steps queued before the host has their input tokens (graph replays fed from the
+    device) give every request exactly the deltas of one-step-at-a-time decoding: greedy and
+    seeded sampling, stop tokens and lengths, a request arriving and one leaving mid-run."""
+    from m2agent.engine import SamplingParams
+
+    greedy = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    reference_run = LLM(tiny_m2_checkpoint, device="cuda", overlap_steps=False)
+    stop_at = reference_run.generate([PROMPTS[0]], greedy)[0].token_ids[9]
+    stop = SamplingParams(temperature=0, max_tokens=40, stop_token_ids=[stop_at])
+    sampled = SamplingParams(
+        temperature=1.0, top_p=0.95, top_k=40, seed=5, max_tokens=30, ignore_eos=True
+    )
+    late = SamplingParams(temperature=0.7, seed=1, max_tokens=25, ignore_eos=True)
+    script: dict[int, list] = {
+        0: [("greedy", PROMPTS[0], greedy), ("stop", PROMPTS[0], stop)],
+        1: [("sampled", PROMPTS[1], sampled)],
+        7: [("late", PROMPTS[2], late)],
+        12: ["greedy"],
+    }
+
+    def drive(llm: LLM) -> dict[str, list]:
+        engine, step = llm.engine, 0
+        out: dict[str, list] = {}
+        while step <= 12 or engine.has_unfinished_requests():
+            for item in script.get(step, []):
+                if isinstance(item, str):
+                    engine.abort(item)
+                else:
+                    engine.add_request(*item)
+            for d in engine.step():
+                out.setdefault(d.request_id, []).append((d.token_ids, d.text, d.finish_reason))
+            step += 1
+        assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+        return out
+
+    ahead = LLM(tiny_m2_checkpoint, device="cuda")
+    assert ahead.engine.runner.graphs is not None
+    assert drive(ahead) == drive(reference_run)
+    assert ahead.engine.steps_queued_ahead > 20
+    assert reference_run.engine.steps_queued_ahead == 0
