@@ -809,6 +809,9 @@ def bench_throughput(
     prompt_tokens: Annotated[int, typer.Option(min=1, help="Prompt length per stream.")] = 512,
     new_tokens: Annotated[int, typer.Option(min=2, help="Tokens per stream.")] = 128,
     device: DeviceOption = "cuda",
+    repeats: Annotated[
+        int, typer.Option(min=1, help="Timed rounds per stream count, after a warm-up (median).")
+    ] = 3,
     baseline: BaselineOption = True,
     experts_impl: ExpertsOption = "grouped_mm",
     tp: TpOption = 1,
@@ -834,7 +837,8 @@ def bench_throughput(
         return run_throughput_bench(
             model_path=model, dummy_config=config, layers=layers, streams=counts,
             prompt_tokens=prompt_tokens, new_tokens=new_tokens, device=device, baseline=baseline,
-            experts_impl=experts_impl, tp=_ranks(tp, ep), ep=ep, quant=quant, report=report,
+            experts_impl=experts_impl, tp=_ranks(tp, ep), ep=ep, quant=quant, repeats=repeats,
+            report=report,
         )  # fmt: skip
 
     _run_bench(model, dummy_config, run, json_out)

@@ -4,9 +4,10 @@ batching), against transformers generating the same N prompts as one batch."""
 from __future__ import annotations
 
 import json
+import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,16 @@ from m2agent.engine.sampling import SamplingParams
 
 @dataclass(frozen=True, slots=True)
 class ThroughputRow:
+    """Medians of the timed rounds (each after a warm-up round at the same stream count);
+    `*_runs` hold every round's value."""
+
     streams: int
     engine_tok_s: float  # all streams' output tokens per second, end to end
     engine_decode_tok_s: float  # the same, once every stream is past its prefill
     engine_last_ttft_ms: float  # time until the last stream has its first token
     baseline_tok_s: float | None
+    engine_tok_s_runs: list[float] = field(default_factory=list)
+    baseline_tok_s_runs: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,16 +54,21 @@ class ThroughputReport:
         lines = [
             f"device: {self.device}; {self.layers} layers, {self.quant} weights, "
             f"prompt {self.prompt_tokens}, {self.new_tokens} new tokens per stream",
-            f"{'streams':>8} {'engine tok/s':>13} {'decode tok/s':>13} {'last TTFT ms':>13} "
-            f"{'transformers tok/s':>19}",
+            f"{'streams':>8} {'engine tok/s':>13} {'(runs)':>15} {'decode tok/s':>13} "
+            f"{'last TTFT ms':>13} {'transformers tok/s':>19} {'(runs)':>15}",
         ]
         for r in self.rows:
             base = f"{r.baseline_tok_s:.1f}" if r.baseline_tok_s is not None else "-"
             lines.append(
-                f"{r.streams:>8} {r.engine_tok_s:13.1f} {r.engine_decode_tok_s:13.1f} "
-                f"{r.engine_last_ttft_ms:13.1f} {base:>19}"
+                f"{r.streams:>8} {r.engine_tok_s:13.1f} {_spread(r.engine_tok_s_runs):>15} "
+                f"{r.engine_decode_tok_s:13.1f} {r.engine_last_ttft_ms:13.1f} {base:>19} "
+                f"{_spread(r.baseline_tok_s_runs):>15}"
             )
         return "\n".join(lines)
+
+
+def _spread(runs: list[float]) -> str:
+    return f"{min(runs):.0f}-{max(runs):.0f}" if runs else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +139,7 @@ def run_throughput_bench(
     tp: int = 1,
     quant: str = "auto",
     ep: int | None = None,  # expert-parallel size (None: the default layout)
+    repeats: int = 3,  # timed rounds per stream count (after one warm-up round)
     report: Report = print,
 ) -> ThroughputReport:
     """With tp > 1 the transformers baseline is skipped: it has no tensor parallelism, and its
@@ -142,15 +154,18 @@ def run_throughput_bench(
         )  # fmt: skip
         vocab = llm.config.vocab_size
         all_prompts = [random_prompt(vocab, prompt_tokens, seed=i) for i in range(max(streams))]
-        rounds = {}
+        rounds: dict[int, list[_Round]] = {}
         for n in streams:
             # Warm-up at this batch size: its prefill chunks and decode graphs (the first use of
             # a shape compiles kernels for its token-count bucket and sizes NCCL buffers).
             engine_round(llm, all_prompts[:n], min(new_tokens, 8))
-            llm.engine.blocks.reset_prefix_cache()  # distinct prompts anyway; keep runs cold
-            rounds[n] = engine_round(llm, all_prompts[:n], new_tokens)
-            report(f"  m2agent engine, {n} streams: {n * new_tokens / rounds[n].total_s:.1f} tok/s")
-        baseline_times: dict[int, float] = {}
+            rounds[n] = []
+            for i in range(repeats):
+                llm.engine.blocks.reset_prefix_cache()  # distinct prompts anyway; keep runs cold
+                rounds[n].append(engine_round(llm, all_prompts[:n], new_tokens))
+                rate = n * new_tokens / rounds[n][-1].total_s
+                report(f"  m2agent engine, {n} streams, run {i + 1}/{repeats}: {rate:.1f} tok/s")
+        baseline_runs: dict[int, list[float]] = {}
         if baseline and tp > 1:
             report("no transformers baseline with tensor parallelism: compare with --tp 1")
         elif baseline:
@@ -158,21 +173,31 @@ def run_throughput_bench(
             model = build_transformers_model(llm, folder, experts_impl)
             for n in streams:  # warmed at each batch size: its first run is several times slower
                 baseline_round(model, all_prompts[:n], min(new_tokens, 16))
-                baseline_times[n] = baseline_round(model, all_prompts[:n], new_tokens)
-                report(
-                    f"  transformers, {n} streams: {n * new_tokens / baseline_times[n]:.1f} tok/s"
-                )
+                baseline_runs[n] = []
+                for i in range(repeats):
+                    rate = n * new_tokens / baseline_round(model, all_prompts[:n], new_tokens)
+                    baseline_runs[n].append(rate)
+                    report(f"  transformers, {n} streams, run {i + 1}/{repeats}: {rate:.1f} tok/s")
             del model
-        rows = [
-            ThroughputRow(
-                streams=n,
-                engine_tok_s=n * new_tokens / rounds[n].total_s,
-                engine_decode_tok_s=rounds[n].decode_tokens / max(rounds[n].decode_s, 1e-9),
-                engine_last_ttft_ms=rounds[n].last_first_token_s * 1e3,
-                baseline_tok_s=n * new_tokens / baseline_times[n] if n in baseline_times else None,
+        rows = []
+        for n in streams:
+            rates = [n * new_tokens / r.total_s for r in rounds[n]]
+            base = baseline_runs.get(n, [])
+            rows.append(
+                ThroughputRow(
+                    streams=n,
+                    engine_tok_s=statistics.median(rates),
+                    engine_decode_tok_s=statistics.median(
+                        r.decode_tokens / max(r.decode_s, 1e-9) for r in rounds[n]
+                    ),
+                    engine_last_ttft_ms=statistics.median(
+                        r.last_first_token_s * 1e3 for r in rounds[n]
+                    ),
+                    baseline_tok_s=statistics.median(base) if base else None,
+                    engine_tok_s_runs=rates,
+                    baseline_tok_s_runs=base,
+                )
             )
-            for n in streams
-        ]
         name = torch.cuda.get_device_name(llm.device) if llm.device.type == "cuda" else "cpu"
         name += f" x{tp}" if tp > 1 else ""
         llm.close()
