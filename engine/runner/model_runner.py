@@ -21,7 +21,7 @@ import torch
 from m2agent.engine.json_mode import JsonObjectConstraint
 from m2agent.engine.kernels import dispatch
 from m2agent.engine.layers.parallel import SINGLE, TensorParallel
-from m2agent.engine.layers.sampler import sample_constrained, sample_on_device
+from m2agent.engine.layers.sampler import sample, sample_constrained, sample_rows
 from m2agent.engine.model_config import ModelConfig
 from m2agent.engine.models.minimax_m2 import MiniMaxM2ForCausalLM
 from m2agent.engine.runner.batch_builder import SeqStep, StepPlan, build_forward_batch
@@ -257,7 +257,7 @@ class ModelRunner:
                 [
                     sample_constrained(row, s.params, s.generator, s.constraint)
                     if s.constraint is not None
-                    else int(sample_on_device(row, s.params, s.generator))
+                    else sample(row, s.params, s.generator)
                     for row, s in zip(logits, samplers, strict=True)
                 ],
             )
@@ -298,11 +298,4 @@ class ModelRunner:
 
     @staticmethod
     def _sample(logits: torch.Tensor, samplers: list[SamplingState]) -> torch.Tensor:
-        if all(s.params.is_greedy for s in samplers):
-            return logits.argmax(dim=-1)
-        return torch.stack(
-            [
-                sample_on_device(row, s.params, s.generator)
-                for row, s in zip(logits, samplers, strict=True)
-            ]
-        )
+        return sample_rows(logits, [s.params for s in samplers], [s.generator for s in samplers])
