@@ -211,6 +211,11 @@ def add_rms_norm(
     return x, out
 
 
+# Up to this many tokens the QK-norm kernel runs a program per (token, k/v head); more tokens
+# fill the GPU with one program per token.
+QK_NORM_PARTS_MAX_TOKENS = 8
+
+
 @triton.jit
 def _rms_rope(
     x_ptr,  # one token's [H * D] row, or the first of SPLIT fp32 pieces of it
@@ -220,6 +225,7 @@ def _rms_rope(
     cos_ptr,  # this token's [R]
     sin_ptr,
     eps,
+    mine,  # [H_PAD] the heads this program finishes (the others only count in the norm)
     SPLIT: tl.constexpr,
     H: tl.constexpr,
     H_PAD: tl.constexpr,
@@ -227,7 +233,8 @@ def _rms_rope(
     R: tl.constexpr,
 ):
     """The row normalised over all H*D values, times w, then each head's first R dims
-    rotated (NeoX halves); returned [H_PAD, D] in fp32 holding the rounded values."""
+    rotated (NeoX halves); returned [H_PAD, D] in fp32 holding the rounded values (only the
+    `mine` heads' are meaningful: the others' weights and partners are not read)."""
     h = tl.arange(0, H_PAD)
     d = tl.arange(0, D)
     ok = (h < H)[:, None] & (d < D)[None, :]
@@ -235,6 +242,7 @@ def _rms_rope(
     dtype = like_ptr.dtype.element_ty
     x32 = _summed(x_ptr, idx, ok, stride_split, 0, SPLIT, 1, like_ptr)
     rstd = tl.rsqrt(tl.sum(tl.sum(x32 * x32, 1), 0) / (H * D) + eps)
+    ok = ok & mine[:, None]
     w = tl.load(w_ptr + idx, mask=ok, other=0.0).to(tl.float32)
     y = (w * (x32 * rstd).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
     half: tl.constexpr = R // 2
@@ -282,30 +290,37 @@ def _qk_norm_rope_store_kernel(
     HKV_PAD: tl.constexpr,
     D: tl.constexpr,
     R: tl.constexpr,
+    PARTS: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
+    """Program (t, j) finishes the j-th of PARTS equal shares of the q heads and of the k/v
+    heads; each computes the whole row's sums of squares itself (the same code, so the same
+    bits in every program): no program waits for another."""
     wait_for_inputs(USE_PDL)  # every input but the norm weights comes from this step
     t = tl.program_id(0).to(tl.int64)
+    part = tl.program_id(1)
     cos_row = cos_ptr + t * R
     sin_row = sin_ptr + t * R
     d = tl.arange(0, D)
+    hq = tl.arange(0, HQ_PAD)
+    q_mine = (hq >= part * (HQ // PARTS)) & (hq < (part + 1) * (HQ // PARTS))
     q = _rms_rope(
-        q_ptr + t * stride_q, split_stride_q, q_out_ptr, qw_ptr, cos_row, sin_row, eps,
+        q_ptr + t * stride_q, split_stride_q, q_out_ptr, qw_ptr, cos_row, sin_row, eps, q_mine,
         SPLIT_Q, HQ, HQ_PAD, D, R,
     )  # fmt: skip
-    hq = tl.arange(0, HQ_PAD)
-    q_ok = (hq < HQ)[:, None] & (d < D)[None, :]
+    q_ok = (q_mine & (hq < HQ))[:, None] & (d < D)[None, :]
     tl.store(
         q_out_ptr + t * (HQ * D) + hq[:, None] * D + d[None, :],
         q.to(q_out_ptr.dtype.element_ty),
         mask=q_ok,
     )
+    hk = tl.arange(0, HKV_PAD)
+    k_mine = (hk >= part * (HKV // PARTS)) & (hk < (part + 1) * (HKV // PARTS))
     k = _rms_rope(
-        k_ptr + t * stride_k, split_stride_k, q_out_ptr, kw_ptr, cos_row, sin_row, eps,
+        k_ptr + t * stride_k, split_stride_k, q_out_ptr, kw_ptr, cos_row, sin_row, eps, k_mine,
         SPLIT_K, HKV, HKV_PAD, D, R,
     )  # fmt: skip
-    hk = tl.arange(0, HKV_PAD)
-    k_ok = (hk < HKV)[:, None] & (d < D)[None, :]
+    k_ok = (k_mine & (hk < HKV))[:, None] & (d < D)[None, :]
     slot = tl.load(slot_ptr + t)
     at = slot * (HKV * D) + hk[:, None] * D + d[None, :]
     tl.store(k_cache_ptr + at, k.to(k_cache_ptr.dtype.element_ty), mask=k_ok)
@@ -339,28 +354,48 @@ def qk_norm_rope_store(
     q_out = torch.empty((num_tokens, q_width), dtype=q_weight.dtype, device=q_weight.device)
     if num_tokens:
         qp, k_sp, v_sp = _pieces(q), _pieces(k), _pieces(v)
-        _qk_norm_rope_store_kernel[(num_tokens,)](
+        parts = 1
+        if num_tokens <= QK_NORM_PARTS_MAX_TOKENS and num_heads % num_kv_heads == 0:
+            parts = num_kv_heads  # a share: one k/v head and its group of q heads
+        _qk_norm_rope_store_kernel[(num_tokens, parts)](
             qp[0], k_sp[0], v_sp[0], q_out, q_weight, k_weight, cos.contiguous(),
             sin.contiguous(), k_cache, v_cache, slot_mapping, eps,
             qp[2], k_sp[2], v_sp[2], qp[1], k_sp[1], v_sp[1],
             SPLIT_Q=qp[4], SPLIT_K=k_sp[4], SPLIT_V=v_sp[4],
             HQ=num_heads, HQ_PAD=triton.next_power_of_2(num_heads),
             HKV=num_kv_heads, HKV_PAD=triton.next_power_of_2(num_kv_heads),
-            D=head_dim, R=cos.shape[-1], num_warps=8, **pdl.launch_args(k_cache.device),
+            D=head_dim, R=cos.shape[-1], PARTS=parts, num_warps=8,
+            **pdl.launch_args(k_cache.device),
         )  # fmt: skip
     return q_out.view(num_tokens, num_heads, head_dim)
 
 
 # The one-launch router serves up to this many tokens (decode batches); past it the logits are
 # a cuBLAS GEMM (the weight re-read per token block would cost more than the launch saves).
-ROUTER_MAX_TOKENS = 64
-ROUTER_BLOCK_T = 8  # tokens per program (fewer when the batch is smaller)
+ROUTER_MAX_TOKENS = 16
+ROUTER_BLOCK_T = 4  # tokens per program (fewer when the batch is smaller)
 ROUTER_BLOCK_E = 2  # experts per program: 128 programs stream M2's 3 MB weight at batch 1
 
 
 @triton.jit
+def _biased(logits_ptr, bias_ptr, t, t_ok, e, E: tl.constexpr):
+    """Sigmoid scores and score + bias of tokens `t` for experts `e` ([len(t), len(e)];
+    -inf where e >= E). The logits come from L2: other programs may have just stored them."""
+    ok = e < E
+    logits = tl.load(
+        logits_ptr + t[:, None] * E + e[None, :],
+        mask=t_ok[:, None] & ok[None, :],
+        other=0.0,
+        cache_modifier=".cg",
+    )
+    scores = tl.sigmoid(logits)
+    bias = tl.load(bias_ptr + e, mask=ok, other=0.0)
+    return scores, tl.where(ok[None, :], scores + bias[None, :], float("-inf"))
+
+
+@triton.jit
 def _top_k(
-    logits,  # [BLOCK_T, E_PAD] fp32
+    logits_ptr,  # [T, E] fp32
     bias_ptr,
     weights_ptr,  # out [T, K] fp32
     ids_ptr,  # out [T, K] int64
@@ -369,31 +404,27 @@ def _top_k(
     E: tl.constexpr,
     E_PAD: tl.constexpr,
     TOP_K: tl.constexpr,
-    K_PAD: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
-    """Sigmoid scores; the TOP_K experts by score + bias; their unbiased scores renormalised."""
+    """The TOP_K experts by score + bias, with their unbiased scores renormalised, in the
+    order of a repeated argmax (higher first; a tie goes to the lower id). Each expert's rank
+    is counted in parallel (how many come before it), instead of TOP_K dependent reductions:
+    the k-th pick is the expert of rank k."""
     e = tl.arange(0, E_PAD)
-    kk = tl.arange(0, K_PAD)
-    ok = e < E
-    scores = tl.sigmoid(logits)
-    bias = tl.load(bias_ptr + e, mask=ok, other=0.0)
-    biased = tl.where(ok[None, :], scores + bias[None, :], float("-inf"))
-    picked_scores = tl.zeros((logits.shape[0], K_PAD), dtype=tl.float32)
-    picked_ids = tl.zeros((logits.shape[0], K_PAD), dtype=tl.int64)
-    total = tl.zeros((logits.shape[0],), dtype=tl.float32)
-    for k in tl.static_range(TOP_K):
-        best = tl.argmax(biased, 1)
-        picked = e[None, :] == best[:, None]
-        score = tl.sum(tl.where(picked, scores, 0.0), 1)
-        here = (kk == k)[None, :]
-        picked_scores = tl.where(here, score[:, None], picked_scores)
-        picked_ids = tl.where(here, best[:, None].to(tl.int64), picked_ids)
-        total += score
-        biased = tl.where(picked, float("-inf"), biased)
-    at = t[:, None] * TOP_K + kk[None, :]
-    mask = t_ok[:, None] & (kk < TOP_K)[None, :]
-    tl.store(weights_ptr + at, picked_scores / total[:, None], mask=mask)
-    tl.store(ids_ptr + at, picked_ids, mask=mask)
+    scores, biased = _biased(logits_ptr, bias_ptr, t, t_ok, e, E)
+    rank = tl.zeros(biased.shape, dtype=tl.int32)
+    for j0 in tl.static_range(0, E_PAD, CHUNK):
+        j = j0 + tl.arange(0, CHUNK)
+        _, other = _biased(logits_ptr, bias_ptr, t, t_ok, j, E)
+        ahead = (other[:, None, :] > biased[:, :, None]) | (
+            (other[:, None, :] == biased[:, :, None]) & (j[None, None, :] < e[None, :, None])
+        )
+        rank += tl.sum(ahead.to(tl.int32), 2)
+    picked = (e < E)[None, :] & (rank < TOP_K) & t_ok[:, None]
+    total = tl.sum(tl.where(picked, scores, 0.0), 1)
+    at = t[:, None] * TOP_K + rank
+    tl.store(weights_ptr + at, scores / total[:, None], mask=picked)
+    tl.store(ids_ptr + at, (e[None, :] + rank * 0).to(tl.int64), mask=picked)
 
 
 @triton.jit
@@ -405,14 +436,12 @@ def _route_kernel(
     E: tl.constexpr,
     E_PAD: tl.constexpr,
     TOP_K: tl.constexpr,
-    K_PAD: tl.constexpr,
+    CHUNK: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     wait_for_inputs(USE_PDL)
     t = tl.program_id(0).to(tl.int64) + tl.arange(0, 1)
-    e = tl.arange(0, E_PAD)
-    logits = tl.load(logits_ptr + t[:, None] * E + e[None, :], mask=(e < E)[None, :], other=0.0)
-    _top_k(logits, bias_ptr, weights_ptr, ids_ptr, t, t >= 0, E, E_PAD, TOP_K, K_PAD)
+    _top_k(logits_ptr, bias_ptr, weights_ptr, ids_ptr, t, t >= 0, E, E_PAD, TOP_K, CHUNK)
 
 
 @triton.jit
@@ -441,7 +470,7 @@ def _router_kernel(
     E: tl.constexpr,
     E_PAD: tl.constexpr,
     TOP_K: tl.constexpr,
-    K_PAD: tl.constexpr,
+    CHUNK: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_E: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -468,14 +497,14 @@ def _router_kernel(
         acc += _logit_chunk(x_ptr, stride_x, t, t_ok, w, c0, C, BLOCK_C)
     tl.store(logits_ptr + t[:, None] * E + e[None, :], acc, mask=t_ok[:, None] & e_ok[None, :])
     if _last_to_arrive(arrivals_ptr + pid_t, tl.num_programs(1), ON_GPU):
-        ee = tl.arange(0, E_PAD)
-        logits = tl.load(
-            logits_ptr + t[:, None] * E + ee[None, :],
-            mask=t_ok[:, None] & (ee < E)[None, :],
-            other=0.0,
-            cache_modifier=".cg",  # from L2: another program's stores
-        )
-        _top_k(logits, bias_ptr, weights_ptr, ids_ptr, t, t_ok, E, E_PAD, TOP_K, K_PAD)
+        for i in range(BLOCK_T):  # a row at a time: the rank count's registers stay in bounds
+            row = pid_t.to(tl.int64) * BLOCK_T + i + tl.arange(0, 1)
+            _top_k(logits_ptr, bias_ptr, weights_ptr, ids_ptr, row, row < T, E, E_PAD, TOP_K, CHUNK)
+
+
+def _rank_chunk(e_pad: int) -> int:
+    """Experts compared per step of one row's rank count: ~8K comparisons in registers."""
+    return max(1, min(e_pad, 8192 // e_pad))
 
 
 def new_router_arrivals(device: torch.device | str | None = None) -> torch.Tensor:
@@ -503,15 +532,14 @@ def route(
     if num_tokens == 0:
         return weights, ids
     gate, bias = gate_weight.float().contiguous(), correction_bias.float().contiguous()
-    sizes = dict(
-        E=num_experts, E_PAD=triton.next_power_of_2(num_experts), TOP_K=top_k,
-        K_PAD=triton.next_power_of_2(top_k),
-    )  # fmt: skip
+    e_pad = triton.next_power_of_2(num_experts)
+    sizes = dict(E=num_experts, E_PAD=e_pad, TOP_K=top_k)
     if num_tokens > ROUTER_MAX_TOKENS:
         logits = torch.nn.functional.linear(x.float(), gate)
         _route_kernel[(num_tokens,)](
-            logits, bias, weights, ids, num_warps=4, **sizes, **pdl.launch_args(x.device)
-        )
+            logits, bias, weights, ids, CHUNK=_rank_chunk(e_pad), num_warps=4, **sizes,
+            **pdl.launch_args(x.device),
+        )  # fmt: skip
         return weights, ids
     if x.stride(-1) != 1:
         x = x.contiguous()
@@ -524,7 +552,7 @@ def route(
     logits = torch.empty((num_tokens, num_experts), dtype=torch.float32, device=x.device)
     _router_kernel[(token_blocks, triton.cdiv(num_experts, ROUTER_BLOCK_E))](
         x, gate, bias, logits, arrivals, weights, ids, num_tokens, x.stride(0),
-        C=hidden, BLOCK_T=block_t, BLOCK_E=ROUTER_BLOCK_E,
+        C=hidden, BLOCK_T=block_t, BLOCK_E=ROUTER_BLOCK_E, CHUNK=_rank_chunk(e_pad),
         BLOCK_C=max(64, min(triton.next_power_of_2(hidden), 1024 // block_t)),
         ON_GPU=x.is_cuda, num_warps=4, **sizes, **pdl.launch_args(x.device),
     )  # fmt: skip

@@ -387,8 +387,15 @@ def test_fused_add_rms_norm_matches_reference(
 )
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_fused_qk_norm_rope_store_matches_reference(
-    tokens: int, heads: int, kv_heads: int, head_dim: int, rotary: int, dtype: torch.dtype
+    tokens: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    rotary: int,
+    dtype: torch.dtype,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from m2agent.engine.kernels import fused_small_ops
     from m2agent.engine.kernels.fused_small_ops import qk_norm_rope_store
 
     gen = torch.Generator(device="cuda").manual_seed(tokens + heads)
@@ -415,12 +422,22 @@ def test_fused_qk_norm_rope_store_matches_reference(
         assert relative_error(got, expected) < tolerance(dtype) / 4
     for cache, ref in zip(caches, ref_caches, strict=True):
         assert relative_error(cache, ref) < tolerance(dtype) / 4
+    # A few tokens run a program per k/v head, each summing the whole row's squares itself:
+    # the same bits as one program per token.
+    single_caches = [c.clone() for c in ref_caches]
+    monkeypatch.setattr(fused_small_ops, "QK_NORM_PARTS_MAX_TOKENS", 0)
+    single = qk_norm_rope_store(
+        q.clone(), k, v, q_weight, k_weight, cos, sin, *single_caches, slots, 1e-6, head_dim
+    )
+    assert torch.equal(single, got)
+    for cache, one in zip(caches, single_caches, strict=True):
+        assert torch.equal(cache, one)
 
 
-@pytest.mark.parametrize("tokens", [0, 1, 9, 64, 65, 1000])
+@pytest.mark.parametrize("tokens", [0, 1, 3, 9, 16, 17, 1000])
 @pytest.mark.parametrize(("experts", "top_k"), [(256, 8), (7, 3), (16, 4)])
 def test_fused_router_matches_reference(tokens: int, experts: int, top_k: int) -> None:
-    """Up to 64 tokens the one-launch router (its own fp32 logits, summed in another order
+    """Up to 16 tokens the one-launch router (its own fp32 logits, summed in another order
     than cuBLAS: weights within 1e-5 relative, the picked experts identical on this data);
     more tokens take cuBLAS logits and the top-k kernel. Run twice on the same counters: they
     are left at zero and the result repeats bit for bit."""
