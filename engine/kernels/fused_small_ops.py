@@ -404,27 +404,29 @@ def _top_k(
     E: tl.constexpr,
     E_PAD: tl.constexpr,
     TOP_K: tl.constexpr,
-    CHUNK: tl.constexpr,
+    K_PAD: tl.constexpr,
 ):
-    """The TOP_K experts by score + bias, with their unbiased scores renormalised, in the
-    order of a repeated argmax (higher first; a tie goes to the lower id). Each expert's rank
-    is counted in parallel (how many come before it), instead of TOP_K dependent reductions:
-    the k-th pick is the expert of rank k."""
+    """The TOP_K experts by score + bias (a repeated argmax: a tie goes to the lower id),
+    with their unbiased scores renormalised (summed in pick order)."""
     e = tl.arange(0, E_PAD)
+    kk = tl.arange(0, K_PAD)
     scores, biased = _biased(logits_ptr, bias_ptr, t, t_ok, e, E)
-    rank = tl.zeros(biased.shape, dtype=tl.int32)
-    for j0 in tl.static_range(0, E_PAD, CHUNK):
-        j = j0 + tl.arange(0, CHUNK)
-        _, other = _biased(logits_ptr, bias_ptr, t, t_ok, j, E)
-        ahead = (other[:, None, :] > biased[:, :, None]) | (
-            (other[:, None, :] == biased[:, :, None]) & (j[None, None, :] < e[None, :, None])
-        )
-        rank += tl.sum(ahead.to(tl.int32), 2)
-    picked = (e < E)[None, :] & (rank < TOP_K) & t_ok[:, None]
-    total = tl.sum(tl.where(picked, scores, 0.0), 1)
-    at = t[:, None] * TOP_K + rank
-    tl.store(weights_ptr + at, scores / total[:, None], mask=picked)
-    tl.store(ids_ptr + at, (e[None, :] + rank * 0).to(tl.int64), mask=picked)
+    picked_scores = tl.zeros((biased.shape[0], K_PAD), dtype=tl.float32)
+    picked_ids = tl.zeros((biased.shape[0], K_PAD), dtype=tl.int64)
+    total = tl.zeros((biased.shape[0],), dtype=tl.float32)
+    for k in tl.static_range(TOP_K):
+        best = tl.argmax(biased, 1)
+        picked = e[None, :] == best[:, None]
+        score = tl.sum(tl.where(picked, scores, 0.0), 1)
+        here = (kk == k)[None, :]
+        picked_scores = tl.where(here, score[:, None], picked_scores)
+        picked_ids = tl.where(here, best[:, None].to(tl.int64), picked_ids)
+        total += score
+        biased = tl.where(picked, float("-inf"), biased)
+    at = t[:, None] * TOP_K + kk[None, :]
+    mask = t_ok[:, None] & (kk < TOP_K)[None, :]
+    tl.store(weights_ptr + at, picked_scores / total[:, None], mask=mask)
+    tl.store(ids_ptr + at, picked_ids, mask=mask)
 
 
 @triton.jit
@@ -436,12 +438,12 @@ def _route_kernel(
     E: tl.constexpr,
     E_PAD: tl.constexpr,
     TOP_K: tl.constexpr,
-    CHUNK: tl.constexpr,
+    K_PAD: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     wait_for_inputs(USE_PDL)
     t = tl.program_id(0).to(tl.int64) + tl.arange(0, 1)
-    _top_k(logits_ptr, bias_ptr, weights_ptr, ids_ptr, t, t >= 0, E, E_PAD, TOP_K, CHUNK)
+    _top_k(logits_ptr, bias_ptr, weights_ptr, ids_ptr, t, t >= 0, E, E_PAD, TOP_K, K_PAD)
 
 
 @triton.jit
@@ -470,7 +472,7 @@ def _router_kernel(
     E: tl.constexpr,
     E_PAD: tl.constexpr,
     TOP_K: tl.constexpr,
-    CHUNK: tl.constexpr,
+    K_PAD: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_E: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -497,14 +499,9 @@ def _router_kernel(
         acc += _logit_chunk(x_ptr, stride_x, t, t_ok, w, c0, C, BLOCK_C)
     tl.store(logits_ptr + t[:, None] * E + e[None, :], acc, mask=t_ok[:, None] & e_ok[None, :])
     if _last_to_arrive(arrivals_ptr + pid_t, tl.num_programs(1), ON_GPU):
-        for i in range(BLOCK_T):  # a row at a time: the rank count's registers stay in bounds
+        for i in range(BLOCK_T):  # a row at a time: the top-k's registers stay in bounds
             row = pid_t.to(tl.int64) * BLOCK_T + i + tl.arange(0, 1)
-            _top_k(logits_ptr, bias_ptr, weights_ptr, ids_ptr, row, row < T, E, E_PAD, TOP_K, CHUNK)
-
-
-def _rank_chunk(e_pad: int) -> int:
-    """Experts compared per step of one row's rank count: ~8K comparisons in registers."""
-    return max(1, min(e_pad, 8192 // e_pad))
+            _top_k(logits_ptr, bias_ptr, weights_ptr, ids_ptr, row, row < T, E, E_PAD, TOP_K, K_PAD)
 
 
 def new_router_arrivals(device: torch.device | str | None = None) -> torch.Tensor:
@@ -537,7 +534,7 @@ def route(
     if num_tokens > ROUTER_MAX_TOKENS:
         logits = torch.nn.functional.linear(x.float(), gate)
         _route_kernel[(num_tokens,)](
-            logits, bias, weights, ids, CHUNK=_rank_chunk(e_pad), num_warps=4, **sizes,
+            logits, bias, weights, ids, K_PAD=triton.next_power_of_2(top_k), num_warps=4, **sizes,
             **pdl.launch_args(x.device),
         )  # fmt: skip
         return weights, ids
@@ -552,7 +549,7 @@ def route(
     logits = torch.empty((num_tokens, num_experts), dtype=torch.float32, device=x.device)
     _router_kernel[(token_blocks, triton.cdiv(num_experts, ROUTER_BLOCK_E))](
         x, gate, bias, logits, arrivals, weights, ids, num_tokens, x.stride(0),
-        C=hidden, BLOCK_T=block_t, BLOCK_E=ROUTER_BLOCK_E, CHUNK=_rank_chunk(e_pad),
+        C=hidden, BLOCK_T=block_t, BLOCK_E=ROUTER_BLOCK_E, K_PAD=triton.next_power_of_2(top_k),
         BLOCK_C=max(64, min(triton.next_power_of_2(hidden), 1024 // block_t)),
         ON_GPU=x.is_cuda, num_warps=4, **sizes, **pdl.launch_args(x.device),
     )  # fmt: skip
