@@ -12,6 +12,7 @@
 # BENCH_REPEATS=7, BENCH_TP=1 (tensor-parallel size; >1 times our engine on one GPU too, as the
 # baseline), BENCH_EP= (expert-parallel size; unset: the default layout), BENCH_BASELINE=1 (0: no transformers baseline), BENCH_STREAMS=1,4,16,
 # CONTEXTS="16384 65536", MEMORY_LAYERS=32, BENCH_EXTRA="..." (more bench arguments).
+# M2AGENT_PDL=0 (inherited) launches the decode kernels without programmatic dependent launch.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-/tmp/m2agent-gpu}

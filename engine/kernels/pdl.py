@@ -9,9 +9,10 @@ the ramp-up of one kernel hide behind the tail of the one before.
 
 The contract every PDL kernel keeps (it makes the chain safe whatever comes next):
 - every program reaches `wait_for_inputs` on every path (no early return before it);
-- nothing is written, and nothing an earlier kernel of the step writes is read, before it;
+- nothing is written before it, and nothing the kernel just before writes is read before it;
 - the next kernel is let go only after the wait, so when kernel N+1 starts, kernel N-1 has
-  completed and flushed.
+  completed and flushed: what a kernel two or more launches back wrote may be read before
+  the wait (from L2, `.cg`), as the MoE down GEMV reads the router's expert ids.
 Kernels launched without PDL (cuBLAS, torch ops) serialize as usual, before and after.
 Captured into CUDA graphs the launches keep their programmatic edges.
 
