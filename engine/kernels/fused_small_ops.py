@@ -8,6 +8,13 @@ step. The readable versions are `reference.add_rms_norm`, `reference.qk_norm_rop
 `reference.route`. The add + RMSNorm and the QK-norm kernels also take their input as
 fp32 pieces of a split-K product (`PartialSums`) and sum them, in a fixed order, as they read:
 the producer needs no reduction launch of its own.
+
+A decode batch (a few rows) would leave one program per row on one SM, so there each op is cut
+over several programs: the router's logits over expert blocks, the add + RMSNorm over column
+slices, the QK-norm over k/v heads. Where a last step needs every program's result (the top-k,
+the row's sum of squares), the last program to arrive does it (`_last_to_arrive`: a counter the
+caller keeps, left at zero), adding the others' results in a fixed order: deterministic, and no
+program ever waits for another. Every kernel here follows `pdl`'s contract.
 """
 
 from __future__ import annotations
