@@ -6,11 +6,13 @@
 # (see docs/architecture.md, "GPU runs"); elsewhere, install the project with [engine,dev].
 # `python3 -P` keeps the source folder m2agent/ (the cwd) from shadowing the installed package.
 #
-# Knobs: SKIP_TESTS=1, TESTS="tests/engine/gpu" (paths), BENCHES="latency throughput agent"
+# Knobs: SKIP_TESTS=1, TESTS="tests/engine/gpu" (paths), TESTS_K="expr" (pytest -k), PYTEST_ARGS="-n 4",
+# BENCHES="latency throughput agent"
 # (also: kernels, context, memory), BENCH_LAYERS="6" (several: "6 18"), BENCH_QUANTS="fp8 bf16",
 # BENCH_REPEATS=7, BENCH_TP=1 (tensor-parallel size; >1 times our engine on one GPU too, as the
 # baseline), BENCH_EP= (expert-parallel size; unset: the default layout), BENCH_BASELINE=1 (0: no transformers baseline), BENCH_STREAMS=1,4,16,
 # CONTEXTS="16384 65536", MEMORY_LAYERS=32, BENCH_EXTRA="..." (more bench arguments).
+# M2AGENT_PDL=0 (inherited) launches the decode kernels without programmatic dependent launch.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-/tmp/m2agent-gpu}
@@ -39,8 +41,9 @@ python3 -c 'import sys, torch, transformers, triton; print(sys.version.split()[0
 
 status=0
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  python3 -P -m pytest -m gpu ${TESTS:-tests/engine/gpu} -q -p no:cacheprovider -o addopts="" \
-    --import-mode=importlib 2>&1 | tee "$OUT/gpu-tests.log" || status=1
+  python3 -P -m pytest -m gpu ${TESTS:-tests/engine/gpu} ${TESTS_K:+-k "$TESTS_K"} ${PYTEST_ARGS:-} \
+    -q -p no:cacheprovider -o addopts="" --import-mode=importlib 2>&1 | tee "$OUT/gpu-tests.log" \
+    || status=1
 fi
 
 baseline=--baseline

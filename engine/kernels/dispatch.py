@@ -17,6 +17,12 @@ from m2agent.engine.kernels import grouped_moe, reference
 from m2agent.engine.kernels.partial_sums import PartialSums, materialize
 from m2agent.engine.kernels.reference import ExpertWeights
 
+# Arrival counters (int32, zero between launches) that the CUDA kernels whose programs hand
+# the last step to the last one to finish need: a router's (one per token block) and an
+# RMSNorm's (one per row of a small batch). Each module keeps its own, made with the model.
+ROUTER_ARRIVALS = 64
+NORM_ARRIVALS = 8
+
 
 def moe_experts(
     x: torch.Tensor,
@@ -81,23 +87,34 @@ def fp8_linear_parts(
 
 
 def route(
-    x: torch.Tensor, gate_weight: torch.Tensor, correction_bias: torch.Tensor, top_k: int
+    x: torch.Tensor,
+    gate_weight: torch.Tensor,
+    correction_bias: torch.Tensor,
+    top_k: int,
+    arrivals: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """M2's router (reference.route): on CUDA the logits and one fused top-k kernel."""
+    """M2's router (reference.route): on CUDA one Triton launch for a decode batch (logits,
+    sigmoid, biased top-k, weights; `arrivals`: the router's own counters, see
+    `fused_small_ops.new_router_arrivals`), cuBLAS logits and a top-k kernel for more tokens."""
     fused = _triton_fused() if x.is_cuda else None
     if fused is not None:
-        return fused.route(x, gate_weight, correction_bias, top_k)
+        return fused.route(x, gate_weight, correction_bias, top_k, arrivals)
     return reference.route(x, gate_weight, correction_bias, top_k)
 
 
 def add_rms_norm(
-    x: torch.Tensor, delta: torch.Tensor | PartialSums | None, weight: torch.Tensor, eps: float
+    x: torch.Tensor,
+    delta: torch.Tensor | PartialSums | None,
+    weight: torch.Tensor,
+    eps: float,
+    arrivals: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x + delta, its RMSNorm): on CUDA one kernel that updates x in place (and sums `delta`
-    when it is left as pieces)."""
+    when it is left as pieces); with `arrivals` (NORM_ARRIVALS counters) a small batch's rows
+    are cut over several programs."""
     fused = _triton_fused() if x.is_cuda and x.is_contiguous() else None
     if fused is not None:
-        return fused.add_rms_norm(x, delta, weight, eps)
+        return fused.add_rms_norm(x, delta, weight, eps, arrivals)
     return reference.add_rms_norm(x, None if delta is None else materialize(delta), weight, eps)
 
 

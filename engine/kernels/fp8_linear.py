@@ -19,8 +19,10 @@ import torch
 import triton
 import triton.language as tl
 
+from m2agent.engine.kernels import pdl
 from m2agent.engine.kernels.occupancy import split_k
 from m2agent.engine.kernels.partial_sums import PartialSums
+from m2agent.engine.kernels.pdl import wait_for_inputs
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +73,9 @@ def _fp8_linear_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    wait_for_inputs(USE_PDL)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     split = tl.program_id(2)
@@ -120,9 +124,11 @@ def _fp8_gemv_kernel(
     BC: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """One row of x times BLOCK_N weight rows (all in one scale row-block, so each step's
-    scales fold into the activations)."""
+    scales fold into the activations). With PDL the first weight tile and its scales load
+    before the wait (no kernel of the step writes them)."""
     row = tl.program_id(0)
     pid_n = tl.program_id(1)
     split = tl.program_id(2)
@@ -130,19 +136,34 @@ def _fp8_gemv_kernel(
     n_ok = n < N
     k = tl.arange(0, BLOCK_K)
     scale_row = (pid_n * BLOCK_N) // BR
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for step in range(0, K_PER_SPLIT, BLOCK_K):
+    kk = split * K_PER_SPLIT + k
+    k_ok = kk < K
+    w, s = _gemv_tile(w_ptr, s_ptr, n, n_ok, kk, k_ok, scale_row, stride_wn, stride_sn, BC)
+    wait_for_inputs(USE_PDL)
+    x_row = x_ptr + row.to(tl.int64) * stride_xm
+    acc = _gemv_dot(w, s, x_row, kk, k_ok)
+    for step in range(BLOCK_K, K_PER_SPLIT, BLOCK_K):
         kk = split * K_PER_SPLIT + step + k
         k_ok = kk < K
-        a = tl.load(x_ptr + row.to(tl.int64) * stride_xm + kk, mask=k_ok, other=0.0)
-        a = a.to(tl.float32) * tl.load(
-            s_ptr + scale_row * stride_sn + kk // BC, mask=k_ok, other=0.0
-        )
-        w_mask = n_ok[:, None] & k_ok[None, :]
-        w = tl.load(w_ptr + n[:, None] * stride_wn + kk[None, :], mask=w_mask, other=0.0)
-        acc += tl.sum(w.to(tl.float32) * a[None, :], 1)
+        w, s = _gemv_tile(w_ptr, s_ptr, n, n_ok, kk, k_ok, scale_row, stride_wn, stride_sn, BC)
+        acc += _gemv_dot(w, s, x_row, kk, k_ok)
     out = out_ptr + (split.to(tl.int64) * M + row) * N + n
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=n_ok)
+
+
+@triton.jit
+def _gemv_tile(w_ptr, s_ptr, n, n_ok, kk, k_ok, scale_row, stride_wn, stride_sn, BC: tl.constexpr):
+    """Weight rows `n` x columns `kk`, and the block scale of each column (one row-block)."""
+    s = tl.load(s_ptr + scale_row * stride_sn + kk // BC, mask=k_ok, other=0.0)
+    w_mask = n_ok[:, None] & k_ok[None, :]
+    w = tl.load(w_ptr + n[:, None] * stride_wn + kk[None, :], mask=w_mask, other=0.0)
+    return w, s
+
+
+@triton.jit
+def _gemv_dot(w, s, x_row, kk, k_ok):
+    a = tl.load(x_row + kk, mask=k_ok, other=0.0).to(tl.float32) * s
+    return tl.sum(w.to(tl.float32) * a[None, :], 1)
 
 
 def _launch(
@@ -181,7 +202,7 @@ def _launch(
             x2.stride(0), weight.stride(0), scale_inv.stride(0),
             K_PER_SPLIT=k_per_split, BR=block_rows, BC=block_cols,
             BLOCK_N=tiles.block_n, BLOCK_K=block_k,
-            num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+            num_warps=tiles.num_warps, num_stages=tiles.num_stages, **pdl.launch_args(x2.device),
         )  # fmt: skip
         return out
     _fp8_linear_kernel[grid](
@@ -190,7 +211,7 @@ def _launch(
         K_PER_SPLIT=k_per_split, BR=block_rows, BC=block_cols,
         BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=block_k,
         PRECISION="ieee" if x2.dtype == torch.float32 else "tf32",
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages, **pdl.launch_args(x2.device),
     )  # fmt: skip
     return out
 

@@ -35,8 +35,10 @@ import torch
 import triton
 import triton.language as tl
 
+from m2agent.engine.kernels import pdl
 from m2agent.engine.kernels.occupancy import split_k
 from m2agent.engine.kernels.partial_sums import PartialSums
+from m2agent.engine.kernels.pdl import wait_for_inputs
 from m2agent.engine.kernels.reference import ExpertWeights
 
 
@@ -170,7 +172,9 @@ def _gate_up_kernel(
     PER_PAIR: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     PRECISION: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    wait_for_inputs(USE_PDL)
     block = tl.program_id(0)
     tile = tl.program_id(1)
     expert = tl.load(expert_ptr + block)
@@ -235,7 +239,9 @@ def _down_kernel(
     PER_PAIR: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     PRECISION: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    wait_for_inputs(USE_PDL)
     block = tl.program_id(0)
     tile = tl.program_id(1)
     split = tl.program_id(2)
@@ -285,11 +291,39 @@ def _gemv_step(
 ):
     """Weight rows `n` x columns `kk` times the vector `a` [BLOCK_K] (fp32): [BLOCK_N] fp32.
     All rows share one scale row-block (`scale_row`), so the scales fold into `a`."""
+    w, s = _gemv_load(
+        w_base, s_base, n, n_ok, scale_row, kk, k_ok, stride_wn, stride_sn, BC, HAS_SCALE
+    )
+    return _gemv_dot(w, s, a)
+
+
+@triton.jit
+def _gemv_load(
+    w_base,
+    s_base,
+    n,
+    n_ok,
+    scale_row,
+    kk,
+    k_ok,
+    stride_wn,
+    stride_sn,
+    BC: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+):
+    """The weight tile of `_gemv_step` and the scale of each of its columns (ones without)."""
     w_mask = n_ok[:, None] & k_ok[None, :]
     w = tl.load(w_base + n[:, None] * stride_wn + kk[None, :], mask=w_mask, other=0.0)
     if HAS_SCALE:
-        a = a * tl.load(s_base + scale_row * stride_sn + kk // BC, mask=k_ok, other=0.0)
-    return tl.sum(w.to(tl.float32) * a[None, :], 1)
+        s = tl.load(s_base + scale_row * stride_sn + kk // BC, mask=k_ok, other=0.0)
+    else:
+        s = tl.full(kk.shape, 1.0, tl.float32)
+    return w, s
+
+
+@triton.jit
+def _gemv_dot(w, s, a):
+    return tl.sum(w.to(tl.float32) * (a * s)[None, :], 1)
 
 
 @triton.jit
@@ -313,7 +347,9 @@ def _gate_up_gemv_kernel(
     SPLIT: tl.constexpr,
     K_PER_SPLIT: tl.constexpr,
     HAS_SCALE: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    wait_for_inputs(USE_PDL)  # the expert ids come from the launch just before
     pair = tl.program_id(0)
     tile = tl.program_id(1)
     split = tl.program_id(2)
@@ -374,39 +410,63 @@ def _down_gemv_kernel(
     K_PER_SPLIT: tl.constexpr,
     GU_SPLIT: tl.constexpr,
     HAS_SCALE: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    """With PDL, the expert ids, routing weights and the first weight tile load before the
+    wait: they come from the router, two launches back (the gate/up kernel runs between), so
+    they are complete and visible when this kernel starts (see `pdl`)."""
     pair = tl.program_id(0)
     tile = tl.program_id(1)
     split = tl.program_id(2)
     num_pairs = tl.num_programs(0)
-    expert = tl.load(expert_ptr + pair)
-    if expert < 0:
-        return
+    expert = tl.load(expert_ptr + pair, cache_modifier=".cg")
+    routing = tl.load(weights_ptr + pair, cache_modifier=".cg")
+    live = expert >= 0
     n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < HIDDEN
     k = tl.arange(0, BLOCK_K)
     w_base = w_ptr + expert.to(tl.int64) * stride_we
     s_base = s_ptr + expert.to(tl.int64) * stride_se
     scale_row = (tile * BLOCK_N) // BR
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for step in range(0, K_PER_SPLIT, BLOCK_K):
+    kk = split * K_PER_SPLIT + k
+    k_ok = kk < INTER
+    w, s = _gemv_load(
+        w_base, s_base, n, n_ok & live, scale_row, kk, k_ok & live, stride_wn, stride_sn, BC,
+        HAS_SCALE,
+    )  # fmt: skip
+    wait_for_inputs(USE_PDL)  # the gate/up activations come from the launch just before
+    if expert < 0:
+        return
+    a = _down_activation(act_ptr, x_ptr, pair, num_pairs, kk, k_ok, INTER, GU_SPLIT)
+    acc = _gemv_dot(w, s, a)
+    for step in range(BLOCK_K, K_PER_SPLIT, BLOCK_K):
         kk = split * K_PER_SPLIT + step + k
         k_ok = kk < INTER
-        if GU_SPLIT == 1:
-            a = tl.load(act_ptr + pair * INTER + kk, mask=k_ok, other=0.0).to(tl.float32)
-        else:
-            g = tl.zeros((BLOCK_K,), dtype=tl.float32)
-            u = tl.zeros((BLOCK_K,), dtype=tl.float32)
-            for s in tl.static_range(GU_SPLIT):
-                base = act_ptr + (s * num_pairs + pair).to(tl.int64) * (2 * INTER)
-                g += tl.load(base + kk, mask=k_ok, other=0.0)
-                u += tl.load(base + INTER + kk, mask=k_ok, other=0.0)
-            a = (g / (1.0 + tl.exp(-g)) * u).to(x_ptr.dtype.element_ty).to(tl.float32)
+        a = _down_activation(act_ptr, x_ptr, pair, num_pairs, kk, k_ok, INTER, GU_SPLIT)
         acc += _gemv_step(
             w_base, s_base, n, n_ok, scale_row, kk, k_ok, a, stride_wn, stride_sn, BC, HAS_SCALE
         )
-    acc = acc * tl.load(weights_ptr + pair)
+    acc = acc * routing
     tl.store(out_ptr + (split * num_pairs + pair).to(tl.int64) * HIDDEN + n, acc, mask=n_ok)
+
+
+@triton.jit
+def _down_activation(
+    act_ptr, x_ptr, pair, num_pairs, kk, k_ok, INTER: tl.constexpr, GU_SPLIT: tl.constexpr
+):
+    """The pair's SiLU(gate) * up at columns `kk` (fp32): stored, or formed from the gate/up
+    kernel's split-K pieces (rounded to x's dtype, as stored activations are)."""
+    if GU_SPLIT == 1:
+        a = tl.load(act_ptr + pair * INTER + kk, mask=k_ok, other=0.0).to(tl.float32)
+    else:
+        g = tl.zeros(kk.shape, dtype=tl.float32)
+        u = tl.zeros(kk.shape, dtype=tl.float32)
+        for s in tl.static_range(GU_SPLIT):
+            base = act_ptr + (s * num_pairs + pair).to(tl.int64) * (2 * INTER)
+            g += tl.load(base + kk, mask=k_ok, other=0.0)
+            u += tl.load(base + INTER + kk, mask=k_ok, other=0.0)
+        a = (g / (1.0 + tl.exp(-g)) * u).to(x_ptr.dtype.element_ty).to(tl.float32)
+    return a
 
 
 def align_by_expert(
@@ -470,7 +530,7 @@ def moe_experts_parts(
     ids = expert_ids.reshape(-1)
     if expert_map is not None:
         ids = expert_map[ids]
-    ids = ids.to(torch.int32).contiguous()
+    ids = ids.contiguous()  # the GEMV kernels read the router's int64 ids: no cast launch
     pairs = ids.numel()
     block_rows, block_cols = experts.block
     tiles = tiles or pick_tiles(num_tokens, block_cols if experts.is_fp8 else 128)
@@ -491,6 +551,7 @@ def moe_experts_parts(
     if tiles.gemv and not tiles.grouped:
         parts = _gemv(x, ids, routing, experts, s13, s2, tiles, top_k, expert_map is not None)
         return PartialSums(parts.view(-1, num_tokens, top_k, hidden), x.dtype)
+    ids = ids.to(torch.int32)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
     if tiles.grouped:
         rows, block_expert = align_by_expert(ids, num_experts, tiles.block_m)
@@ -508,6 +569,7 @@ def moe_experts_parts(
         w13.stride(0), w13.stride(1), s13.stride(0), s13.stride(1),
         TOP_K=top_k, HIDDEN=hidden, INTER=inter, BLOCK_N=gu.block_n, BLOCK_K=gu.block_k,
         num_warps=gu.num_warps, num_stages=gu.num_stages, **common,
+        **pdl.launch_args(x.device),
     )  # fmt: skip
     dn = tiles.down
     n_tiles = triton.cdiv(hidden, dn.block_n)
@@ -522,6 +584,7 @@ def moe_experts_parts(
         HIDDEN=hidden, INTER=inter, BLOCK_N=dn.block_n, BLOCK_K=dn.block_k,
         SPLIT=split, K_PER_SPLIT=k_per_split,
         num_warps=dn.num_warps, num_stages=dn.num_stages, **common,
+        **pdl.launch_args(x.device),
     )  # fmt: skip
     return PartialSums(partial.view(split, num_tokens, top_k, hidden), x.dtype)
 
@@ -554,6 +617,7 @@ def _gemv(
         TOP_K=top_k, HIDDEN=hidden, INTER=inter, BR=block_rows, BC=block_cols,
         BLOCK_N=gu.block_n, BLOCK_K=gu.block_k, SPLIT=gu_split, K_PER_SPLIT=gu_k,
         HAS_SCALE=experts.is_fp8, num_warps=gu.num_warps, num_stages=gu.num_stages,
+        **pdl.launch_args(x.device),
     )  # fmt: skip
     n_tiles = triton.cdiv(hidden, dn.block_n)
     split, k_per_split = _split(pairs * n_tiles, inter, dn, x.device)
@@ -565,7 +629,7 @@ def _gemv(
         s2.stride(1), HIDDEN=hidden, INTER=inter, BR=block_rows, BC=block_cols,
         BLOCK_N=dn.block_n, BLOCK_K=dn.block_k, SPLIT=split, K_PER_SPLIT=k_per_split,
         GU_SPLIT=gu_split, HAS_SCALE=experts.is_fp8,
-        num_warps=dn.num_warps, num_stages=dn.num_stages,
+        num_warps=dn.num_warps, num_stages=dn.num_stages, **pdl.launch_args(x.device),
     )  # fmt: skip
     return out
 

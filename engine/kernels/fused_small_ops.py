@@ -8,6 +8,13 @@ step. The readable versions are `reference.add_rms_norm`, `reference.qk_norm_rop
 `reference.route`. The add + RMSNorm and the QK-norm kernels also take their input as
 fp32 pieces of a split-K product (`PartialSums`) and sum them, in a fixed order, as they read:
 the producer needs no reduction launch of its own.
+
+A decode batch (a few rows) would leave one program per row on one SM, so there each op is cut
+over several programs: the router's logits over expert blocks, the add + RMSNorm over column
+slices, the QK-norm over k/v heads. Where a last step needs every program's result (the top-k,
+the row's sum of squares), the last program to arrive does it (`_last_to_arrive`: a counter the
+caller keeps, left at zero), adding the others' results in a fixed order: deterministic, and no
+program ever waits for another. Every kernel here follows `pdl`'s contract.
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ import torch
 import triton
 import triton.language as tl
 
+from m2agent.engine.kernels import pdl
 from m2agent.engine.kernels.partial_sums import PartialSums
+from m2agent.engine.kernels.pdl import wait_for_inputs
 
 
 @triton.jit
@@ -34,6 +43,30 @@ def _summed(
 
 
 @triton.jit
+def _fence(ON_GPU: tl.constexpr):
+    """Every thread's writes before it are visible GPU-wide to anyone ordered after it."""
+    if ON_GPU:
+        tl.inline_asm_elementwise(
+            "fence.acq_rel.gpu; // $0", "=r", [], dtype=tl.int32, is_pure=False, pack=1
+        )
+
+
+@triton.jit
+def _last_to_arrive(arrivals_ptr, expected, ON_GPU: tl.constexpr):
+    """Whether this program is the last of `expected` to call this on the counter (which the
+    last one resets to zero). Every write this program made before is visible to the last
+    one, and the last one sees every other program's (from L2: load those with `.cg`)."""
+    _fence(ON_GPU)
+    tl.debug_barrier()  # all of this program's threads have written
+    arrived = tl.atomic_add(arrivals_ptr, 1, sem="acq_rel", scope="gpu")
+    last = arrived == expected - 1
+    if last:
+        tl.atomic_xchg(arrivals_ptr, 0, sem="relaxed", scope="gpu")
+        _fence(ON_GPU)
+    return last
+
+
+@triton.jit
 def _add_rms_norm_kernel(
     x_ptr,  # [T, C] residual stream, updated in place to x + delta (when HAS_DELTA)
     delta_ptr,  # [T, C], or fp32 pieces [SPLIT, T, GROUP, C] to sum first
@@ -48,10 +81,13 @@ def _add_rms_norm_kernel(
     HAS_DELTA: tl.constexpr,
     SPLIT: tl.constexpr,
     GROUP: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     c = tl.arange(0, BLOCK)
     ok = c < C
+    w = tl.load(w_ptr + c, mask=ok, other=0.0).to(tl.float32)  # written by no kernel: before
+    wait_for_inputs(USE_PDL)
     x = tl.load(x_ptr + row * C + c, mask=ok, other=0.0)
     if HAS_DELTA:
         delta = _summed(
@@ -63,8 +99,68 @@ def _add_rms_norm_kernel(
     x32 = x.to(tl.float32)
     rstd = tl.rsqrt(tl.sum(x32 * x32, 0) / C + eps)
     normed = (x32 * rstd).to(x_ptr.dtype.element_ty).to(tl.float32)
-    w = tl.load(w_ptr + c, mask=ok, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * C + c, (w * normed).to(out_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _add_rms_norm_sliced_kernel(
+    x_ptr,  # [T, C] residual stream, updated in place to x + delta (when HAS_DELTA)
+    delta_ptr,  # [T, C], or fp32 pieces [SPLIT, T, GROUP, C] to sum first
+    w_ptr,  # [C]
+    out_ptr,  # [T, C] normed
+    squares_ptr,  # scratch [T, SLICES] fp32: each slice's sum of squares
+    arrivals_ptr,  # [>= T] int32, zero between launches
+    eps,
+    stride_d_split,
+    stride_d_tok,
+    stride_d_group,
+    C: tl.constexpr,
+    BLOCK: tl.constexpr,
+    SLICE: tl.constexpr,
+    SLICES: tl.constexpr,
+    SLICES_PAD: tl.constexpr,
+    HAS_DELTA: tl.constexpr,
+    SPLIT: tl.constexpr,
+    GROUP: tl.constexpr,
+    ON_GPU: tl.constexpr,
+    USE_PDL: tl.constexpr,
+):
+    """Program (row, j) sums the pieces of columns [j*SLICE, (j+1)*SLICE) only, writes that
+    slice of x + delta and its sum of squares; the row's last program to arrive adds the
+    SLICES sums in a fixed order (deterministic) and writes the whole normed row."""
+    row = tl.program_id(0).to(tl.int64)
+    part = tl.program_id(1)
+    full = tl.arange(0, BLOCK)
+    full_ok = full < C
+    w = tl.load(w_ptr + full, mask=full_ok, other=0.0).to(tl.float32)  # written by no kernel
+    wait_for_inputs(USE_PDL)
+    c = part * SLICE + tl.arange(0, SLICE)
+    ok = c < C
+    x = tl.load(x_ptr + row * C + c, mask=ok, other=0.0)
+    if HAS_DELTA:
+        delta = _summed(
+            delta_ptr, row * stride_d_tok + c, ok, stride_d_split, stride_d_group, SPLIT, GROUP,
+            x_ptr,
+        )  # fmt: skip
+        x = (x.to(tl.float32) + delta).to(x_ptr.dtype.element_ty)
+        tl.store(x_ptr + row * C + c, x, mask=ok)
+    x32 = x.to(tl.float32)
+    tl.store(squares_ptr + row * SLICES + part, tl.sum(x32 * x32, 0))
+    if _last_to_arrive(arrivals_ptr + row, SLICES, ON_GPU):
+        j = tl.arange(0, SLICES_PAD)
+        squares = tl.load(
+            squares_ptr + row * SLICES + j, mask=j < SLICES, other=0.0, cache_modifier=".cg"
+        )
+        rstd = tl.rsqrt(tl.sum(squares, 0) / C + eps)
+        xr = tl.load(x_ptr + row * C + full, mask=full_ok, other=0.0, cache_modifier=".cg")
+        normed = (xr.to(tl.float32) * rstd).to(x_ptr.dtype.element_ty).to(tl.float32)
+        tl.store(out_ptr + row * C + full, (w * normed).to(out_ptr.dtype.element_ty), mask=full_ok)
+
+
+# Batch-1 add + RMSNorm over several programs (each sums its own columns' pieces), up to this
+# many rows; more rows fill the GPU with one program per row.
+NORM_SLICE = 256
+NORM_SLICED_MAX_ROWS = 8
 
 
 def _pieces(value: torch.Tensor | PartialSums) -> tuple[torch.Tensor, int, int, int, int, int]:
@@ -78,10 +174,17 @@ def _pieces(value: torch.Tensor | PartialSums) -> tuple[torch.Tensor, int, int, 
 
 
 def add_rms_norm(
-    x: torch.Tensor, delta: torch.Tensor | PartialSums | None, weight: torch.Tensor, eps: float
+    x: torch.Tensor,
+    delta: torch.Tensor | PartialSums | None,
+    weight: torch.Tensor,
+    eps: float,
+    arrivals: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x + delta, rms_norm(x + delta)); x [T, C] contiguous is updated in place. `delta` may
-    be left as pieces (`PartialSums`): they are summed here, then rounded to x's dtype."""
+    be left as pieces (`PartialSums`): they are summed here, then rounded to x's dtype.
+    With `arrivals` (int32 zeros, at least T: the norm's own counters, zero again after each
+    launch) up to NORM_SLICED_MAX_ROWS rows are cut into column slices over several
+    programs; else one program per row."""
     num_rows, width = x.shape
     out = torch.empty_like(x)
     if num_rows == 0:
@@ -90,12 +193,34 @@ def add_rms_norm(
     d, stride_split, stride_tok, stride_group, split, group = _pieces(
         delta if delta is not None else x
     )
+    slices = triton.cdiv(width, NORM_SLICE)
+    if (
+        arrivals is not None
+        and num_rows <= min(NORM_SLICED_MAX_ROWS, arrivals.numel())
+        and slices > 1
+    ):
+        if arrivals.dtype != torch.int32:
+            raise ValueError("norm arrivals must be int32")
+        squares = torch.empty((num_rows, slices), dtype=torch.float32, device=x.device)
+        _add_rms_norm_sliced_kernel[(num_rows, slices)](
+            x, d, weight, out, squares, arrivals, eps, stride_split, stride_tok, stride_group,
+            C=width, BLOCK=block, SLICE=NORM_SLICE, SLICES=slices,
+            SLICES_PAD=triton.next_power_of_2(slices), HAS_DELTA=delta is not None,
+            SPLIT=split, GROUP=group, ON_GPU=x.is_cuda, num_warps=4,
+            **pdl.launch_args(x.device),
+        )  # fmt: skip
+        return x, out
     _add_rms_norm_kernel[(num_rows,)](
         x, d, weight, out, eps, stride_split, stride_tok, stride_group,
         C=width, BLOCK=block, HAS_DELTA=delta is not None, SPLIT=split, GROUP=group,
-        num_warps=8 if block >= 2048 else 4,
+        num_warps=8 if block >= 2048 else 4, **pdl.launch_args(x.device),
     )  # fmt: skip
     return x, out
+
+
+# Up to this many tokens the QK-norm kernel runs a program per (token, k/v head); more tokens
+# fill the GPU with one program per token.
+QK_NORM_PARTS_MAX_TOKENS = 8
 
 
 @triton.jit
@@ -107,6 +232,7 @@ def _rms_rope(
     cos_ptr,  # this token's [R]
     sin_ptr,
     eps,
+    mine,  # [H_PAD] the heads this program finishes (the others only count in the norm)
     SPLIT: tl.constexpr,
     H: tl.constexpr,
     H_PAD: tl.constexpr,
@@ -114,7 +240,8 @@ def _rms_rope(
     R: tl.constexpr,
 ):
     """The row normalised over all H*D values, times w, then each head's first R dims
-    rotated (NeoX halves); returned [H_PAD, D] in fp32 holding the rounded values."""
+    rotated (NeoX halves); returned [H_PAD, D] in fp32 holding the rounded values (only the
+    `mine` heads' are meaningful: the others' weights and partners are not read)."""
     h = tl.arange(0, H_PAD)
     d = tl.arange(0, D)
     ok = (h < H)[:, None] & (d < D)[None, :]
@@ -122,6 +249,7 @@ def _rms_rope(
     dtype = like_ptr.dtype.element_ty
     x32 = _summed(x_ptr, idx, ok, stride_split, 0, SPLIT, 1, like_ptr)
     rstd = tl.rsqrt(tl.sum(tl.sum(x32 * x32, 1), 0) / (H * D) + eps)
+    ok = ok & mine[:, None]
     w = tl.load(w_ptr + idx, mask=ok, other=0.0).to(tl.float32)
     y = (w * (x32 * rstd).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
     half: tl.constexpr = R // 2
@@ -169,28 +297,37 @@ def _qk_norm_rope_store_kernel(
     HKV_PAD: tl.constexpr,
     D: tl.constexpr,
     R: tl.constexpr,
+    PARTS: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    """Program (t, j) finishes the j-th of PARTS equal shares of the q heads and of the k/v
+    heads; each computes the whole row's sums of squares itself (the same code, so the same
+    bits in every program): no program waits for another."""
+    wait_for_inputs(USE_PDL)  # every input but the norm weights comes from this step
     t = tl.program_id(0).to(tl.int64)
+    part = tl.program_id(1)
     cos_row = cos_ptr + t * R
     sin_row = sin_ptr + t * R
     d = tl.arange(0, D)
+    hq = tl.arange(0, HQ_PAD)
+    q_mine = (hq >= part * (HQ // PARTS)) & (hq < (part + 1) * (HQ // PARTS))
     q = _rms_rope(
-        q_ptr + t * stride_q, split_stride_q, q_out_ptr, qw_ptr, cos_row, sin_row, eps,
+        q_ptr + t * stride_q, split_stride_q, q_out_ptr, qw_ptr, cos_row, sin_row, eps, q_mine,
         SPLIT_Q, HQ, HQ_PAD, D, R,
     )  # fmt: skip
-    hq = tl.arange(0, HQ_PAD)
-    q_ok = (hq < HQ)[:, None] & (d < D)[None, :]
+    q_ok = (q_mine & (hq < HQ))[:, None] & (d < D)[None, :]
     tl.store(
         q_out_ptr + t * (HQ * D) + hq[:, None] * D + d[None, :],
         q.to(q_out_ptr.dtype.element_ty),
         mask=q_ok,
     )
+    hk = tl.arange(0, HKV_PAD)
+    k_mine = (hk >= part * (HKV // PARTS)) & (hk < (part + 1) * (HKV // PARTS))
     k = _rms_rope(
-        k_ptr + t * stride_k, split_stride_k, q_out_ptr, kw_ptr, cos_row, sin_row, eps,
+        k_ptr + t * stride_k, split_stride_k, q_out_ptr, kw_ptr, cos_row, sin_row, eps, k_mine,
         SPLIT_K, HKV, HKV_PAD, D, R,
     )  # fmt: skip
-    hk = tl.arange(0, HKV_PAD)
-    k_ok = (hk < HKV)[:, None] & (d < D)[None, :]
+    k_ok = (k_mine & (hk < HKV))[:, None] & (d < D)[None, :]
     slot = tl.load(slot_ptr + t)
     at = slot * (HKV * D) + hk[:, None] * D + d[None, :]
     tl.store(k_cache_ptr + at, k.to(k_cache_ptr.dtype.element_ty), mask=k_ok)
@@ -224,16 +361,79 @@ def qk_norm_rope_store(
     q_out = torch.empty((num_tokens, q_width), dtype=q_weight.dtype, device=q_weight.device)
     if num_tokens:
         qp, k_sp, v_sp = _pieces(q), _pieces(k), _pieces(v)
-        _qk_norm_rope_store_kernel[(num_tokens,)](
+        parts = 1
+        if num_tokens <= QK_NORM_PARTS_MAX_TOKENS and num_heads % num_kv_heads == 0:
+            parts = num_kv_heads  # a share: one k/v head and its group of q heads
+        _qk_norm_rope_store_kernel[(num_tokens, parts)](
             qp[0], k_sp[0], v_sp[0], q_out, q_weight, k_weight, cos.contiguous(),
             sin.contiguous(), k_cache, v_cache, slot_mapping, eps,
             qp[2], k_sp[2], v_sp[2], qp[1], k_sp[1], v_sp[1],
             SPLIT_Q=qp[4], SPLIT_K=k_sp[4], SPLIT_V=v_sp[4],
             HQ=num_heads, HQ_PAD=triton.next_power_of_2(num_heads),
             HKV=num_kv_heads, HKV_PAD=triton.next_power_of_2(num_kv_heads),
-            D=head_dim, R=cos.shape[-1], num_warps=8,
+            D=head_dim, R=cos.shape[-1], PARTS=parts, num_warps=8,
+            **pdl.launch_args(k_cache.device),
         )  # fmt: skip
     return q_out.view(num_tokens, num_heads, head_dim)
+
+
+# The one-launch router serves up to this many tokens (decode batches); past it the logits are
+# a cuBLAS GEMM (the weight re-read per token block would cost more than the launch saves).
+ROUTER_MAX_TOKENS = 16
+ROUTER_BLOCK_T = 4  # tokens per program (fewer when the batch is smaller)
+ROUTER_BLOCK_E = 2  # experts per program: 128 programs stream M2's 3 MB weight at batch 1
+
+
+@triton.jit
+def _biased(logits_ptr, bias_ptr, t, t_ok, e, E: tl.constexpr):
+    """Sigmoid scores and score + bias of tokens `t` for experts `e` ([len(t), len(e)];
+    -inf where e >= E). The logits come from L2: other programs may have just stored them."""
+    ok = e < E
+    logits = tl.load(
+        logits_ptr + t[:, None] * E + e[None, :],
+        mask=t_ok[:, None] & ok[None, :],
+        other=0.0,
+        cache_modifier=".cg",
+    )
+    scores = tl.sigmoid(logits)
+    bias = tl.load(bias_ptr + e, mask=ok, other=0.0)
+    return scores, tl.where(ok[None, :], scores + bias[None, :], float("-inf"))
+
+
+@triton.jit
+def _top_k(
+    logits_ptr,  # [T, E] fp32
+    bias_ptr,
+    weights_ptr,  # out [T, K] fp32
+    ids_ptr,  # out [T, K] int64
+    t,  # [BLOCK_T] token of each row
+    t_ok,
+    E: tl.constexpr,
+    E_PAD: tl.constexpr,
+    TOP_K: tl.constexpr,
+    K_PAD: tl.constexpr,
+):
+    """The TOP_K experts by score + bias (a repeated argmax: a tie goes to the lower id),
+    with their unbiased scores renormalised (summed in pick order)."""
+    e = tl.arange(0, E_PAD)
+    kk = tl.arange(0, K_PAD)
+    scores, biased = _biased(logits_ptr, bias_ptr, t, t_ok, e, E)
+    picked_scores = tl.zeros((biased.shape[0], K_PAD), dtype=tl.float32)
+    picked_ids = tl.zeros((biased.shape[0], K_PAD), dtype=tl.int64)
+    total = tl.zeros((biased.shape[0],), dtype=tl.float32)
+    for k in tl.static_range(TOP_K):
+        best = tl.argmax(biased, 1)
+        picked = e[None, :] == best[:, None]
+        score = tl.sum(tl.where(picked, scores, 0.0), 1)
+        here = (kk == k)[None, :]
+        picked_scores = tl.where(here, score[:, None], picked_scores)
+        picked_ids = tl.where(here, best[:, None].to(tl.int64), picked_ids)
+        total += score
+        biased = tl.where(picked, float("-inf"), biased)
+    at = t[:, None] * TOP_K + kk[None, :]
+    mask = t_ok[:, None] & (kk < TOP_K)[None, :]
+    tl.store(weights_ptr + at, picked_scores / total[:, None], mask=mask)
+    tl.store(ids_ptr + at, picked_ids, mask=mask)
 
 
 @triton.jit
@@ -246,39 +446,118 @@ def _route_kernel(
     E_PAD: tl.constexpr,
     TOP_K: tl.constexpr,
     K_PAD: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
-    t = tl.program_id(0).to(tl.int64)
-    e = tl.arange(0, E_PAD)
-    kk = tl.arange(0, K_PAD)
-    picked_scores = tl.zeros((K_PAD,), dtype=tl.float32)
-    ok = e < E
-    scores = tl.sigmoid(tl.load(logits_ptr + t * E + e, mask=ok, other=0.0))
-    biased = tl.where(ok, scores + tl.load(bias_ptr + e, mask=ok, other=0.0), float("-inf"))
-    total = 0.0
-    for k in tl.static_range(TOP_K):
-        best = tl.argmax(biased, 0)
-        picked = e == best
-        score = tl.sum(tl.where(picked, scores, 0.0), 0)
-        tl.store(ids_ptr + t * TOP_K + k, best.to(tl.int64))
-        picked_scores = tl.where(kk == k, score, picked_scores)
-        total += score
-        biased = tl.where(picked, float("-inf"), biased)
-    tl.store(weights_ptr + t * TOP_K + kk, picked_scores / total, mask=kk < TOP_K)
+    wait_for_inputs(USE_PDL)
+    t = tl.program_id(0).to(tl.int64) + tl.arange(0, 1)
+    _top_k(logits_ptr, bias_ptr, weights_ptr, ids_ptr, t, t >= 0, E, E_PAD, TOP_K, K_PAD)
+
+
+@triton.jit
+def _logit_chunk(x_ptr, stride_x, t, t_ok, w, c0, C: tl.constexpr, BLOCK_C: tl.constexpr):
+    """x[t, c0:c0+BLOCK_C] (fp32) times the weight rows' chunk w [BLOCK_E, BLOCK_C]:
+    [BLOCK_T, BLOCK_E] partial logits."""
+    c = c0 + tl.arange(0, BLOCK_C)
+    x = tl.load(
+        x_ptr + t[:, None] * stride_x + c[None, :], mask=t_ok[:, None] & (c < C)[None, :], other=0.0
+    ).to(tl.float32)
+    return tl.sum(x[:, None, :] * w[None, :, :], 2)
+
+
+@triton.jit
+def _router_kernel(
+    x_ptr,  # [T, C] (rows strided by stride_x)
+    gate_ptr,  # [E, C] fp32
+    bias_ptr,  # [E] fp32
+    logits_ptr,  # scratch [T, E] fp32
+    arrivals_ptr,  # [>= token blocks] int32, zero between launches
+    weights_ptr,  # out [T, K] fp32
+    ids_ptr,  # out [T, K] int64
+    T,
+    stride_x,
+    C: tl.constexpr,
+    E: tl.constexpr,
+    E_PAD: tl.constexpr,
+    TOP_K: tl.constexpr,
+    K_PAD: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    ON_GPU: tl.constexpr,
+    USE_PDL: tl.constexpr,
+):
+    """Program (i, j): the fp32 logits of token block i for expert block j (each logit by
+    exactly one program, summed in a fixed order: deterministic). The last program of token
+    block i to arrive (an atomic counter, which it resets) does the block's top-k."""
+    pid_t = tl.program_id(0)
+    t = pid_t.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_ok = t < T
+    e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    e_ok = e < E
+    c = tl.arange(0, BLOCK_C)
+    w_rows = gate_ptr + e[:, None].to(tl.int64) * C
+    # The router weight is written by no kernel of the step: its first chunk before the wait.
+    w = tl.load(w_rows + c[None, :], mask=e_ok[:, None] & (c < C)[None, :], other=0.0)
+    wait_for_inputs(USE_PDL)
+    acc = _logit_chunk(x_ptr, stride_x, t, t_ok, w, 0, C, BLOCK_C)
+    for c0 in range(BLOCK_C, C, BLOCK_C):
+        cc = c0 + c
+        w = tl.load(w_rows + cc[None, :], mask=e_ok[:, None] & (cc < C)[None, :], other=0.0)
+        acc += _logit_chunk(x_ptr, stride_x, t, t_ok, w, c0, C, BLOCK_C)
+    tl.store(logits_ptr + t[:, None] * E + e[None, :], acc, mask=t_ok[:, None] & e_ok[None, :])
+    if _last_to_arrive(arrivals_ptr + pid_t, tl.num_programs(1), ON_GPU):
+        for i in range(BLOCK_T):  # a row at a time: the top-k's registers stay in bounds
+            row = pid_t.to(tl.int64) * BLOCK_T + i + tl.arange(0, 1)
+            _top_k(logits_ptr, bias_ptr, weights_ptr, ids_ptr, row, row < T, E, E_PAD, TOP_K, K_PAD)
+
+
+def new_router_arrivals(device: torch.device | str | None = None) -> torch.Tensor:
+    """The arrival counters one router call needs (all zero; each launch leaves them zero).
+    One set per router, reused by every call: launches on one stream never overlap."""
+    return torch.zeros(ROUTER_MAX_TOKENS, dtype=torch.int32, device=device)
 
 
 def route(
-    x: torch.Tensor, gate_weight: torch.Tensor, correction_bias: torch.Tensor, top_k: int
+    x: torch.Tensor,
+    gate_weight: torch.Tensor,
+    correction_bias: torch.Tensor,
+    top_k: int,
+    arrivals: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """M2's router in two launches: the fp32 logits (cuBLAS), then sigmoid, biased top-k and
-    renormalised unbiased weights in one kernel. Returns weights [T, K] fp32, ids [T, K]."""
-    logits = torch.nn.functional.linear(x.float(), gate_weight.float())
-    num_tokens, num_experts = logits.shape
+    """M2's router: fp32 logits, sigmoid, biased top-k, renormalised unbiased weights.
+    Returns weights [T, K] fp32, ids [T, K] int64. Up to ROUTER_MAX_TOKENS tokens in one
+    launch (the logits over many programs, the top-k by the last to finish); `arrivals`
+    (`new_router_arrivals`, kept by the caller so a captured graph holds no allocation of its
+    own) is allocated per call when not given. More tokens: cuBLAS logits, then the top-k."""
+    num_tokens, hidden = x.shape
+    num_experts = gate_weight.shape[0]
     weights = torch.empty((num_tokens, top_k), dtype=torch.float32, device=x.device)
     ids = torch.empty((num_tokens, top_k), dtype=torch.int64, device=x.device)
-    if num_tokens:
+    if num_tokens == 0:
+        return weights, ids
+    gate, bias = gate_weight.float().contiguous(), correction_bias.float().contiguous()
+    e_pad = triton.next_power_of_2(num_experts)
+    sizes = dict(E=num_experts, E_PAD=e_pad, TOP_K=top_k)
+    if num_tokens > ROUTER_MAX_TOKENS:
+        logits = torch.nn.functional.linear(x.float(), gate)
         _route_kernel[(num_tokens,)](
-            logits, correction_bias.float().contiguous(), weights, ids,
-            E=num_experts, E_PAD=triton.next_power_of_2(num_experts), TOP_K=top_k,
-            K_PAD=triton.next_power_of_2(top_k), num_warps=4,
+            logits, bias, weights, ids, K_PAD=triton.next_power_of_2(top_k), num_warps=4, **sizes,
+            **pdl.launch_args(x.device),
         )  # fmt: skip
+        return weights, ids
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    block_t = min(ROUTER_BLOCK_T, triton.next_power_of_2(num_tokens))
+    token_blocks = triton.cdiv(num_tokens, block_t)
+    if arrivals is None:
+        arrivals = new_router_arrivals(x.device)
+    if arrivals.numel() < token_blocks or arrivals.dtype != torch.int32:
+        raise ValueError(f"router arrivals must be int32 with >= {token_blocks} entries")
+    logits = torch.empty((num_tokens, num_experts), dtype=torch.float32, device=x.device)
+    _router_kernel[(token_blocks, triton.cdiv(num_experts, ROUTER_BLOCK_E))](
+        x, gate, bias, logits, arrivals, weights, ids, num_tokens, x.stride(0),
+        C=hidden, BLOCK_T=block_t, BLOCK_E=ROUTER_BLOCK_E, K_PAD=triton.next_power_of_2(top_k),
+        BLOCK_C=max(64, min(triton.next_power_of_2(hidden), 1024 // block_t)),
+        ON_GPU=x.is_cuda, num_warps=4, **sizes, **pdl.launch_args(x.device),
+    )  # fmt: skip
     return weights, ids

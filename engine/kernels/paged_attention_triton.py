@@ -17,7 +17,9 @@ import torch
 import triton
 import triton.language as tl
 
+from m2agent.engine.kernels import pdl
 from m2agent.engine.kernels.occupancy import sm_count
+from m2agent.engine.kernels.pdl import wait_for_inputs
 
 MAX_SPLITS = 32
 
@@ -48,7 +50,9 @@ def _paged_decode_kernel(
     TILE: tl.constexpr,
     SPLITS: tl.constexpr,
     PRECISION: tl.constexpr,  # "ieee" keeps fp32 inputs exact; bf16 ignores it
+    USE_PDL: tl.constexpr,
 ):
+    wait_for_inputs(USE_PDL)  # everything it reads comes from this step
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -117,7 +121,9 @@ def _combine_kernel(
     HEAD_DIM: tl.constexpr,
     SPLITS: tl.constexpr,
     SPLITS_PAD: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    wait_for_inputs(USE_PDL)
     seq = tl.program_id(0)
     head = tl.program_id(1)
     s = tl.arange(0, SPLITS_PAD)
@@ -179,12 +185,12 @@ def paged_decode_attention(
         NUM_HEADS=num_heads, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=head_dim, PAGE=page, TILE=tile, SPLITS=splits,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=4,
+        num_warps=4, **pdl.launch_args(q.device),
     )  # fmt: skip
     if splits > 1:
         _combine_kernel[(num_seqs, num_heads)](
             part, lse, out, out.stride(0), out.stride(1),
             NUM_HEADS=num_heads, HEAD_DIM=head_dim, SPLITS=splits,
-            SPLITS_PAD=triton.next_power_of_2(splits), num_warps=4,
+            SPLITS_PAD=triton.next_power_of_2(splits), num_warps=4, **pdl.launch_args(q.device),
         )  # fmt: skip
     return out

@@ -16,6 +16,7 @@ from torch import nn
 
 from m2agent.engine.errors import ConfigError
 from m2agent.engine.kernels import dispatch
+from m2agent.engine.kernels.dispatch import ROUTER_ARRIVALS
 from m2agent.engine.kernels.partial_sums import PartialSums, materialize
 from m2agent.engine.kernels.reference import (
     FP8_DTYPE,
@@ -28,11 +29,18 @@ from m2agent.engine.model_config import FP8Config, ModelConfig
 
 
 class RouterGate(nn.Module):
-    """The router's weight [E, C], kept in fp32 as the checkpoint stores it."""
+    """The router's weight [E, C], kept in fp32 as the checkpoint stores it; and the arrival
+    counters its one-launch CUDA kernel uses (zero between calls; not part of the checkpoint),
+    made with the model so a captured decode graph needs no allocation of its own."""
+
+    arrivals: torch.Tensor
 
     def __init__(self, num_experts: int, hidden_size: int) -> None:
         super().__init__()
         self.weight = new_parameter((num_experts, hidden_size), torch.float32)
+        self.register_buffer(
+            "arrivals", torch.zeros(ROUTER_ARRIVALS, dtype=torch.int32), persistent=False
+        )
 
 
 class Experts(nn.Module):
@@ -160,7 +168,7 @@ class SparseMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | PartialSums:
         weights, expert_ids = dispatch.route(
-            x, self.gate.weight, self.e_score_correction_bias, self.top_k
+            x, self.gate.weight, self.e_score_correction_bias, self.top_k, self.gate.arrivals
         )
         out = self.experts(x, weights, expert_ids)
         if self.tp.size == 1:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from m2agent.engine.kernels import dispatch
+from m2agent.engine.kernels.dispatch import NORM_ARRIVALS
 from m2agent.engine.kernels.partial_sums import PartialSums
 from m2agent.engine.kernels.reference import rms_norm
 from m2agent.engine.layers.loading import Slice, new_parameter, sliced_loader
@@ -14,10 +15,18 @@ from m2agent.engine.layers.parallel import TensorParallel
 
 
 class RMSNorm(nn.Module):
+    """`arrivals`: the counters its sliced CUDA kernel uses (zero between calls; not part of
+    the checkpoint), made with the model so a captured decode graph allocates none."""
+
+    arrivals: torch.Tensor
+
     def __init__(self, size: int, eps: float, dtype: torch.dtype) -> None:
         super().__init__()
         self.eps = eps
         self.weight = new_parameter((size,), dtype)
+        self.register_buffer(
+            "arrivals", torch.zeros(NORM_ARRIVALS, dtype=torch.int32), persistent=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rms_norm(x, self.weight, self.eps)
@@ -26,7 +35,7 @@ class RMSNorm(nn.Module):
         self, x: torch.Tensor, delta: torch.Tensor | PartialSums | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x + delta, its norm) in one kernel on CUDA; x may be updated in place."""
-        return dispatch.add_rms_norm(x, delta, self.weight, self.eps)
+        return dispatch.add_rms_norm(x, delta, self.weight, self.eps, self.arrivals)
 
 
 class SplitRMSNorm(nn.Module):

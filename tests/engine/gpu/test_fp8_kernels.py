@@ -223,10 +223,11 @@ def test_split_k_pieces_are_summed_by_their_consumers(rows: int, dtype: torch.dt
         assert parts.parts.shape[0] > 1  # really split
         residual = randn(rows, hidden)
         expected = reference.add_rms_norm(residual.clone(), parts.materialize(), norm_weight, 1e-6)
-        poisoned_pool()
-        got = add_rms_norm(residual.clone(), parts, norm_weight, 1e-6)
-        for g, e in zip(got, expected, strict=True):
-            assert relative_error(g, e) < tolerance(dtype) / 4
+        for arrivals in (None, torch.zeros(8, dtype=torch.int32, device="cuda")):
+            poisoned_pool()
+            got = add_rms_norm(residual.clone(), parts, norm_weight, 1e-6, arrivals)
+            for g, e in zip(got, expected, strict=True):
+                assert relative_error(g, e) < tolerance(dtype) / 4
 
     widths = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
     qkv_weight, qkv_scale = reference.quantize_fp8_block(
@@ -357,9 +358,12 @@ def test_fp8_engine_greedy_64_tokens_match_cpu_reference(tiny_fp8_checkpoint: Pa
 @pytest.mark.parametrize("width", [3072, 200])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("with_delta", [True, False])
+@pytest.mark.parametrize("sliced", [True, False])
 def test_fused_add_rms_norm_matches_reference(
-    rows: int, width: int, dtype: torch.dtype, with_delta: bool
+    rows: int, width: int, dtype: torch.dtype, with_delta: bool, sliced: bool
 ) -> None:
+    """`sliced`: with the norm's arrival counters, up to 8 rows are cut into column slices
+    over several programs (the last to finish normalises); the counters end at zero."""
     from m2agent.engine.kernels.fused_small_ops import add_rms_norm
 
     gen = torch.Generator(device="cuda").manual_seed(rows + width)
@@ -367,8 +371,11 @@ def test_fused_add_rms_norm_matches_reference(
     delta = torch.randn(rows, width, generator=gen, device="cuda").to(dtype) if with_delta else None
     weight = torch.randn(width, generator=gen, device="cuda").to(dtype)
     expected_x, expected = reference.add_rms_norm(x.clone(), delta, weight, 1e-6)
+    arrivals = torch.zeros(8, dtype=torch.int32, device="cuda") if sliced else None
     poisoned_pool()
-    got_x, got = add_rms_norm(x.clone(), delta, weight, 1e-6)
+    got_x, got = add_rms_norm(x.clone(), delta, weight, 1e-6, arrivals)
+    if arrivals is not None:
+        assert not arrivals.any()
     if rows:
         assert relative_error(got_x, expected_x) < tolerance(dtype) / 4
         assert relative_error(got, expected) < tolerance(dtype) / 4
@@ -380,8 +387,15 @@ def test_fused_add_rms_norm_matches_reference(
 )
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_fused_qk_norm_rope_store_matches_reference(
-    tokens: int, heads: int, kv_heads: int, head_dim: int, rotary: int, dtype: torch.dtype
+    tokens: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    rotary: int,
+    dtype: torch.dtype,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from m2agent.engine.kernels import fused_small_ops
     from m2agent.engine.kernels.fused_small_ops import qk_norm_rope_store
 
     gen = torch.Generator(device="cuda").manual_seed(tokens + heads)
@@ -408,23 +422,136 @@ def test_fused_qk_norm_rope_store_matches_reference(
         assert relative_error(got, expected) < tolerance(dtype) / 4
     for cache, ref in zip(caches, ref_caches, strict=True):
         assert relative_error(cache, ref) < tolerance(dtype) / 4
+    # A few tokens run a program per k/v head, each summing the whole row's squares itself:
+    # the same bits as one program per token.
+    single_caches = [c.clone() for c in ref_caches]
+    monkeypatch.setattr(fused_small_ops, "QK_NORM_PARTS_MAX_TOKENS", 0)
+    single = qk_norm_rope_store(
+        q.clone(), k, v, q_weight, k_weight, cos, sin, *single_caches, slots, 1e-6, head_dim
+    )
+    assert torch.equal(single, got)
+    for cache, one in zip(caches, single_caches, strict=True):
+        assert torch.equal(cache, one)
 
 
-@pytest.mark.parametrize("tokens", [0, 1, 9, 1000])
+@pytest.mark.parametrize("tokens", [0, 1, 3, 9, 16, 17, 1000])
 @pytest.mark.parametrize(("experts", "top_k"), [(256, 8), (7, 3), (16, 4)])
 def test_fused_router_matches_reference(tokens: int, experts: int, top_k: int) -> None:
-    from m2agent.engine.kernels.fused_small_ops import route
+    """Up to 16 tokens the one-launch router (its own fp32 logits, summed in another order
+    than cuBLAS: weights within 1e-5 relative, the picked experts identical on this data);
+    more tokens take cuBLAS logits and the top-k kernel. Run twice on the same counters: they
+    are left at zero and the result repeats bit for bit."""
+    from m2agent.engine.kernels.fused_small_ops import new_router_arrivals, route
 
     gen = torch.Generator(device="cuda").manual_seed(tokens + experts)
     x = torch.randn(tokens, 512, generator=gen, device="cuda").bfloat16()
     gate = torch.randn(experts, 512, generator=gen, device="cuda")
     bias = torch.randn(experts, generator=gen, device="cuda") * 0.1
+    arrivals = new_router_arrivals("cuda")
     expected_w, expected_ids = reference.route(x, gate, bias, top_k)
-    got_w, got_ids = route(x, gate, bias, top_k)
+    poisoned_pool()
+    got_w, got_ids = route(x, gate, bias, top_k, arrivals)
+    again_w, again_ids = route(x, gate, bias, top_k, arrivals)
+    assert torch.equal(got_w, again_w) and torch.equal(got_ids, again_ids)
+    assert not arrivals.any()
     assert got_ids.shape == (tokens, top_k) and got_w.dtype == torch.float32
+    assert got_ids.dtype == torch.int64
     expected_ids, order = expected_ids.sort(dim=1)
     got_ids, got_order = got_ids.sort(dim=1)
     assert torch.equal(got_ids, expected_ids)
     torch.testing.assert_close(
-        got_w.gather(1, got_order), expected_w.gather(1, order), rtol=1e-6, atol=1e-7
+        got_w.gather(1, got_order), expected_w.gather(1, order), rtol=1e-5, atol=1e-6
     )
+
+
+def _decode_chain(seed: int):
+    """The kernels of one FP8 decode layer at small shapes, in the step's order (norm, q/k/v,
+    QK-norm + RoPE + KV write, split-KV attention + combine, o_proj, norm, router, MoE GEMVs,
+    norm): returns the inputs it reads (refill them between runs) and the step."""
+    from m2agent.engine.kernels import fp8_moe
+    from m2agent.engine.kernels.fp8_linear import LinearTiles, fp8_linear_parts
+    from m2agent.engine.kernels.fused_small_ops import (
+        add_rms_norm,
+        new_router_arrivals,
+        qk_norm_rope_store,
+        route,
+    )
+    from m2agent.engine.kernels.paged_attention_triton import paged_decode_attention
+
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    hidden, heads, kv_heads, head_dim, tokens = 512, 4, 2, 128, 2
+
+    def randn(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return torch.randn(shape, generator=gen, device="cuda") * scale
+
+    def fp8(rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return reference.quantize_fp8_block(randn(rows, cols, scale=0.05), BLOCK)
+
+    qkv_w = fp8((heads + 2 * kv_heads) * head_dim, hidden)
+    o_w = fp8(hidden, heads * head_dim)
+    experts = fp8_experts(16, hidden, 256, gen)
+    gate, bias = randn(16, hidden), randn(16, scale=0.1)
+    norms = [randn(hidden).bfloat16() for _ in range(3)]
+    q_norm, k_norm = randn(heads * head_dim).bfloat16(), randn(kv_heads * head_dim).bfloat16()
+    caches = [randn(32, 16, kv_heads, head_dim).bfloat16() for _ in range(2)]
+    table = torch.randperm(32, device="cuda", dtype=torch.int32)[None].repeat(tokens, 1)
+    lens = torch.tensor([300, 17], dtype=torch.int32, device="cuda")
+    positions = torch.tensor([299, 16], device="cuda")
+    cos, sin = reference.rope_cos_sin(positions, 64, 5e6, torch.bfloat16)
+    slots = (table[:, 0].long() * 16 + (lens.long() - 1) % 16).contiguous()
+    arrivals = [torch.zeros(8, dtype=torch.int32, device="cuda") for _ in range(3)]
+    router_arrivals = new_router_arrivals("cuda")
+    gemv = LinearTiles(1, 32, 256, 4, 2, 4, gemv=True)
+    moe_tiles = fp8_moe.pick_tiles(tokens, 128)
+    inputs = {"x": randn(tokens, hidden).bfloat16()}
+
+    def step() -> list[torch.Tensor]:
+        x, h = add_rms_norm(inputs["x"].clone(), None, norms[0], 1e-6, arrivals[0])
+        qkv = fp8_linear_parts(h, *qkv_w, BLOCK, gemv)
+        q, k, v = (qkv.columns(a, w) for a, w in ((0, 512), (512, 256), (768, 256)))
+        q = qk_norm_rope_store(q, k, v, q_norm, k_norm, cos, sin, *caches, slots, 1e-6, head_dim)
+        attn = paged_decode_attention(q, *caches, table, lens, head_dim**-0.5)
+        o = fp8_linear_parts(attn.reshape(tokens, -1), *o_w, BLOCK, gemv)
+        x, h = add_rms_norm(x, o, norms[1], 1e-6, arrivals[1])
+        weights, ids = route(h, gate, bias, 4, router_arrivals)
+        moe = fp8_moe.moe_experts_parts(h, weights, ids, experts, tiles=moe_tiles)
+        x, h = add_rms_norm(x, moe, norms[2], 1e-6, arrivals[2])
+        return [q, attn, weights, ids, x, h, *(c.clone() for c in caches)]
+
+    return inputs, step
+
+
+def test_pdl_on_and_off_agree_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decode layer's kernels chained with programmatic dependent launch (the default on
+    sm90+), eagerly and replayed from a CUDA graph, against the same chain launched plainly:
+    every output equal bit for bit (a kernel that read its inputs before they were written
+    would differ)."""
+    from m2agent.engine.kernels import pdl
+
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs sm90+")
+    monkeypatch.setenv(pdl.ENV_VAR, "0")
+    assert not pdl.enabled(torch.device("cuda"))
+    inputs, step = _decode_chain(5)
+    x0 = inputs["x"].clone()
+    plain = step()
+    monkeypatch.setenv(pdl.ENV_VAR, "1")
+    assert pdl.enabled(torch.device("cuda"))
+    for _ in range(3):
+        inputs["x"].copy_(x0)
+        for got, expected in zip(step(), plain, strict=True):
+            assert torch.equal(got, expected)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    for _ in range(3):
+        inputs["x"].copy_(x0)
+        graph.replay()
+        torch.cuda.synchronize()
+        for got, expected in zip(captured, plain, strict=True):
+            assert torch.equal(got, expected)
