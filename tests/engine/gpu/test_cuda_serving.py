@@ -134,15 +134,35 @@ def test_triton_prefill_attention_matches_reference(
     torch.testing.assert_close(got.float(), expected, atol=tolerance, rtol=tolerance)
 
 
+def _drive(llm: LLM, script: dict[int, list]) -> dict[str, list]:
+    """Step until idle; at step k add script[k]'s (id, prompt, params) and abort its ids."""
+    engine, step = llm.engine, 0
+    out: dict[str, list] = {}
+    while step <= max(script) or engine.has_unfinished_requests():
+        for item in script.get(step, []):
+            if isinstance(item, str):
+                engine.abort(item)
+            else:
+                engine.add_request(*item)
+        for d in engine.step():
+            out.setdefault(d.request_id, []).append((d.token_ids, d.text, d.finish_reason))
+        step += 1
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+    return out
+
+
 def test_steps_queued_ahead_equal_plain_steps_on_cuda(tiny_m2_checkpoint: Path) -> None:
     """Decode steps queued before the host has their input tokens (graph replays fed from the
-    device) give every request exactly the deltas of one-step-at-a-time decoding: greedy and
-    seeded sampling, stop tokens and lengths, a request arriving and one leaving mid-run."""
+    device) give every request the deltas of one-step-at-a-time decoding: greedy and seeded
+    sampling, stop tokens and lengths, a request arriving and one leaving mid-run. In fp32:
+    the step queued after a request stops still holds its row, so that step runs a larger
+    graph, whose split-KV attention rounds differently; in fp32 that cannot move a token (in
+    bf16 it can, as any change of batch composition can: see the next test)."""
     from m2agent.engine import SamplingParams
 
     greedy = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
-    reference_run = LLM(tiny_m2_checkpoint, device="cuda", overlap_steps=False)
-    stop_at = reference_run.generate([PROMPTS[0]], greedy)[0].token_ids[9]
+    plain = LLM(tiny_m2_checkpoint, device="cuda", dtype="float32", overlap_steps=False)
+    stop_at = plain.generate([PROMPTS[0]], greedy)[0].token_ids[9]
     stop = SamplingParams(temperature=0, max_tokens=40, stop_token_ids=[stop_at])
     sampled = SamplingParams(
         temperature=1.0, top_p=0.95, top_k=40, seed=5, max_tokens=30, ignore_eos=True
@@ -154,24 +174,26 @@ def test_steps_queued_ahead_equal_plain_steps_on_cuda(tiny_m2_checkpoint: Path) 
         7: [("late", PROMPTS[2], late)],
         12: ["greedy"],
     }
-
-    def drive(llm: LLM) -> dict[str, list]:
-        engine, step = llm.engine, 0
-        out: dict[str, list] = {}
-        while step <= 12 or engine.has_unfinished_requests():
-            for item in script.get(step, []):
-                if isinstance(item, str):
-                    engine.abort(item)
-                else:
-                    engine.add_request(*item)
-            for d in engine.step():
-                out.setdefault(d.request_id, []).append((d.token_ids, d.text, d.finish_reason))
-            step += 1
-        assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
-        return out
-
-    ahead = LLM(tiny_m2_checkpoint, device="cuda")
+    ahead = LLM(tiny_m2_checkpoint, device="cuda", dtype="float32")
     assert ahead.engine.runner.graphs is not None
-    assert drive(ahead) == drive(reference_run)
+    assert _drive(ahead, script) == _drive(plain, script)
     assert ahead.engine.steps_queued_ahead > 20
-    assert reference_run.engine.steps_queued_ahead == 0
+    assert plain.engine.steps_queued_ahead == 0
+
+
+def test_steps_queued_ahead_equal_plain_steps_in_bf16(tiny_m2_checkpoint: Path) -> None:
+    """The production dtype, where every step's batch is the same either way (no request
+    stops while another runs): the same tokens, bit for bit."""
+    from m2agent.engine import SamplingParams
+
+    def params(seed: int | None) -> SamplingParams:
+        if seed is None:
+            return SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+        return SamplingParams(temperature=1.0, top_p=0.95, top_k=40, seed=seed, max_tokens=24,
+                              ignore_eos=True)  # fmt: skip
+
+    script = {0: [(f"r{i}", p, params(None if i == 0 else i)) for i, p in enumerate(PROMPTS)]}
+    ahead = LLM(tiny_m2_checkpoint, device="cuda")
+    plain = LLM(tiny_m2_checkpoint, device="cuda", overlap_steps=False)
+    assert _drive(ahead, script) == _drive(plain, script)
+    assert ahead.engine.steps_queued_ahead == 22
