@@ -13,6 +13,9 @@
 # baseline), BENCH_EP= (expert-parallel size; unset: the default layout), BENCH_BASELINE=1 (0: no transformers baseline), BENCH_STREAMS=1,4,16,
 # CONTEXTS="16384 65536", MEMORY_LAYERS=32, BENCH_EXTRA="..." (more bench arguments).
 # M2AGENT_PDL=0 (inherited) launches the decode kernels without programmatic dependent launch.
+# PACK=/path/all.tgz: after the tests and after each bench, everything in $OUT so far is packed
+# into that one file (the device tool returns a few files only, and a run cut short by its time
+# limit still returns what finished).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-/tmp/m2agent-gpu}
@@ -39,11 +42,13 @@ python3 -P -c 'import m2agent.engine, m2agent.tools; print("m2agent from", m2age
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c 'import sys, torch, transformers, triton; print(sys.version.split()[0], torch.__version__, transformers.__version__, triton.__version__)' | tee -a "$OUT/gpu.txt"
 
+pack() { [ -z "${PACK:-}" ] || tar czf "$PACK" -C "$OUT" . ; }
 status=0
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   python3 -P -m pytest -m gpu ${TESTS:-tests/engine/gpu} ${TESTS_K:+-k "$TESTS_K"} ${PYTEST_ARGS:-} \
     -q -p no:cacheprovider -o addopts="" --import-mode=importlib 2>&1 | tee "$OUT/gpu-tests.log" \
     || status=1
+  pack
 fi
 
 baseline=--baseline
@@ -56,6 +61,7 @@ bench() {  # name, layers, quant, tag, then its arguments
   python3 -P -m m2agent bench "$name" --dummy-config minimax-m2 --layers "$layers" \
     --quant "$quant" --tp "$tp" ${BENCH_EP:+--ep "$BENCH_EP"} --json "$OUT/bench-$name-$tag.json" "$@" ${BENCH_EXTRA:-} 2>&1 \
     | tee "$OUT/bench-$name-$tag.log" || status=1
+  pack
 }
 for name in ${BENCHES:-latency throughput agent}; do
   for quant in ${BENCH_QUANTS:-fp8 bf16}; do
@@ -77,7 +83,7 @@ for name in ${BENCHES:-latency throughput agent}; do
   done
   case $name in
     kernels) python3 -P -m m2agent bench kernels --json "$OUT/bench-kernels.json" 2>&1 \
-      | tee "$OUT/bench-kernels.log" || status=1 ;;
+      | tee "$OUT/bench-kernels.log" || status=1; pack ;;
     memory) bench latency "${MEMORY_LAYERS:-32}" fp8 "memory-fp8-${MEMORY_LAYERS:-32}" \
       --prompt-tokens 512 --new-tokens 32 --repeats 1 --kv-tokens 65536 --no-baseline ;;
   esac
