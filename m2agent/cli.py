@@ -812,6 +812,12 @@ def bench_throughput(
     repeats: Annotated[
         int, typer.Option(min=1, help="Timed rounds per stream count, after a warm-up (median).")
     ] = 3,
+    temperature: Annotated[
+        float,
+        typer.Option(
+            min=0.0, help="0: greedy; else sampled with M2's top-p 0.95 and top-k 40 (try 1.0)."
+        ),
+    ] = 0.0,
     baseline: BaselineOption = True,
     experts_impl: ExpertsOption = "grouped_mm",
     tp: TpOption = 1,
@@ -838,7 +844,7 @@ def bench_throughput(
             model_path=model, dummy_config=config, layers=layers, streams=counts,
             prompt_tokens=prompt_tokens, new_tokens=new_tokens, device=device, baseline=baseline,
             experts_impl=experts_impl, tp=_ranks(tp, ep), ep=ep, quant=quant, repeats=repeats,
-            report=report,
+            temperature=temperature, report=report,
         )  # fmt: skip
 
     _run_bench(model, dummy_config, run, json_out)

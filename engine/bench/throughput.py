@@ -36,6 +36,7 @@ class ThroughputRow:
     baseline_tok_s: float | None
     engine_tok_s_runs: list[float] = field(default_factory=list)
     baseline_tok_s_runs: list[float] = field(default_factory=list)
+    engine_last_ttft_ms_runs: list[float] = field(default_factory=list)  # a stall shows here
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ class ThroughputReport:
     new_tokens: int
     rows: list[ThroughputRow]
     quant: str = "bf16"  # the engine's weights: fp8 (block-scaled, as stored) or bf16
+    temperature: float = 0.0  # 0: greedy; else M2's sampling (top-p 0.95, top-k 40)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -53,7 +55,8 @@ class ThroughputReport:
     def table(self) -> str:
         lines = [
             f"device: {self.device}; {self.layers} layers, {self.quant} weights, "
-            f"prompt {self.prompt_tokens}, {self.new_tokens} new tokens per stream",
+            f"prompt {self.prompt_tokens}, {self.new_tokens} new tokens per stream, "
+            + ("greedy" if self.temperature == 0 else f"sampled at temperature {self.temperature}"),
             f"{'streams':>8} {'engine tok/s':>13} {'(runs)':>15} {'decode tok/s':>13} "
             f"{'last TTFT ms':>13} {'transformers tok/s':>19} {'(runs)':>15}",
         ]
@@ -79,9 +82,21 @@ class _Round:
     decode_s: float
 
 
-def engine_round(llm: LLM, prompts: list[list[int]], new_tokens: int) -> _Round:
+def round_params(new_tokens: int, temperature: float) -> SamplingParams:
+    """Greedy at temperature 0; else M2's published sampling (top-p 0.95, top-k 40), seeded."""
+    if temperature == 0:
+        return SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
+    return SamplingParams(
+        temperature=temperature, top_p=0.95, top_k=40, seed=0, max_tokens=new_tokens,
+        ignore_eos=True,
+    )  # fmt: skip
+
+
+def engine_round(
+    llm: LLM, prompts: list[list[int]], new_tokens: int, temperature: float = 0.0
+) -> _Round:
     """All prompts generating `new_tokens` each, concurrently, through the engine's steps."""
-    params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
+    params = round_params(new_tokens, temperature)
     engine = llm.engine
     sync(llm.device)
     started = time.perf_counter()
@@ -107,9 +122,14 @@ def engine_round(llm: LLM, prompts: list[list[int]], new_tokens: int) -> _Round:
     )
 
 
-def baseline_round(model: Any, prompts: list[list[int]], new_tokens: int) -> float:
+def baseline_round(
+    model: Any, prompts: list[list[int]], new_tokens: int, temperature: float = 0.0
+) -> float:
     device = next(model.parameters()).device
     ids = torch.tensor(prompts, device=device)
+    sampling: dict[str, Any] = {"do_sample": False}
+    if temperature > 0:  # the same filters as the engine's rounds
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95, "top_k": 40}
     sync(device)
     started = time.perf_counter()
     with torch.inference_mode():
@@ -118,8 +138,8 @@ def baseline_round(model: Any, prompts: list[list[int]], new_tokens: int) -> flo
             attention_mask=torch.ones_like(ids),
             max_new_tokens=new_tokens,
             min_new_tokens=new_tokens,
-            do_sample=False,
             pad_token_id=0,
+            **sampling,
         )
     sync(device)
     return time.perf_counter() - started
@@ -140,6 +160,7 @@ def run_throughput_bench(
     quant: str = "auto",
     ep: int | None = None,  # expert-parallel size (None: the default layout)
     repeats: int = 3,  # timed rounds per stream count (after one warm-up round)
+    temperature: float = 0.0,
     report: Report = print,
 ) -> ThroughputReport:
     """With tp > 1 the transformers baseline is skipped: it has no tensor parallelism, and its
@@ -158,11 +179,11 @@ def run_throughput_bench(
         for n in streams:
             # Warm-up at this batch size: its prefill chunks and decode graphs (the first use of
             # a shape compiles kernels for its token-count bucket and sizes NCCL buffers).
-            engine_round(llm, all_prompts[:n], min(new_tokens, 8))
+            engine_round(llm, all_prompts[:n], min(new_tokens, 8), temperature)
             rounds[n] = []
             for i in range(repeats):
                 llm.engine.blocks.reset_prefix_cache()  # distinct prompts anyway; keep runs cold
-                rounds[n].append(engine_round(llm, all_prompts[:n], new_tokens))
+                rounds[n].append(engine_round(llm, all_prompts[:n], new_tokens, temperature))
                 rate = n * new_tokens / rounds[n][-1].total_s
                 report(f"  m2agent engine, {n} streams, run {i + 1}/{repeats}: {rate:.1f} tok/s")
         baseline_runs: dict[int, list[float]] = {}
@@ -172,10 +193,11 @@ def run_throughput_bench(
             report(f"building transformers' MiniMaxM2ForCausalLM ({experts_impl} experts) ...")
             model = build_transformers_model(llm, folder, experts_impl)
             for n in streams:  # warmed at each batch size: its first run is several times slower
-                baseline_round(model, all_prompts[:n], min(new_tokens, 16))
+                baseline_round(model, all_prompts[:n], min(new_tokens, 16), temperature)
                 baseline_runs[n] = []
                 for i in range(repeats):
-                    rate = n * new_tokens / baseline_round(model, all_prompts[:n], new_tokens)
+                    took = baseline_round(model, all_prompts[:n], new_tokens, temperature)
+                    rate = n * new_tokens / took
                     baseline_runs[n].append(rate)
                     report(f"  transformers, {n} streams, run {i + 1}/{repeats}: {rate:.1f} tok/s")
             del model
@@ -196,6 +218,7 @@ def run_throughput_bench(
                     baseline_tok_s=statistics.median(base) if base else None,
                     engine_tok_s_runs=rates,
                     baseline_tok_s_runs=base,
+                    engine_last_ttft_ms_runs=[r.last_first_token_s * 1e3 for r in rounds[n]],
                 )
             )
         name = torch.cuda.get_device_name(llm.device) if llm.device.type == "cuda" else "cpu"
@@ -203,4 +226,4 @@ def run_throughput_bench(
         llm.close()
         quant = "fp8" if llm.config.fp8 else "bf16"
         layers = llm.config.num_hidden_layers
-        return ThroughputReport(name, layers, prompt_tokens, new_tokens, rows, quant)
+        return ThroughputReport(name, layers, prompt_tokens, new_tokens, rows, quant, temperature)

@@ -102,7 +102,7 @@ def test_bench_throughput_cli_on_cpu_reports_medians_of_warm_rounds(tmp_path: Pa
     args = [
         "bench", "throughput", "--dummy-config", str(small_config(tmp_path)), "--layers", "1",
         "--streams", "1,3", "--prompt-tokens", "8", "--new-tokens", "3", "--device", "cpu",
-        "--repeats", "2", "--json", str(out),
+        "--repeats", "2", "--temperature", "1.0", "--json", str(out),
     ]  # fmt: skip
     result = subprocess.run(
         [sys.executable, "-m", "m2agent", *args], capture_output=True, text=True, timeout=300
@@ -110,12 +110,15 @@ def test_bench_throughput_cli_on_cpu_reports_medians_of_warm_rounds(tmp_path: Pa
     assert result.returncode == 0, result.stderr
     progress = result.stdout + result.stderr
     assert "3 streams, run 2/2" in progress and "transformers, 1 streams, run 2/2" in progress
-    rows = json.loads(out.read_text())["rows"]
+    report = json.loads(out.read_text())
+    assert report["temperature"] == 1.0 and "sampled at temperature 1.0" in result.stdout
+    rows = report["rows"]
     assert [r["streams"] for r in rows] == [1, 3]
     for row in rows:
         assert len(row["engine_tok_s_runs"]) == len(row["baseline_tok_s_runs"]) == 2
         assert row["engine_tok_s"] == statistics.median(row["engine_tok_s_runs"])
         assert row["baseline_tok_s"] == statistics.median(row["baseline_tok_s_runs"])
+        assert row["engine_last_ttft_ms"] == statistics.median(row["engine_last_ttft_ms_runs"])
 
 
 def test_reduced_config_quant_choices(tmp_path: Path) -> None:
