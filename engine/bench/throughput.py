@@ -127,9 +127,12 @@ def baseline_round(
 ) -> float:
     device = next(model.parameters()).device
     ids = torch.tensor(prompts, device=device)
+    params = round_params(new_tokens, temperature)  # the same filters as the engine's rounds
     sampling: dict[str, Any] = {"do_sample": False}
-    if temperature > 0:  # the same filters as the engine's rounds
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95, "top_k": 40}
+    if not params.is_greedy:
+        sampling = dict(
+            do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k
+        )
     sync(device)
     started = time.perf_counter()
     with torch.inference_mode():
@@ -204,6 +207,7 @@ def run_throughput_bench(
         rows = []
         for n in streams:
             rates = [n * new_tokens / r.total_s for r in rounds[n]]
+            ttfts = [r.last_first_token_s * 1e3 for r in rounds[n]]
             base = baseline_runs.get(n, [])
             rows.append(
                 ThroughputRow(
@@ -212,13 +216,11 @@ def run_throughput_bench(
                     engine_decode_tok_s=statistics.median(
                         r.decode_tokens / max(r.decode_s, 1e-9) for r in rounds[n]
                     ),
-                    engine_last_ttft_ms=statistics.median(
-                        r.last_first_token_s * 1e3 for r in rounds[n]
-                    ),
+                    engine_last_ttft_ms=statistics.median(ttfts),
                     baseline_tok_s=statistics.median(base) if base else None,
                     engine_tok_s_runs=rates,
                     baseline_tok_s_runs=base,
-                    engine_last_ttft_ms_runs=[r.last_first_token_s * 1e3 for r in rounds[n]],
+                    engine_last_ttft_ms_runs=ttfts,
                 )
             )
         name = torch.cuda.get_device_name(llm.device) if llm.device.type == "cuda" else "cpu"

@@ -24,17 +24,6 @@ ROUTER_ARRIVALS = 64
 NORM_ARRIVALS = 8
 
 
-def moe_experts(
-    x: torch.Tensor,
-    weights: torch.Tensor,
-    expert_ids: torch.Tensor,
-    experts: ExpertWeights,
-    expert_map: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """`moe_experts_parts`, summed into one [T, C] tensor."""
-    return materialize(moe_experts_parts(x, weights, expert_ids, experts, expert_map))
-
-
 def moe_experts_parts(
     x: torch.Tensor,
     weights: torch.Tensor,

@@ -16,8 +16,8 @@ The contract every PDL kernel keeps (it makes the chain safe whatever comes next
 Kernels launched without PDL (cuBLAS, torch ops) serialize as usual, before and after.
 Captured into CUDA graphs the launches keep their programmatic edges.
 
-`M2AGENT_PDL=0` turns it off (for A/B timing); it is also off off CUDA, below sm90 and under
-Triton's interpreter (CPU tensors).
+`M2AGENT_PDL=0` turns it off (for A/B timing); it is also off without CUDA, below sm90 and
+under Triton's interpreter (CPU tensors).
 """
 
 from __future__ import annotations

@@ -227,11 +227,16 @@ class ModelRunner:
         return self.run(plan, replay)
 
     @torch.inference_mode()
-    def _run(self, plan: StepPlan, replay: bool) -> torch.Tensor:
+    def _run(
+        self, plan: StepPlan, replay: bool, device_tokens: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`device_tokens`: the input tokens, on the device (`plan`'s are placeholders)."""
         if replay:
             assert self.graphs is not None
-            return self._replay(self.graphs, plan)
+            return self._replay(self.graphs, plan, device_tokens)
         batch = build_forward_batch(plan, self.block_size, self.device)
+        if device_tokens is not None:
+            batch = dataclasses.replace(batch, token_ids=device_tokens)
         hidden = self.model(batch, self.k_caches, self.v_caches)
         return self.model.compute_logits(hidden[batch.logits_indices])
 
@@ -269,7 +274,6 @@ class ModelRunner:
         input tokens that only this device holds)."""
         return self.peers is None
 
-    @torch.inference_mode()
     def start_decode(
         self, seqs: list[Sequence], tokens: torch.Tensor, samplers: list[SamplingState]
     ) -> StepTokens:
@@ -286,15 +290,8 @@ class ModelRunner:
             ]
         )
         graphs = self.graphs
-        if graphs is not None and len(seqs) <= graphs.max_batch:
-            logits = self._replay(graphs, plan, tokens)
-        else:
-            batch = dataclasses.replace(
-                build_forward_batch(plan, bs, self.device), token_ids=tokens
-            )
-            hidden = self.model(batch, self.k_caches, self.v_caches)
-            logits = self.model.compute_logits(hidden[batch.logits_indices])
-        return StepTokens(self._sample(logits, samplers))
+        replay = graphs is not None and len(seqs) <= graphs.max_batch
+        return StepTokens(self._sample(self._run(plan, replay, tokens), samplers))
 
     @staticmethod
     def _sample(logits: torch.Tensor, samplers: list[SamplingState]) -> torch.Tensor:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+from m2agent.engine.engine import LLMEngine, RequestDelta
 from m2agent.engine.models.tiny import write_tiny_checkpoint, write_tokenizer
 
 
@@ -104,3 +105,24 @@ def tiny_m2_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_fp8_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "fp8", fp8=True)
+
+
+def drive(engine: LLMEngine, script: dict[int, list]) -> dict[str, list[RequestDelta]]:
+    """Step until idle; at step k, add the (id, prompt, params) requests of script[k] and
+    abort the ids (plain strings) listed there. Checks the pool after every step, and that
+    it is whole once idle. Returns each request's deltas."""
+    deltas: dict[str, list[RequestDelta]] = {}
+    step = 0
+    while step <= max(script, default=0) or engine.has_unfinished_requests():
+        for item in script.get(step, []):
+            if isinstance(item, str):
+                engine.abort(item)
+            else:
+                engine.add_request(*item)
+        for delta in engine.step():
+            deltas.setdefault(delta.request_id, []).append(delta)
+        engine.blocks.check()
+        step += 1
+        assert step < 500, "the engine never went idle"
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+    return deltas

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from m2agent.engine import LLM, SamplingParams
-from m2agent.engine.engine import LLMEngine, RequestDelta
+from m2agent.engine.engine import LLMEngine
+
+from .conftest import drive
 
 PROMPTS = [
     "]~!b[]~b]user\nWrite a function that adds two numbers[e~[\n]~b]ai\n<think>\n",
@@ -20,27 +22,6 @@ PROMPTS = [
     "emoji 😀 and CJK 我们",
 ]
 
-Script = dict[int, list[tuple[str, str, SamplingParams]] | list[str]]
-
-
-def drive(engine: LLMEngine, script: dict[int, list]) -> dict[str, list[RequestDelta]]:
-    """Step until idle; at step k, add the (id, prompt, params) requests of script[k] and
-    abort the ids (plain strings) listed there. Checks the pool after every step."""
-    deltas: dict[str, list[RequestDelta]] = {}
-    step = 0
-    while step <= max(script, default=0) or engine.has_unfinished_requests():
-        for item in script.get(step, []):
-            if isinstance(item, str):
-                engine.abort(item)
-            else:
-                engine.add_request(*item)
-        for delta in engine.step():
-            deltas.setdefault(delta.request_id, []).append(delta)
-        engine.blocks.check()
-        step += 1
-        assert step < 500, "the engine never went idle"
-    return deltas
-
 
 def both(checkpoint: Path, script: dict[int, list], **options: object) -> tuple[dict, LLMEngine]:
     plain = LLM(checkpoint, overlap_steps=False, **options).engine
@@ -48,8 +29,6 @@ def both(checkpoint: Path, script: dict[int, list], **options: object) -> tuple[
     expected, got = drive(plain, script), drive(ahead, script)
     assert got == expected
     assert plain.steps_queued_ahead == 0
-    for engine in (plain, ahead):
-        assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
     return expected, ahead
 
 

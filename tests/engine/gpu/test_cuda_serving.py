@@ -12,6 +12,7 @@ import torch
 from m2agent.engine import LLM
 from m2agent.engine.kernels import reference
 
+from ..conftest import drive
 from .conftest import GREEDY, PROMPTS
 
 pytestmark = [
@@ -134,23 +135,6 @@ def test_triton_prefill_attention_matches_reference(
     torch.testing.assert_close(got.float(), expected, atol=tolerance, rtol=tolerance)
 
 
-def _drive(llm: LLM, script: dict[int, list]) -> dict[str, list]:
-    """Step until idle; at step k add script[k]'s (id, prompt, params) and abort its ids."""
-    engine, step = llm.engine, 0
-    out: dict[str, list] = {}
-    while step <= max(script) or engine.has_unfinished_requests():
-        for item in script.get(step, []):
-            if isinstance(item, str):
-                engine.abort(item)
-            else:
-                engine.add_request(*item)
-        for d in engine.step():
-            out.setdefault(d.request_id, []).append((d.token_ids, d.text, d.finish_reason))
-        step += 1
-    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
-    return out
-
-
 def test_steps_queued_ahead_equal_plain_steps_on_cuda(tiny_m2_checkpoint: Path) -> None:
     """Decode steps queued before the host has their input tokens (graph replays fed from the
     device) give every request the deltas of one-step-at-a-time decoding: greedy and seeded
@@ -176,7 +160,7 @@ def test_steps_queued_ahead_equal_plain_steps_on_cuda(tiny_m2_checkpoint: Path) 
     }
     ahead = LLM(tiny_m2_checkpoint, device="cuda", dtype="float32")
     assert ahead.engine.runner.graphs is not None
-    assert _drive(ahead, script) == _drive(plain, script)
+    assert drive(ahead.engine, script) == drive(plain.engine, script)
     assert ahead.engine.steps_queued_ahead > 20
     assert plain.engine.steps_queued_ahead == 0
 
@@ -195,5 +179,5 @@ def test_steps_queued_ahead_equal_plain_steps_in_bf16(tiny_m2_checkpoint: Path) 
     script = {0: [(f"r{i}", p, params(None if i == 0 else i)) for i, p in enumerate(PROMPTS)]}
     ahead = LLM(tiny_m2_checkpoint, device="cuda")
     plain = LLM(tiny_m2_checkpoint, device="cuda", overlap_steps=False)
-    assert _drive(ahead, script) == _drive(plain, script)
+    assert drive(ahead.engine, script) == drive(plain.engine, script)
     assert ahead.engine.steps_queued_ahead == 22

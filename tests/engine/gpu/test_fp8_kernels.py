@@ -98,6 +98,20 @@ def moe_oracle(x, weights, ids, experts: ExpertWeights) -> torch.Tensor:
 SHAPES = [(3072, 1536, 256, 8), (384, 256, 16, 4), (200, 128, 7, 3)]
 
 
+def captured_graph(step):
+    """`step` run once on a side stream (kernels compiled outside capture), then captured:
+    (the graph, the outputs its replays write)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    return graph, captured
+
+
 def _split_everywhere():
     """Per-pair MMA tiles that split the down projection's reduction as far as it goes (its
     pieces are left for the consumer to sum)."""
@@ -323,14 +337,7 @@ def test_graph_replay_equals_eager_for_the_new_kernels() -> None:
 
     static["x"].copy_(torch.randn(4, 384, generator=gen, device="cuda"))
     static["q"].copy_(torch.randn(4, 8, 64, generator=gen, device="cuda"))
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
+    graph, captured = captured_graph(step)
     for seed in (1, 2):
         new = torch.Generator(device="cuda").manual_seed(seed)
         static["x"].copy_(torch.randn(4, 384, generator=new, device="cuda"))
@@ -541,14 +548,7 @@ def test_pdl_on_and_off_agree_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> No
         inputs["x"].copy_(x0)
         for got, expected in zip(step(), plain, strict=True):
             assert torch.equal(got, expected)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
+    graph, captured = captured_graph(step)
     for _ in range(3):
         inputs["x"].copy_(x0)
         graph.replay()
