@@ -20,6 +20,7 @@ from m2agent.engine.bench.common import (
     random_prompt,
     sync,
 )
+from m2agent.engine.kernels import compiles
 from m2agent.engine.llm import LLM
 from m2agent.engine.sampling import SamplingParams
 
@@ -37,6 +38,11 @@ class ThroughputRow:
     engine_tok_s_runs: list[float] = field(default_factory=list)
     baseline_tok_s_runs: list[float] = field(default_factory=list)
     engine_last_ttft_ms_runs: list[float] = field(default_factory=list)  # a stall shows here
+    # Triton kernel variants built during each timed round, and the seconds they took (None:
+    # not counted, no Triton hooks); a warm engine builds none.
+    engine_compiles_runs: list[int] | None = None
+    engine_compile_s_runs: list[float] | None = None
+    compiled: list[str] = field(default_factory=list)  # which ones, "kernel (key) seconds"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +73,10 @@ class ThroughputReport:
                 f"{r.engine_decode_tok_s:13.1f} {r.engine_last_ttft_ms:13.1f} {base:>19} "
                 f"{_spread(r.baseline_tok_s_runs):>15}"
             )
+        for r in self.rows:
+            if r.compiled:
+                lines.append(f"{r.streams} streams: Triton kernels built in timed rounds:")
+                lines += [f"  {c}" for c in r.compiled]
         return "\n".join(lines)
 
 
@@ -80,6 +90,7 @@ class _Round:
     last_first_token_s: float  # when the last stream got its first token
     decode_tokens: int  # tokens produced after that
     decode_s: float
+    compiled: list[compiles.Compile]  # Triton kernel variants built during the round
 
 
 def round_params(new_tokens: int, temperature: float) -> SamplingParams:
@@ -99,6 +110,7 @@ def engine_round(
     params = round_params(new_tokens, temperature)
     engine = llm.engine
     sync(llm.device)
+    mark = compiles.count()
     started = time.perf_counter()
     for i, prompt in enumerate(prompts):
         engine.add_request(f"bench-{i}", prompt, params)
@@ -118,7 +130,11 @@ def engine_round(
     if produced != new_tokens * len(prompts):
         raise RuntimeError(f"expected {new_tokens * len(prompts)} tokens, got {produced}")
     return _Round(
-        ended - started, first_all - started, produced - produced_at_first_all, ended - first_all
+        ended - started,
+        first_all - started,
+        produced - produced_at_first_all,
+        ended - first_all,
+        compiles.since(mark),
     )
 
 
@@ -187,8 +203,15 @@ def run_throughput_bench(
             for i in range(repeats):
                 llm.engine.blocks.reset_prefix_cache()  # distinct prompts anyway; keep runs cold
                 rounds[n].append(engine_round(llm, all_prompts[:n], new_tokens, temperature))
-                rate = n * new_tokens / rounds[n][-1].total_s
-                report(f"  m2agent engine, {n} streams, run {i + 1}/{repeats}: {rate:.1f} tok/s")
+                done = rounds[n][-1]
+                rate = n * new_tokens / done.total_s
+                built = ""
+                if done.compiled:
+                    took = sum(c.seconds for c in done.compiled)
+                    built = f" ({len(done.compiled)} kernel variants built, {took:.2f} s)"
+                report(
+                    f"  m2agent engine, {n} streams, run {i + 1}/{repeats}: {rate:.1f} tok/s{built}"
+                )
         baseline_runs: dict[int, list[float]] = {}
         if baseline and tp > 1:
             report("no transformers baseline with tensor parallelism: compare with --tp 1")
@@ -209,6 +232,7 @@ def run_throughput_bench(
             rates = [n * new_tokens / r.total_s for r in rounds[n]]
             ttfts = [r.last_first_token_s * 1e3 for r in rounds[n]]
             base = baseline_runs.get(n, [])
+            counted = compiles.available()
             rows.append(
                 ThroughputRow(
                     streams=n,
@@ -221,6 +245,17 @@ def run_throughput_bench(
                     engine_tok_s_runs=rates,
                     baseline_tok_s_runs=base,
                     engine_last_ttft_ms_runs=ttfts,
+                    engine_compiles_runs=[len(r.compiled) for r in rounds[n]] if counted else None,
+                    engine_compile_s_runs=(
+                        [round(sum(c.seconds for c in r.compiled), 3) for r in rounds[n]]
+                        if counted
+                        else None
+                    ),
+                    compiled=[
+                        f"{c.kernel} ({c.key}) {c.seconds:.2f} s"
+                        for r in rounds[n]
+                        for c in r.compiled
+                    ],
                 )
             )
         name = torch.cuda.get_device_name(llm.device) if llm.device.type == "cuda" else "cpu"
