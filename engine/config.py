@@ -27,6 +27,9 @@ class EngineConfig:
     # then never waits for the host's bookkeeping; a request that stops computes one step
     # more, which is dropped). None: on for a single-rank CUDA engine.
     overlap_steps: bool | None = None
+    # At start-up, build the Triton kernel variants every eager step size needs (one step per
+    # distinct case, a few seconds) so no request waits for a build. None: on for CUDA.
+    warm_up: bool | None = None
     seed: int = 0  # for dummy weights
     tensor_parallel_size: int = 1  # processes (GPUs), each holding a slice of every layer
     # Groups of ranks the experts are spread over (whole experts, E / ep per group); None picks

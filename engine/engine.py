@@ -112,6 +112,8 @@ class LLMEngine:
         )
         num_blocks = self._kv_blocks()
         self.runner.allocate_kv(num_blocks)
+        if config.warm_up is not False and self.loaded.device.type == "cuda":
+            self.runner.warm_up(min(config.max_num_batched_tokens, self.max_model_len - 1))
         if config.cuda_graphs:
             self.runner.capture_decode_graphs(config.max_num_seqs, self.max_model_len)
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)

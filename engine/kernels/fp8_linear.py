@@ -166,17 +166,25 @@ def _gemv_dot(w, s, x_row, kk, k_ok):
     return tl.sum(w.to(tl.float32) * a[None, :], 1)
 
 
-def _launch(
-    x2: torch.Tensor,
-    weight: torch.Tensor,
-    scale_inv: torch.Tensor,
+@dataclass(frozen=True, slots=True)
+class LaunchPlan:
+    """How `_launch` runs an [M, K] x [N, K]^T product: the tiles of M's bucket, the reduction
+    step, and the split-K (pieces, and reduction length per piece)."""
+
+    tiles: LinearTiles
+    block_k: int
+    split: int
+    k_per_split: int
+
+
+def plan(
+    num_rows: int,
+    n_dim: int,
+    k_dim: int,
     block: tuple[int, int],
-    tiles: LinearTiles | None,
-    always_fp32: bool,
-) -> torch.Tensor:
-    """Returns [S, M, N]: fp32 pieces, or (S == 1 and not `always_fp32`) x's dtype."""
-    num_rows, k_dim = x2.shape
-    n_dim = weight.shape[0]
+    device: torch.device,
+    tiles: LinearTiles | None = None,
+) -> LaunchPlan:
     block_rows, block_cols = block
     tiles = tiles or pick_tiles(num_rows)
     if tiles.gemv:
@@ -190,9 +198,36 @@ def _launch(
     block_m = 1 if tiles.gemv else tiles.block_m
     programs = triton.cdiv(num_rows, block_m) * triton.cdiv(n_dim, tiles.block_n)
     k_blocks = triton.cdiv(k_dim, block_k)
-    split = split_k(programs, k_blocks, x2.device, per_sm=tiles.programs_per_sm)
+    split = split_k(programs, k_blocks, device, per_sm=tiles.programs_per_sm)
     k_per_split = triton.cdiv(k_blocks, split) * block_k
-    split = triton.cdiv(k_dim, k_per_split)
+    return LaunchPlan(tiles, block_k, triton.cdiv(k_dim, k_per_split), k_per_split)
+
+
+def variant(
+    num_rows: int, n_dim: int, k_dim: int, block: tuple[int, int], device: torch.device
+) -> tuple[object, ...]:
+    """What of the Triton kernel variant this product builds depends on the row count: its
+    tiles, split-K (a constexpr; pieces in fp32 or not) and how Triton specializes M (1, or a
+    multiple of 16). Equal values: the same variant (the start-up warm-up builds one each)."""
+    p = plan(num_rows, n_dim, k_dim, block, device)
+    return p.tiles, p.block_k, p.k_per_split, p.split > 1, num_rows == 1, num_rows % 16 == 0
+
+
+def _launch(
+    x2: torch.Tensor,
+    weight: torch.Tensor,
+    scale_inv: torch.Tensor,
+    block: tuple[int, int],
+    tiles: LinearTiles | None,
+    always_fp32: bool,
+) -> torch.Tensor:
+    """Returns [S, M, N]: fp32 pieces, or (S == 1 and not `always_fp32`) x's dtype."""
+    num_rows, k_dim = x2.shape
+    n_dim = weight.shape[0]
+    block_rows, block_cols = block
+    p = plan(num_rows, n_dim, k_dim, block, x2.device, tiles)
+    tiles, block_k, split, k_per_split = p.tiles, p.block_k, p.split, p.k_per_split
+    block_m = 1 if tiles.gemv else tiles.block_m
     dtype = torch.float32 if split > 1 or always_fp32 else x2.dtype
     out = torch.empty((split, num_rows, n_dim), dtype=dtype, device=x2.device)
     grid = (triton.cdiv(num_rows, block_m), triton.cdiv(n_dim, tiles.block_n), split)

@@ -478,7 +478,7 @@ def align_by_expert(
     block_expert [max_blocks]: expert of each block, -1 for blocks past the end)."""
     pairs = expert_ids.numel()
     device = expert_ids.device
-    max_blocks = -(-pairs // block_m) + min(num_experts, pairs)
+    max_blocks = grouped_blocks(pairs, num_experts, block_m)
     key = torch.where(expert_ids >= 0, expert_ids, num_experts).long()  # skipped: sort last
     counts = torch.zeros(num_experts + 1, dtype=torch.int64, device=device)
     counts.scatter_add_(0, key, torch.ones_like(key))
@@ -497,6 +497,46 @@ def align_by_expert(
     block_expert = torch.searchsorted(padded_end[:num_experts], block_start, right=True)
     block_expert = torch.where(block_expert < num_experts, block_expert, -1).to(torch.int32)
     return rows, block_expert
+
+
+def grouped_blocks(pairs: int, num_experts: int, block_m: int) -> int:
+    """The grouped grid's row blocks: the worst case of `pairs` over `num_experts` experts,
+    each expert's run padded to a multiple of `block_m` (known without a host sync)."""
+    return -(-pairs // block_m) + min(num_experts, pairs)
+
+
+def _gemv_splits(
+    pairs: int, tiles: TileConfig, hidden: int, inter: int, device: torch.device
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The GEMV path's split-K: (pieces, length) of the gate/up and of the down kernel."""
+    gu, dn = tiles.gate_up, tiles.down
+    gate_up = _split(pairs * triton.cdiv(inter, gu.block_n), hidden, gu, device, MAX_GATE_UP_SPLIT)
+    return gate_up, _split(pairs * triton.cdiv(hidden, dn.block_n), inter, dn, device)
+
+
+def _mma_down_split(
+    blocks: int, tiles: TileConfig, inter: int, hidden: int, device: torch.device
+) -> tuple[int, int]:
+    """The MMA down kernel's split-K over `blocks` row blocks (or pairs, per pair)."""
+    return _split(blocks * triton.cdiv(hidden, tiles.down.block_n), inter, tiles.down, device)
+
+
+def variant(
+    num_tokens: int, top_k: int, experts: ExpertWeights, device: torch.device
+) -> tuple[object, ...]:
+    """What of the Triton kernel variants `moe_experts_parts` builds depends on the token
+    count: the bucket's tiles, the split-K constexprs, and how Triton specializes the pair
+    count (1, or a multiple of 16). Equal values: the same variants."""
+    if num_tokens == 0:
+        return ()
+    num_experts, hidden, inter = experts.w13.shape[0], experts.w13.shape[2], experts.w2.shape[2]
+    pairs = num_tokens * top_k
+    tiles = pick_tiles(num_tokens, experts.block[1] if experts.is_fp8 else 128)
+    if tiles.gemv and not tiles.grouped:
+        return tiles, _gemv_splits(pairs, tiles, hidden, inter, device)
+    blocks = grouped_blocks(pairs, num_experts, tiles.block_m) if tiles.grouped else pairs
+    split = _mma_down_split(blocks, tiles, inter, hidden, device)
+    return tiles, split, pairs == 1, pairs % 16 == 0
 
 
 def _split(
@@ -573,7 +613,7 @@ def moe_experts_parts(
     )  # fmt: skip
     dn = tiles.down
     n_tiles = triton.cdiv(hidden, dn.block_n)
-    split, k_per_split = _split(num_blocks * n_tiles, inter, dn, x.device)
+    split, k_per_split = _mma_down_split(num_blocks, tiles, inter, hidden, x.device)
     skipped = expert_map is not None
     partial = (torch.zeros if skipped else torch.empty)(
         (split, pairs, hidden), dtype=torch.float32, device=x.device
@@ -607,7 +647,7 @@ def _gemv(
     block_rows, block_cols = experts.block
     gu, dn = tiles.gate_up, tiles.down
     n_tiles = triton.cdiv(inter, gu.block_n)
-    gu_split, gu_k = _split(pairs * n_tiles, hidden, gu, x.device, MAX_GATE_UP_SPLIT)
+    (gu_split, gu_k), (split, k_per_split) = _gemv_splits(pairs, tiles, hidden, inter, x.device)
     if gu_split == 1:
         act = torch.empty((pairs, inter), dtype=x.dtype, device=x.device)
     else:
@@ -620,7 +660,6 @@ def _gemv(
         **pdl.launch_args(x.device),
     )  # fmt: skip
     n_tiles = triton.cdiv(hidden, dn.block_n)
-    split, k_per_split = _split(pairs * n_tiles, inter, dn, x.device)
     out = (torch.zeros if skipped else torch.empty)(
         (split, pairs, hidden), dtype=torch.float32, device=x.device
     )

@@ -24,7 +24,8 @@ from m2agent.engine.kernels.pdl import wait_for_inputs
 MAX_SPLITS = 32
 
 
-@triton.jit
+# The block table's width changes with the batch: one build serves every width.
+@triton.jit(do_not_specialize=["stride_table"])
 def _paged_decode_kernel(
     q_ptr,
     k_ptr,

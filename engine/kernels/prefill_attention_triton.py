@@ -14,7 +14,8 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+# The block table's width changes with the batch: one build serves every width.
+@triton.jit(do_not_specialize=["stride_table"])
 def _paged_prefill_kernel(
     q_ptr,
     k_ptr,

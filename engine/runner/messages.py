@@ -71,10 +71,15 @@ class MeasureKVBudget:
 
 
 @dataclass(frozen=True, slots=True)
+class WarmUp:
+    max_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class RunStep:
     plan: StepPlan
     replay: bool  # from a captured decode graph
 
 
-RunnerCommand = AllocateKV | CaptureDecodeGraphs | MeasureKVBudget | RunStep
-RUNNER_COMMANDS = (AllocateKV, CaptureDecodeGraphs, MeasureKVBudget, RunStep)
+RunnerCommand = AllocateKV | CaptureDecodeGraphs | MeasureKVBudget | WarmUp | RunStep
+RUNNER_COMMANDS = (AllocateKV, CaptureDecodeGraphs, MeasureKVBudget, WarmUp, RunStep)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, assert_never
@@ -19,11 +20,12 @@ from typing import Protocol, assert_never
 import torch
 
 from m2agent.engine.json_mode import JsonObjectConstraint
-from m2agent.engine.kernels import dispatch
+from m2agent.engine.kernels import compiles, dispatch
 from m2agent.engine.layers.parallel import SINGLE, TensorParallel
 from m2agent.engine.layers.sampler import sample, sample_constrained, sample_rows
 from m2agent.engine.model_config import ModelConfig
 from m2agent.engine.models.minimax_m2 import MiniMaxM2ForCausalLM
+from m2agent.engine.runner import warm_up
 from m2agent.engine.runner.batch_builder import SeqStep, StepPlan, build_forward_batch
 from m2agent.engine.runner.cuda_graphs import DecodeGraphs
 from m2agent.engine.runner.messages import (
@@ -32,6 +34,7 @@ from m2agent.engine.runner.messages import (
     MeasureKVBudget,
     RunnerCommand,
     RunStep,
+    WarmUp,
 )
 from m2agent.engine.sampling import SamplingParams
 from m2agent.engine.scheduler import ScheduledSeq
@@ -103,6 +106,9 @@ class ModelRunner:
         self.k_caches = torch.empty(0)
         self.v_caches = torch.empty(0)
         self.graphs: DecodeGraphs | None = None
+        self.warm_up_note: str | None = None  # what the start-up warm-up did, for reports
+        if device.type == "cuda":
+            compiles.install()  # kernel variants built at run time are counted and named
 
     @property
     def kv_bytes_per_block(self) -> int:
@@ -126,6 +132,8 @@ class ModelRunner:
                 self._capture_decode_graphs(max_batch, max_model_len)
             case MeasureKVBudget(probe_tokens, utilization):
                 self._measure_kv_budget(probe_tokens, utilization)
+            case WarmUp(max_tokens):
+                self._warm_up(max_tokens)
             case RunStep(plan, replay):
                 self._run(plan, replay)
             case _:
@@ -154,6 +162,13 @@ class ModelRunner:
         """Capture decode graphs (CUDA only; on CPU steps run eagerly). On every rank."""
         with self._on_every_rank(CaptureDecodeGraphs(max_batch, max_model_len)):
             self._capture_decode_graphs(max_batch, max_model_len)
+
+    def warm_up(self, max_tokens: int) -> None:
+        """Build the Triton kernel variants that eager steps of up to `max_tokens` tokens need,
+        by running one step per distinct case (`warm_up.token_counts`) on the scratch block
+        (CUDA only; the pool's blocks are not touched). On every rank."""
+        with self._on_every_rank(WarmUp(max_tokens)):
+            self._warm_up(max_tokens)
 
     def measure_kv_budget(self, probe_tokens: int, utilization: float) -> int:
         """Bytes left for KV on the tightest rank, after the weights and the activations of a
@@ -196,6 +211,24 @@ class ModelRunner:
             max_blocks_per_seq=-(-max_model_len // self.block_size),
             scratch_block=self.k_caches.shape[1] - 1,
         )
+
+    def _warm_up(self, max_tokens: int) -> None:
+        if self.device.type != "cuda" or max_tokens < 1:
+            return
+        started, mark = time.perf_counter(), compiles.count()
+        counts = warm_up.token_counts(max_tokens, warm_up.variant_key(self.model, self.device))
+        logger.info("warming up: one eager step of each of %d token counts", len(counts))
+        scratch = self.k_caches.shape[1] - 1  # every token's KV goes to (and comes from) it
+        for tokens in counts:
+            table = [scratch] * -(-tokens // self.block_size)
+            self._run(StepPlan([SeqStep([0] * tokens, 0, True, table)]), False)
+        torch.cuda.synchronize(self.device)
+        built = f", {compiles.count() - mark} kernel variants built" if compiles.available() else ""
+        self.warm_up_note = (
+            f"warmed up eager steps of {len(counts)} token counts up to {max_tokens} in "
+            f"{time.perf_counter() - started:.1f} s{built}"
+        )
+        logger.info("%s", self.warm_up_note)
 
     def _measure_kv_budget(self, probe_tokens: int, utilization: float) -> int:
         device = self.device
