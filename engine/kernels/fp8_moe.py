@@ -76,13 +76,16 @@ class TileConfig:
         return cls(grouped, block_m, tiles, tiles)
 
 
-# Measured on an H200 (M2 shapes) by scripts/tune_kernels.py (docs/bench/i12/tune-h200*.json):
-# per number of tokens (upper bound): per-pair GEMV up to 4 (at 16 the grouped MMA wins), then
-# grouped.
+# Measured on an H200 (M2 shapes) with realistic routing (router weights of std 0.02: 1,024
+# tokens touch all 256 experts), `m2agent bench kernels` (docs/bench/i12/round4): per number
+# of tokens (upper bound): per-pair GEMV up to 16 (93% of the touched-bytes bound at 16 tokens,
+# where the grouped MMA reaches 62%), grouped with 16-row blocks up to 256 (67% at 64 and 256
+# tokens; 32- and 64-row blocks 45-49% and 42%), then 64-row blocks (39% at 1,024 tokens, the
+# best of the candidates there). The round-2 table (docs/bench/i12/tune-h200*.json) was tuned
+# on a degenerate router that sent every token to the same few experts.
 H200_TILES: tuple[tuple[int, TileConfig], ...] = (
-    (4, TileConfig(False, 16, KernelTiles(32, 256, 4, 2), KernelTiles(64, 256, 4, 2), gemv=True)),
-    (16, TileConfig.uniform(True, 16, 64, 128, 4, 3)),
-    (64, TileConfig.uniform(True, 32, 64, 128, 4, 3)),
+    (16, TileConfig(False, 16, KernelTiles(32, 256, 4, 2), KernelTiles(64, 256, 4, 2), gemv=True)),
+    (256, TileConfig.uniform(True, 16, 64, 128, 4, 3)),
     (1 << 62, TileConfig.uniform(True, 64, 64, 128, 4, 3)),
 )
 # The GEMV down kernel re-reads every gate/up piece for each of its output tiles: past a few
