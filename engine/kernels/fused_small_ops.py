@@ -382,6 +382,7 @@ def qk_norm_rope_store(
 ROUTER_MAX_TOKENS = 16
 ROUTER_BLOCK_T = 4  # tokens per program (fewer when the batch is smaller)
 ROUTER_BLOCK_E = 2  # experts per program: 128 programs stream M2's 3 MB weight at batch 1
+ROUTER_WHOLE_ROW_MAX = 8192  # weight elements a program holds whole (64 fp32 registers a thread)
 
 
 @triton.jit
@@ -413,26 +414,31 @@ def _top_k(
     TOP_K: tl.constexpr,
     K_PAD: tl.constexpr,
 ):
-    """The TOP_K experts by score + bias (a repeated argmax: a tie goes to the lower id),
-    with their unbiased scores renormalised (summed in pick order)."""
+    """The TOP_K experts by score + bias (a tie goes to the lower id), with their unbiased
+    scores renormalised. Each pick is one max over packed keys: the biased score's bits made
+    order-preserving as a signed int in the high half, E_PAD - 1 - id in the low half (so the
+    larger key is the higher score, then the lower id). The picked experts' scores are then
+    gathered and summed at once."""
     e = tl.arange(0, E_PAD)
     kk = tl.arange(0, K_PAD)
-    scores, biased = _biased(logits_ptr, bias_ptr, t, t_ok, e, E)
-    picked_scores = tl.zeros((biased.shape[0], K_PAD), dtype=tl.float32)
+    _, biased = _biased(logits_ptr, bias_ptr, t, t_ok, e, E)
+    bits = biased.to(tl.int32, bitcast=True)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # float order == signed int order
+    keys = (ordered.to(tl.int64) << 32) | (E_PAD - 1 - e)[None, :].to(tl.int64)
     picked_ids = tl.zeros((biased.shape[0], K_PAD), dtype=tl.int64)
-    total = tl.zeros((biased.shape[0],), dtype=tl.float32)
     for k in tl.static_range(TOP_K):
-        best = tl.argmax(biased, 1)
-        picked = e[None, :] == best[:, None]
-        score = tl.sum(tl.where(picked, scores, 0.0), 1)
-        here = (kk == k)[None, :]
-        picked_scores = tl.where(here, score[:, None], picked_scores)
-        picked_ids = tl.where(here, best[:, None].to(tl.int64), picked_ids)
-        total += score
-        biased = tl.where(picked, float("-inf"), biased)
-    at = t[:, None] * TOP_K + kk[None, :]
+        best = tl.max(keys, 1)
+        best_id = E_PAD - 1 - (best - ((best >> 32) << 32))
+        picked_ids = tl.where((kk == k)[None, :], best_id[:, None], picked_ids)
+        keys = tl.where(keys == best[:, None], -(2**63), keys)  # below every real key
     mask = t_ok[:, None] & (kk < TOP_K)[None, :]
-    tl.store(weights_ptr + at, picked_scores / total[:, None], mask=mask)
+    picked = tl.load(
+        logits_ptr + t[:, None] * E + picked_ids, mask=mask, other=0.0, cache_modifier=".cg"
+    )
+    scores = tl.where(mask, tl.sigmoid(picked), 0.0)
+    total = tl.sum(scores, 1)
+    at = t[:, None] * TOP_K + kk[None, :]
+    tl.store(weights_ptr + at, scores / total[:, None], mask=mask)
     tl.store(ids_ptr + at, picked_ids, mask=mask)
 
 
@@ -496,19 +502,37 @@ def _router_kernel(
     e_ok = e < E
     c = tl.arange(0, BLOCK_C)
     w_rows = gate_ptr + e[:, None].to(tl.int64) * C
-    # The router weight is written by no kernel of the step: its first chunk before the wait.
+    # The router weight is written by no kernel of the step: its first chunk (all of it when
+    # BLOCK_C >= C) loads before the wait, under PDL while the kernel before still runs.
     w = tl.load(w_rows + c[None, :], mask=e_ok[:, None] & (c < C)[None, :], other=0.0)
     wait_for_inputs(USE_PDL)
-    acc = _logit_chunk(x_ptr, stride_x, t, t_ok, w, 0, C, BLOCK_C)
-    for c0 in range(BLOCK_C, C, BLOCK_C):
-        cc = c0 + c
-        w = tl.load(w_rows + cc[None, :], mask=e_ok[:, None] & (cc < C)[None, :], other=0.0)
-        acc += _logit_chunk(x_ptr, stride_x, t, t_ok, w, c0, C, BLOCK_C)
-    tl.store(logits_ptr + t[:, None] * E + e[None, :], acc, mask=t_ok[:, None] & e_ok[None, :])
+    if BLOCK_C >= C:  # one token row at a time against the whole weight slice
+        for j in tl.static_range(BLOCK_T):
+            token = pid_t.to(tl.int64) * BLOCK_T + j
+            x = tl.load(x_ptr + token * stride_x + c, mask=(c < C) & (token < T), other=0.0)
+            logit = tl.sum(w * x.to(tl.float32)[None, :], 1)
+            tl.store(logits_ptr + token * E + e, logit, mask=e_ok & (token < T))
+    else:
+        acc = _logit_chunk(x_ptr, stride_x, t, t_ok, w, 0, C, BLOCK_C)
+        for c0 in range(BLOCK_C, C, BLOCK_C):
+            cc = c0 + c
+            w = tl.load(w_rows + cc[None, :], mask=e_ok[:, None] & (cc < C)[None, :], other=0.0)
+            acc += _logit_chunk(x_ptr, stride_x, t, t_ok, w, c0, C, BLOCK_C)
+        tl.store(logits_ptr + t[:, None] * E + e[None, :], acc, mask=t_ok[:, None] & e_ok[None, :])
     if _last_to_arrive(arrivals_ptr + pid_t, tl.num_programs(1), ON_GPU):
         for i in range(BLOCK_T):  # a row at a time: the top-k's registers stay in bounds
             row = pid_t.to(tl.int64) * BLOCK_T + i + tl.arange(0, 1)
             _top_k(logits_ptr, bias_ptr, weights_ptr, ids_ptr, row, row < T, E, E_PAD, TOP_K, K_PAD)
+
+
+def _router_block_c(hidden: int, block_t: int) -> int:
+    """The router's reduction chunk: the whole row when a program's weight slice fits in
+    registers whole (then it all loads before the PDL wait), else chunks sized to the token
+    block."""
+    whole = triton.next_power_of_2(hidden)
+    if ROUTER_BLOCK_E * whole <= ROUTER_WHOLE_ROW_MAX:
+        return whole
+    return max(64, min(whole, 1024 // block_t))
 
 
 def new_router_arrivals(device: torch.device | str | None = None) -> torch.Tensor:
@@ -557,7 +581,7 @@ def route(
     _router_kernel[(token_blocks, triton.cdiv(num_experts, ROUTER_BLOCK_E))](
         x, gate, bias, logits, arrivals, weights, ids, num_tokens, x.stride(0),
         C=hidden, BLOCK_T=block_t, BLOCK_E=ROUTER_BLOCK_E, K_PAD=triton.next_power_of_2(top_k),
-        BLOCK_C=max(64, min(triton.next_power_of_2(hidden), 1024 // block_t)),
+        BLOCK_C=_router_block_c(hidden, block_t),
         ON_GPU=x.is_cuda, num_warps=4, **sizes, **pdl.launch_args(x.device),
     )  # fmt: skip
     return weights, ids
