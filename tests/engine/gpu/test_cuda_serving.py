@@ -147,6 +147,7 @@ def test_steps_queued_ahead_equal_plain_steps_on_cuda(tiny_m2_checkpoint: Path) 
     greedy = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
     plain = LLM(tiny_m2_checkpoint, device="cuda", dtype="float32", overlap_steps=False)
     stop_at = plain.generate([PROMPTS[0]], greedy)[0].token_ids[9]
+    plain.engine.blocks.reset_prefix_cache()  # both engines start cold: equal cached counts
     stop = SamplingParams(temperature=0, max_tokens=40, stop_token_ids=[stop_at])
     sampled = SamplingParams(
         temperature=1.0, top_p=0.95, top_k=40, seed=5, max_tokens=30, ignore_eos=True
