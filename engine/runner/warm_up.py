@@ -21,6 +21,7 @@ from torch import nn
 from m2agent.engine.kernels.reference import ExpertWeights
 from m2agent.engine.layers.linear import FusedRows, Linear
 from m2agent.engine.layers.moe import Experts
+from m2agent.engine.models.minimax_m2 import MiniMaxM2ForCausalLM
 
 SMALL = 64  # every token count up to this is its own case
 
@@ -71,7 +72,7 @@ def _experts(model: nn.Module) -> Iterator[ExpertWeights]:
                 yield stored
 
 
-def variant_key(model: nn.Module, device: torch.device) -> Callable[[int], Hashable]:
+def variant_key(model: MiniMaxM2ForCausalLM, device: torch.device) -> Callable[[int], Hashable]:
     """T -> what of the model's eager-step kernel variants depends on T (CUDA kernels)."""
     from m2agent.engine.kernels import fp8_linear, fp8_moe  # Triton: CUDA machines only
 

@@ -15,7 +15,7 @@ import torch
 from m2agent.engine.kernels import compiles
 
 triton = pytest.importorskip("triton")  # CUDA machines only (CI has no Triton)
-tl = pytest.importorskip("triton.language")
+import triton.language as tl  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
