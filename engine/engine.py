@@ -27,7 +27,7 @@ from m2agent.engine.json_mode import (
 from m2agent.engine.layers.parallel import SINGLE, TensorParallel
 from m2agent.engine.loader import LoadedModel, load_model
 from m2agent.engine.protocol import markers
-from m2agent.engine.runner import workers
+from m2agent.engine.runner import warm_up, workers
 from m2agent.engine.runner.model_runner import ModelRunner, SamplingState, StepTokens
 from m2agent.engine.runner.workers import Workers
 from m2agent.engine.sampling import SamplingParams
@@ -113,7 +113,9 @@ class LLMEngine:
         num_blocks = self._kv_blocks()
         self.runner.allocate_kv(num_blocks)
         if config.warm_up is not False and self.loaded.device.type == "cuda":
-            self.runner.warm_up(min(config.max_num_batched_tokens, self.max_model_len - 1))
+            limit = min(config.max_num_batched_tokens, self.max_model_len - 1)
+            key = warm_up.variant_key(self.loaded.model, self.loaded.device)
+            self.runner.warm_up(warm_up.token_counts(limit, key))
         if config.cuda_graphs:
             self.runner.capture_decode_graphs(config.max_num_seqs, self.max_model_len)
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)

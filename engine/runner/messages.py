@@ -72,7 +72,7 @@ class MeasureKVBudget:
 
 @dataclass(frozen=True, slots=True)
 class WarmUp:
-    max_tokens: int
+    token_counts: tuple[int, ...]  # chosen by rank 0: every rank runs the same steps
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, assert_never
 
@@ -25,7 +25,6 @@ from m2agent.engine.layers.parallel import SINGLE, TensorParallel
 from m2agent.engine.layers.sampler import sample, sample_constrained, sample_rows
 from m2agent.engine.model_config import ModelConfig
 from m2agent.engine.models.minimax_m2 import MiniMaxM2ForCausalLM
-from m2agent.engine.runner import warm_up
 from m2agent.engine.runner.batch_builder import SeqStep, StepPlan, build_forward_batch
 from m2agent.engine.runner.cuda_graphs import DecodeGraphs
 from m2agent.engine.runner.messages import (
@@ -132,8 +131,8 @@ class ModelRunner:
                 self._capture_decode_graphs(max_batch, max_model_len)
             case MeasureKVBudget(probe_tokens, utilization):
                 self._measure_kv_budget(probe_tokens, utilization)
-            case WarmUp(max_tokens):
-                self._warm_up(max_tokens)
+            case WarmUp(token_counts):
+                self._warm_up(token_counts)
             case RunStep(plan, replay):
                 self._run(plan, replay)
             case _:
@@ -163,12 +162,22 @@ class ModelRunner:
         with self._on_every_rank(CaptureDecodeGraphs(max_batch, max_model_len)):
             self._capture_decode_graphs(max_batch, max_model_len)
 
-    def warm_up(self, max_tokens: int) -> None:
-        """Build the Triton kernel variants that eager steps of up to `max_tokens` tokens need,
-        by running one step per distinct case (`warm_up.token_counts`) on the scratch block
-        (CUDA only; the pool's blocks are not touched). On every rank."""
-        with self._on_every_rank(WarmUp(max_tokens)):
-            self._warm_up(max_tokens)
+    def warm_up(self, token_counts: Iterable[int]) -> None:
+        """One eager step of each of `token_counts` tokens on the scratch block (the pool's
+        blocks are not touched), so the kernel variants they need are built now
+        (`runner.warm_up` picks the counts). On every rank, with rank 0's counts: the steps
+        hold collectives, so every rank must run the same ones."""
+        counts = tuple(token_counts)
+        started, mark = time.perf_counter(), compiles.count()
+        logger.info("warming up: one eager step of each of %d token counts", len(counts))
+        with self._on_every_rank(WarmUp(counts)):
+            self._warm_up(counts)
+        built = f", {compiles.count() - mark} kernel variants built" if compiles.available() else ""
+        self.warm_up_note = (
+            f"warmed up eager steps of {len(counts)} token counts up to {max(counts, default=0)}"
+            f" in {time.perf_counter() - started:.1f} s{built}"
+        )
+        logger.info("%s", self.warm_up_note)
 
     def measure_kv_budget(self, probe_tokens: int, utilization: float) -> int:
         """Bytes left for KV on the tightest rank, after the weights and the activations of a
@@ -212,23 +221,13 @@ class ModelRunner:
             scratch_block=self.k_caches.shape[1] - 1,
         )
 
-    def _warm_up(self, max_tokens: int) -> None:
-        if self.device.type != "cuda" or max_tokens < 1:
-            return
-        started, mark = time.perf_counter(), compiles.count()
-        counts = warm_up.token_counts(max_tokens, warm_up.variant_key(self.model, self.device))
-        logger.info("warming up: one eager step of each of %d token counts", len(counts))
+    def _warm_up(self, token_counts: tuple[int, ...]) -> None:
         scratch = self.k_caches.shape[1] - 1  # every token's KV goes to (and comes from) it
-        for tokens in counts:
+        for tokens in token_counts:
             table = [scratch] * -(-tokens // self.block_size)
             self._run(StepPlan([SeqStep([0] * tokens, 0, True, table)]), False)
-        torch.cuda.synchronize(self.device)
-        built = f", {compiles.count() - mark} kernel variants built" if compiles.available() else ""
-        self.warm_up_note = (
-            f"warmed up eager steps of {len(counts)} token counts up to {max_tokens} in "
-            f"{time.perf_counter() - started:.1f} s{built}"
-        )
-        logger.info("%s", self.warm_up_note)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _measure_kv_budget(self, probe_tokens: int, utilization: float) -> int:
         device = self.device
