@@ -8,7 +8,9 @@ size at start-up, which builds their variants; an eager step (prefill chunks, mi
 decode, JSON mode) of T tokens can need new ones. The kernels say which of their variant's
 parts depend on T (`fp8_linear.variant`, `fp8_moe.variant`); `token_counts` keeps the smallest
 T of each distinct combination (every T up to `SMALL`, where buckets, router blocks and
-specializations all change), and the runner runs one eager step of each.
+specializations all change), and the runner runs one eager step of each. Not covered: eager
+decode steps with the decode graphs off (`cuda_graphs=False`), whose split-KV attention picks
+its split count per batch size.
 """
 
 from __future__ import annotations
