@@ -43,6 +43,24 @@ def _summed(
 
 
 @triton.jit
+def _residual(
+    x_ptr, delta_ptr, row, c, ok, stride_d_split, stride_d_tok, stride_d_group,
+    C: tl.constexpr, HAS_DELTA: tl.constexpr, SPLIT: tl.constexpr, GROUP: tl.constexpr,
+):  # fmt: skip
+    """Columns `c` of residual row `row`, with the delta (summed from its pieces) added and
+    stored back in place when HAS_DELTA."""
+    x = tl.load(x_ptr + row * C + c, mask=ok, other=0.0)
+    if HAS_DELTA:
+        delta = _summed(
+            delta_ptr, row * stride_d_tok + c, ok, stride_d_split, stride_d_group, SPLIT, GROUP,
+            x_ptr,
+        )  # fmt: skip
+        x = (x.to(tl.float32) + delta).to(x_ptr.dtype.element_ty)
+        tl.store(x_ptr + row * C + c, x, mask=ok)
+    return x
+
+
+@triton.jit
 def _fence(ON_GPU: tl.constexpr):
     """Every thread's writes before it are visible GPU-wide to anyone ordered after it."""
     if ON_GPU:
@@ -88,14 +106,10 @@ def _add_rms_norm_kernel(
     ok = c < C
     w = tl.load(w_ptr + c, mask=ok, other=0.0).to(tl.float32)  # written by no kernel: before
     wait_for_inputs(USE_PDL)
-    x = tl.load(x_ptr + row * C + c, mask=ok, other=0.0)
-    if HAS_DELTA:
-        delta = _summed(
-            delta_ptr, row * stride_d_tok + c, ok, stride_d_split, stride_d_group, SPLIT, GROUP,
-            x_ptr,
-        )  # fmt: skip
-        x = (x.to(tl.float32) + delta).to(x_ptr.dtype.element_ty)
-        tl.store(x_ptr + row * C + c, x, mask=ok)
+    x = _residual(
+        x_ptr, delta_ptr, row, c, ok, stride_d_split, stride_d_tok, stride_d_group,
+        C, HAS_DELTA, SPLIT, GROUP,
+    )  # fmt: skip
     x32 = x.to(tl.float32)
     rstd = tl.rsqrt(tl.sum(x32 * x32, 0) / C + eps)
     normed = (x32 * rstd).to(x_ptr.dtype.element_ty).to(tl.float32)
@@ -136,14 +150,10 @@ def _add_rms_norm_sliced_kernel(
     wait_for_inputs(USE_PDL)
     c = part * SLICE + tl.arange(0, SLICE)
     ok = c < C
-    x = tl.load(x_ptr + row * C + c, mask=ok, other=0.0)
-    if HAS_DELTA:
-        delta = _summed(
-            delta_ptr, row * stride_d_tok + c, ok, stride_d_split, stride_d_group, SPLIT, GROUP,
-            x_ptr,
-        )  # fmt: skip
-        x = (x.to(tl.float32) + delta).to(x_ptr.dtype.element_ty)
-        tl.store(x_ptr + row * C + c, x, mask=ok)
+    x = _residual(
+        x_ptr, delta_ptr, row, c, ok, stride_d_split, stride_d_tok, stride_d_group,
+        C, HAS_DELTA, SPLIT, GROUP,
+    )  # fmt: skip
     x32 = x.to(tl.float32)
     tl.store(squares_ptr + row * SLICES + part, tl.sum(x32 * x32, 0))
     if _last_to_arrive(arrivals_ptr + row, SLICES, ON_GPU):
