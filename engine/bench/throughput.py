@@ -38,11 +38,9 @@ class ThroughputRow:
     engine_tok_s_runs: list[float] = field(default_factory=list)
     baseline_tok_s_runs: list[float] = field(default_factory=list)
     engine_last_ttft_ms_runs: list[float] = field(default_factory=list)  # a stall shows here
-    # Triton kernel variants built during each timed round, and the seconds they took (None:
-    # not counted, no Triton hooks); a warm engine builds none.
-    engine_compiles_runs: list[int] | None = None
-    engine_compile_s_runs: list[float] | None = None
-    compiled: list[str] = field(default_factory=list)  # which ones, "kernel (key) seconds"
+    # The Triton kernel variants each timed round built, "kernel (key) seconds" (None: not
+    # counted, no Triton hooks); a warmed-up engine builds none.
+    engine_builds_runs: list[list[str]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +72,10 @@ class ThroughputReport:
                 f"{_spread(r.baseline_tok_s_runs):>15}"
             )
         for r in self.rows:
-            if r.compiled:
+            built = [b for run in r.engine_builds_runs or [] for b in run]
+            if built:
                 lines.append(f"{r.streams} streams: Triton kernels built in timed rounds:")
-                lines += [f"  {c}" for c in r.compiled]
+                lines += [f"  {b}" for b in built]
         return "\n".join(lines)
 
 
@@ -91,6 +90,10 @@ class _Round:
     decode_tokens: int  # tokens produced after that
     decode_s: float
     compiled: list[compiles.Compile]  # Triton kernel variants built during the round
+
+
+def _builds(done: _Round) -> list[str]:
+    return [f"{c.kernel} ({c.key}) {c.seconds:.2f} s" for c in done.compiled]
 
 
 def round_params(new_tokens: int, temperature: float) -> SamplingParams:
@@ -228,11 +231,11 @@ def run_throughput_bench(
                     report(f"  transformers, {n} streams, run {i + 1}/{repeats}: {rate:.1f} tok/s")
             del model
         rows = []
+        counted = compiles.available()
         for n in streams:
             rates = [n * new_tokens / r.total_s for r in rounds[n]]
             ttfts = [r.last_first_token_s * 1e3 for r in rounds[n]]
             base = baseline_runs.get(n, [])
-            counted = compiles.available()
             rows.append(
                 ThroughputRow(
                     streams=n,
@@ -245,17 +248,7 @@ def run_throughput_bench(
                     engine_tok_s_runs=rates,
                     baseline_tok_s_runs=base,
                     engine_last_ttft_ms_runs=ttfts,
-                    engine_compiles_runs=[len(r.compiled) for r in rounds[n]] if counted else None,
-                    engine_compile_s_runs=(
-                        [round(sum(c.seconds for c in r.compiled), 3) for r in rounds[n]]
-                        if counted
-                        else None
-                    ),
-                    compiled=[
-                        f"{c.kernel} ({c.key}) {c.seconds:.2f} s"
-                        for r in rounds[n]
-                        for c in r.compiled
-                    ],
+                    engine_builds_runs=[_builds(r) for r in rounds[n]] if counted else None,
                 )
             )
         name = torch.cuda.get_device_name(llm.device) if llm.device.type == "cuda" else "cpu"

@@ -172,6 +172,7 @@ class LaunchPlan:
     step, and the split-K (pieces, and reduction length per piece)."""
 
     tiles: LinearTiles
+    block_m: int  # rows per program (1 for the GEMV)
     block_k: int
     split: int
     k_per_split: int
@@ -200,7 +201,7 @@ def plan(
     k_blocks = triton.cdiv(k_dim, block_k)
     split = split_k(programs, k_blocks, device, per_sm=tiles.programs_per_sm)
     k_per_split = triton.cdiv(k_blocks, split) * block_k
-    return LaunchPlan(tiles, block_k, triton.cdiv(k_dim, k_per_split), k_per_split)
+    return LaunchPlan(tiles, block_m, block_k, triton.cdiv(k_dim, k_per_split), k_per_split)
 
 
 def variant(
@@ -226,8 +227,9 @@ def _launch(
     n_dim = weight.shape[0]
     block_rows, block_cols = block
     p = plan(num_rows, n_dim, k_dim, block, x2.device, tiles)
-    tiles, block_k, split, k_per_split = p.tiles, p.block_k, p.split, p.k_per_split
-    block_m = 1 if tiles.gemv else tiles.block_m
+    tiles, block_m, block_k, split, k_per_split = (
+        p.tiles, p.block_m, p.block_k, p.split, p.k_per_split
+    )  # fmt: skip
     dtype = torch.float32 if split > 1 or always_fp32 else x2.dtype
     out = torch.empty((split, num_rows, n_dim), dtype=dtype, device=x2.device)
     grid = (triton.cdiv(num_rows, block_m), triton.cdiv(n_dim, tiles.block_n), split)

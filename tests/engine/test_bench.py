@@ -47,6 +47,13 @@ def small_config(tmp_path: Path) -> Path:
     return file
 
 
+def run_m2agent(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """`m2agent ARGS` in a fresh interpreter (the CLI as a user runs it)."""
+    return subprocess.run(
+        [sys.executable, "-m", "m2agent", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
 def test_full_size_bytes_per_token_matches_the_published_roofline() -> None:
     config = load_model_config(SHARED_CONFIG)
     # ENGINE.md: 6 layers at full width in bf16 read 3.13 GB per token (weights only).
@@ -85,9 +92,7 @@ def test_bench_latency_cli_on_cpu(tmp_path: Path) -> None:
         "--prompt-tokens", "16", "--new-tokens", "4", "--device", "cpu", "--repeats", "1",
         "--json", str(out),
     ]  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, "-m", "m2agent", *args], capture_output=True, text=True, timeout=300
-    )
+    result = run_m2agent(*args)
     assert result.returncode == 0, result.stderr
     assert "m2agent engine" in result.stdout and "bandwidth bound" in result.stdout
     report = json.loads(out.read_text())
@@ -104,9 +109,7 @@ def test_bench_throughput_cli_on_cpu_reports_medians_of_warm_rounds(tmp_path: Pa
         "--streams", "1,3", "--prompt-tokens", "8", "--new-tokens", "3", "--device", "cpu",
         "--repeats", "2", "--temperature", "1.0", "--json", str(out),
     ]  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, "-m", "m2agent", *args], capture_output=True, text=True, timeout=300
-    )
+    result = run_m2agent(*args)
     assert result.returncode == 0, result.stderr
     progress = result.stdout + result.stderr
     assert "3 streams, run 2/2" in progress and "transformers, 1 streams, run 2/2" in progress
@@ -119,6 +122,7 @@ def test_bench_throughput_cli_on_cpu_reports_medians_of_warm_rounds(tmp_path: Pa
         assert row["engine_tok_s"] == statistics.median(row["engine_tok_s_runs"])
         assert row["baseline_tok_s"] == statistics.median(row["baseline_tok_s_runs"])
         assert row["engine_last_ttft_ms"] == statistics.median(row["engine_last_ttft_ms_runs"])
+        assert row["engine_builds_runs"] is None  # no Triton on CPU: builds are not counted
 
 
 def test_reduced_config_quant_choices(tmp_path: Path) -> None:
@@ -135,10 +139,7 @@ def test_reduced_config_quant_choices(tmp_path: Path) -> None:
 
 
 def test_bench_latency_needs_exactly_one_source() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "m2agent", "bench", "latency"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    result = run_m2agent("bench", "latency", timeout=60)
     assert result.returncode == 2
     assert "--model PATH or --dummy-config" in result.stderr
 
@@ -149,20 +150,15 @@ def test_bench_latency_needs_exactly_one_source() -> None:
 @pytest.mark.parametrize("bench", ["latency", "throughput", "agent"])
 def test_benches_on_cuda_say_so_without_a_gpu(bench: str) -> None:
     """The default device is cuda: without one, a clear error and no traceback."""
-    result = subprocess.run(
-        [sys.executable, "-m", "m2agent", "bench", bench, "--dummy-config", "minimax-m2",
-         "--layers", "1"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = run_m2agent(
+        "bench", bench, "--dummy-config", "minimax-m2", "--layers", "1", timeout=120
+    )
     assert result.returncode == 1
     assert "CUDA is not available here" in result.stderr
     assert "Traceback" not in result.stderr and "Error:" not in result.stderr
 
 
 def test_bench_kernels_says_it_needs_cuda() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "m2agent", "bench", "kernels"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = run_m2agent("bench", "kernels", timeout=120)
     assert result.returncode == 1
     assert "needs a CUDA GPU" in result.stderr
