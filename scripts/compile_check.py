@@ -236,10 +236,18 @@ def attention_paths() -> None:
         paged_prefill_attention(q, *caches, tables, lens, starts, 50, head_dim**-0.5)
 
 
+def prefetch_paths() -> None:
+    from m2agent.engine.kernels.l2_prefetch import l2_prefetch
+
+    weight, scale = _fp8(3072, 6144)
+    l2_prefetch(weight, scale)
+    l2_prefetch(weight)
+
+
 PATHS: dict[str, Callable[[], None]] = {
     "linear": linear_paths, "moe": moe_paths, "bf16-moe": bf16_moe_paths,
     "router": router_paths, "norm": norm_paths, "qk-norm": qk_norm_paths,
-    "attention": attention_paths,
+    "attention": attention_paths, "prefetch": prefetch_paths,
 }  # fmt: skip
 
 
@@ -265,7 +273,8 @@ def main() -> int:
                 name, registers, spills = _compile(launch, args.arch, pdl)
             except Exception as error:  # a front-end or backend error: show it, go on
                 failed += 1
-                print(f"FAILED {launch.name(pdl)}:\n{error}", file=sys.stderr)
+                cause = f"\n{error.__cause__!r}" if error.__cause__ else ""
+                print(f"FAILED {launch.name(pdl)}:\n{error}{cause}", file=sys.stderr)
                 continue
             spilled += spills > 0
             print(f"{registers:4d} regs {spills:6d} B spilled  {name}")

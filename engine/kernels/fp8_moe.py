@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from m2agent.engine.kernels import pdl
+from m2agent.engine.kernels import l2_prefetch, pdl
 from m2agent.engine.kernels.occupancy import split_k
 from m2agent.engine.kernels.partial_sums import PartialSums
 from m2agent.engine.kernels.pdl import wait_for_inputs
@@ -291,11 +291,12 @@ def _gemv_step(
     stride_sn,
     BC: tl.constexpr,
     HAS_SCALE: tl.constexpr,
+    EVICT: tl.constexpr,
 ):
     """Weight rows `n` x columns `kk` times the vector `a` [BLOCK_K] (fp32): [BLOCK_N] fp32.
     All rows share one scale row-block (`scale_row`), so the scales fold into `a`."""
     w, s = _gemv_load(
-        w_base, s_base, n, n_ok, scale_row, kk, k_ok, stride_wn, stride_sn, BC, HAS_SCALE
+        w_base, s_base, n, n_ok, scale_row, kk, k_ok, stride_wn, stride_sn, BC, HAS_SCALE, EVICT
     )
     return _gemv_dot(w, s, a)
 
@@ -313,10 +314,14 @@ def _gemv_load(
     stride_sn,
     BC: tl.constexpr,
     HAS_SCALE: tl.constexpr,
+    EVICT: tl.constexpr,  # the weights' L2 eviction policy ("evict_first": read once a step)
 ):
     """The weight tile of `_gemv_step` and the scale of each of its columns (ones without)."""
     w_mask = n_ok[:, None] & k_ok[None, :]
-    w = tl.load(w_base + n[:, None] * stride_wn + kk[None, :], mask=w_mask, other=0.0)
+    w = tl.load(
+        w_base + n[:, None] * stride_wn + kk[None, :], mask=w_mask, other=0.0,
+        eviction_policy=EVICT,
+    )  # fmt: skip
     if HAS_SCALE:
         s = tl.load(s_base + scale_row * stride_sn + kk // BC, mask=k_ok, other=0.0)
     else:
@@ -350,6 +355,7 @@ def _gate_up_gemv_kernel(
     SPLIT: tl.constexpr,
     K_PER_SPLIT: tl.constexpr,
     HAS_SCALE: tl.constexpr,
+    EVICT: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     wait_for_inputs(USE_PDL)  # the expert ids come from the launch just before
@@ -375,11 +381,12 @@ def _gate_up_gemv_kernel(
         k_ok = kk < HIDDEN
         a = tl.load(x_ptr + token * HIDDEN + kk, mask=k_ok, other=0.0).to(tl.float32)
         gate += _gemv_step(
-            w_base, s_base, n, n_ok, gate_row, kk, k_ok, a, stride_wn, stride_sn, BC, HAS_SCALE
-        )
+            w_base, s_base, n, n_ok, gate_row, kk, k_ok, a, stride_wn, stride_sn, BC,
+            HAS_SCALE, EVICT,
+        )  # fmt: skip
         up += _gemv_step(
             w_base, s_base, n + INTER, n_ok, up_row, kk, k_ok, a, stride_wn, stride_sn, BC,
-            HAS_SCALE,
+            HAS_SCALE, EVICT,
         )  # fmt: skip
     if SPLIT == 1:
         act = gate / (1.0 + tl.exp(-gate)) * up
@@ -413,6 +420,7 @@ def _down_gemv_kernel(
     K_PER_SPLIT: tl.constexpr,
     GU_SPLIT: tl.constexpr,
     HAS_SCALE: tl.constexpr,
+    EVICT: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     """With PDL, the expert ids, routing weights and the first weight tile load before the
@@ -435,7 +443,7 @@ def _down_gemv_kernel(
     k_ok = kk < INTER
     w, s = _gemv_load(
         w_base, s_base, n, n_ok & live, scale_row, kk, k_ok & live, stride_wn, stride_sn, BC,
-        HAS_SCALE,
+        HAS_SCALE, EVICT,
     )  # fmt: skip
     wait_for_inputs(USE_PDL)  # the gate/up activations come from the launch just before
     if expert < 0:
@@ -447,8 +455,9 @@ def _down_gemv_kernel(
         k_ok = kk < INTER
         a = _down_activation(act_ptr, x_ptr, pair, num_pairs, kk, k_ok, INTER, GU_SPLIT)
         acc += _gemv_step(
-            w_base, s_base, n, n_ok, scale_row, kk, k_ok, a, stride_wn, stride_sn, BC, HAS_SCALE
-        )
+            w_base, s_base, n, n_ok, scale_row, kk, k_ok, a, stride_wn, stride_sn, BC,
+            HAS_SCALE, EVICT,
+        )  # fmt: skip
     acc = acc * routing
     tl.store(out_ptr + (split * num_pairs + pair).to(tl.int64) * HIDDEN + n, acc, mask=n_ok)
 
@@ -650,6 +659,7 @@ def _gemv(
     block_rows, block_cols = experts.block
     gu, dn = tiles.gate_up, tiles.down
     n_tiles = triton.cdiv(inter, gu.block_n)
+    evict = l2_prefetch.streaming_eviction(x.device)
     (gu_split, gu_k), (split, k_per_split) = _gemv_splits(pairs, tiles, hidden, inter, x.device)
     if gu_split == 1:
         act = torch.empty((pairs, inter), dtype=x.dtype, device=x.device)
@@ -659,7 +669,8 @@ def _gemv(
         x, w13, s13, act, ids, w13.stride(0), w13.stride(1), s13.stride(0), s13.stride(1),
         TOP_K=top_k, HIDDEN=hidden, INTER=inter, BR=block_rows, BC=block_cols,
         BLOCK_N=gu.block_n, BLOCK_K=gu.block_k, SPLIT=gu_split, K_PER_SPLIT=gu_k,
-        HAS_SCALE=experts.is_fp8, num_warps=gu.num_warps, num_stages=gu.num_stages,
+        HAS_SCALE=experts.is_fp8, EVICT=evict, num_warps=gu.num_warps,
+        num_stages=gu.num_stages,
         **pdl.launch_args(x.device),
     )  # fmt: skip
     n_tiles = triton.cdiv(hidden, dn.block_n)
@@ -670,7 +681,7 @@ def _gemv(
         act, x, w2, s2, out, ids, routing, w2.stride(0), w2.stride(1), s2.stride(0),
         s2.stride(1), HIDDEN=hidden, INTER=inter, BR=block_rows, BC=block_cols,
         BLOCK_N=dn.block_n, BLOCK_K=dn.block_k, SPLIT=split, K_PER_SPLIT=k_per_split,
-        GU_SPLIT=gu_split, HAS_SCALE=experts.is_fp8,
+        GU_SPLIT=gu_split, HAS_SCALE=experts.is_fp8, EVICT=evict,
         num_warps=dn.num_warps, num_stages=dn.num_stages, **pdl.launch_args(x.device),
     )  # fmt: skip
     return out

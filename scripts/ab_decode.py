@@ -1,0 +1,191 @@
+"""A/B timing of the batch-1 decode step on a GPU: one model per depth, many settings.
+
+For each depth (and prompt length) this builds one FP8 model with dummy weights, decodes a
+few tokens of a random prompt, then for each setting (environment switches and MoE tile
+tables, below) captures the batch-1 decode graph again and replays it: the GPU time of one
+step, median of several rounds of replays, with the range. Every capture replays the same
+inputs, so settings that leave the math alone must give the same logits bit for bit (checked
+against the first setting and printed); tile changes move the sums' order (the max difference
+is printed). The per-layer slope between two depths is printed per setting.
+
+    python3 -P scripts/ab_decode.py --layers 6 18 [--prompt 512] [--only base,all] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from m2agent.engine.bench.common import open_model, random_prompt, resolve_config
+from m2agent.engine.kernels import fp8_linear, fp8_moe
+from m2agent.engine.kernels.fp8_linear import LinearTiles
+from m2agent.engine.kernels.fp8_moe import KernelTiles, TileConfig
+from m2agent.engine.sampling import SamplingParams
+
+
+@dataclass
+class Setting:
+    name: str
+    env: dict[str, str] = field(default_factory=dict)
+    gate_up: KernelTiles | None = None  # the batch-1 GEMV bucket's tiles, when changed
+    down: KernelTiles | None = None
+    linear: LinearTiles | None = None  # the one-row GEMV bucket of the FP8 linear
+
+
+OFF = {"M2AGENT_L2_PREFETCH": "off"}
+ALL = {"M2AGENT_L2_PREFETCH": "all"}
+SETTINGS = [
+    Setting("base", OFF),
+    Setting("o", {"M2AGENT_L2_PREFETCH": "o"}),
+    Setting("qkv", {"M2AGENT_L2_PREFETCH": "qkv"}),
+    Setting("all", ALL),
+    Setting("all-plain", {**ALL, "M2AGENT_L2_EVICT_LAST": "0"}),
+    Setting("all-moe-normal", {**ALL, "M2AGENT_MOE_EVICT_FIRST": "0"}),
+    Setting("base-moe-first", {**OFF, "M2AGENT_MOE_EVICT_FIRST": "1"}),
+    Setting("base-down-k128", OFF, down=KernelTiles(64, 128, 4, 2)),
+    Setting("base-down-k128-w8", OFF, down=KernelTiles(64, 128, 8, 2)),
+    Setting("base-down-n32-k128", OFF, down=KernelTiles(32, 128, 4, 2)),
+    Setting("base-down-k128-s3", OFF, down=KernelTiles(64, 128, 4, 3)),
+    Setting("all-down-k128", ALL, down=KernelTiles(64, 128, 4, 2)),
+    Setting("base-gu-n32-w8", OFF, gate_up=KernelTiles(32, 256, 8, 2)),
+    Setting("base-gu-n16", OFF, gate_up=KernelTiles(16, 256, 4, 2)),
+    Setting("base-lin-n64", OFF, linear=LinearTiles(1, 64, 256, 4, 2, 4, gemv=True)),
+    Setting("base-lin-k512", OFF, linear=LinearTiles(1, 32, 512, 4, 2, 4, gemv=True)),
+    Setting("base-lin-w8", OFF, linear=LinearTiles(1, 32, 256, 8, 2, 4, gemv=True)),
+    Setting("base-lin-pps8", OFF, linear=LinearTiles(1, 32, 256, 4, 2, 8, gemv=True)),
+]
+
+
+@contextmanager
+def applied(setting: Setting) -> Iterator[None]:
+    saved_env = {k: os.environ.get(k) for k in setting.env}
+    saved_tiles, saved_linear = fp8_moe.H200_TILES, fp8_linear.LINEAR_TILES
+    os.environ.update(setting.env)
+    if setting.linear:
+        fp8_linear.LINEAR_TILES = ((1, setting.linear), *saved_linear[1:])
+    if setting.gate_up or setting.down:
+        limit, first = saved_tiles[0]
+        changed = TileConfig(
+            first.grouped, first.block_m, setting.gate_up or first.gate_up,
+            setting.down or first.down, first.gemv,
+        )  # fmt: skip
+        fp8_moe.H200_TILES = ((limit, changed), *saved_tiles[1:])
+    try:
+        yield
+    finally:
+        fp8_moe.H200_TILES, fp8_linear.LINEAR_TILES = saved_tiles, saved_linear
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def capture_step(graphs: object) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """The batch-1 decode step captured again under the current settings."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.inference_mode(), torch.cuda.stream(stream):
+        for _ in range(2):
+            graphs._forward(1)  # type: ignore[attr-defined]
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            out = graphs._forward(1)  # type: ignore[attr-defined]
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    return graph, out
+
+
+def time_graph(graph: torch.cuda.CUDAGraph, rounds: int, replays: int) -> list[float]:
+    graph.replay()
+    times = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(replays):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / replays)
+    return times
+
+
+def run_depth(layers: int, prompt: int, settings: list[Setting], args: argparse.Namespace) -> dict:
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        blocks = -(-(prompt + 64) // 16) + 4
+        llm, _ = open_model(
+            None, resolve_config("minimax-m2"), layers, "cuda", Path(tmp), print, "fp8",
+            max_num_seqs=1, num_kv_blocks=blocks, block_size=16, max_model_len=prompt + 64,
+        )  # fmt: skip
+        ids = random_prompt(llm.config.vocab_size, prompt, seed=0)
+        params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+        list(llm.stream_tokens(ids, params))
+        graphs = llm.engine.runner.graphs
+        reference = None
+        for setting in settings:
+            try:
+                with applied(setting):
+                    graph, out = capture_step(graphs)
+                    times = time_graph(graph, args.rounds, args.replays)
+                    logits = out.float().clone()
+            except Exception as error:  # one setting's failure: say so, time the others
+                print(f"{layers:3d} layers: {setting.name} FAILED: {error!r}", flush=True)
+                continue
+            if reference is None:
+                reference = logits
+            diff = (logits - reference).abs().max().item()
+            median = statistics.median(times)
+            results[setting.name] = {"ms": median, "runs": times, "max_diff": diff}
+            print(
+                f"{layers:3d} layers, prompt {prompt}: {setting.name:16s} {median * 1e3:8.1f} us"
+                f" ({min(times) * 1e3:.1f}-{max(times) * 1e3:.1f}); logits vs first:"
+                f" {'same bits' if diff == 0 else f'max diff {diff:.3g}'}",
+                flush=True,
+            )
+            del graph, out
+        llm.close()
+    torch.cuda.empty_cache()
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", type=int, nargs="+", default=[6, 18])
+    parser.add_argument("--prompt", type=int, default=512)
+    parser.add_argument("--only", help="comma list of setting names")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--replays", type=int, default=50)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    settings = SETTINGS
+    if args.only:
+        wanted = args.only.split(",")
+        settings = [s for s in SETTINGS if s.name in wanted]
+    print(torch.cuda.get_device_name(), "L2", torch.cuda.get_device_properties(0).L2_cache_size)
+    by_depth = {n: run_depth(n, args.prompt, settings, args) for n in args.layers}
+    if len(args.layers) >= 2:
+        lo, hi = min(args.layers), max(args.layers)
+        print(f"per-layer slope ({lo} -> {hi} layers), us:")
+        for s in settings:
+            if s.name not in by_depth[hi] or s.name not in by_depth[lo]:
+                continue
+            slope = (by_depth[hi][s.name]["ms"] - by_depth[lo][s.name]["ms"]) / (hi - lo) * 1e3
+            print(f"  {s.name:16s} {slope:6.1f}")
+    if args.json:
+        args.json.write_text(json.dumps({"prompt": args.prompt, "by_layers": by_depth}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
