@@ -8,7 +8,7 @@ inputs, so settings that leave the math alone must give the same logits bit for 
 against the first setting and printed); tile changes move the sums' order (the max difference
 is printed). The per-layer slope between two depths is printed per setting.
 
-    python3 -P scripts/ab_decode.py --layers 6 18 [--prompt 512] [--only base,all] [--json F]
+    python3 -P scripts/ab_decode.py --layers 6 18 [--prompt 512] [--only default,round4] [--json F]
 """
 
 from __future__ import annotations
@@ -42,27 +42,16 @@ class Setting:
     linear: LinearTiles | None = None  # the one-row GEMV bucket of the FP8 linear
 
 
-OFF = {"M2AGENT_L2_PREFETCH": "off"}
-ALL = {"M2AGENT_L2_PREFETCH": "all"}
+# The defaults (the tables and switches as committed) first, then one change at a time.
+OLD_DOWN = KernelTiles(64, 256, 4, 2)
+EVICT = "M2AGENT_EVICT_FIRST"
 SETTINGS = [
-    Setting("base", OFF),
-    Setting("o", {"M2AGENT_L2_PREFETCH": "o"}),
-    Setting("qkv", {"M2AGENT_L2_PREFETCH": "qkv"}),
-    Setting("all", ALL),
-    Setting("all-plain", {**ALL, "M2AGENT_L2_EVICT_LAST": "0"}),
-    Setting("all-moe-normal", {**ALL, "M2AGENT_MOE_EVICT_FIRST": "0"}),
-    Setting("base-moe-first", {**OFF, "M2AGENT_MOE_EVICT_FIRST": "1"}),
-    Setting("base-down-k128", OFF, down=KernelTiles(64, 128, 4, 2)),
-    Setting("base-down-k128-w8", OFF, down=KernelTiles(64, 128, 8, 2)),
-    Setting("base-down-n32-k128", OFF, down=KernelTiles(32, 128, 4, 2)),
-    Setting("base-down-k128-s3", OFF, down=KernelTiles(64, 128, 4, 3)),
-    Setting("all-down-k128", ALL, down=KernelTiles(64, 128, 4, 2)),
-    Setting("base-gu-n32-w8", OFF, gate_up=KernelTiles(32, 256, 8, 2)),
-    Setting("base-gu-n16", OFF, gate_up=KernelTiles(16, 256, 4, 2)),
-    Setting("base-lin-n64", OFF, linear=LinearTiles(1, 64, 256, 4, 2, 4, gemv=True)),
-    Setting("base-lin-k512", OFF, linear=LinearTiles(1, 32, 512, 4, 2, 4, gemv=True)),
-    Setting("base-lin-w8", OFF, linear=LinearTiles(1, 32, 256, 8, 2, 4, gemv=True)),
-    Setting("base-lin-pps8", OFF, linear=LinearTiles(1, 32, 256, 4, 2, 8, gemv=True)),
+    Setting("default"),
+    Setting("round4", {EVICT: "0"}, down=OLD_DOWN),
+    Setting("evict-off", {EVICT: "0"}),
+    Setting("evict-moe-only", {EVICT: "moe"}),
+    Setting("down-k256", down=OLD_DOWN),
+    Setting("lin-k512", linear=LinearTiles(1, 32, 512, 4, 2, 4, gemv=True)),
 ]
 
 

@@ -236,18 +236,10 @@ def attention_paths() -> None:
         paged_prefill_attention(q, *caches, tables, lens, starts, 50, head_dim**-0.5)
 
 
-def prefetch_paths() -> None:
-    from m2agent.engine.kernels.l2_prefetch import l2_prefetch
-
-    weight, scale = _fp8(3072, 6144)
-    l2_prefetch(weight, scale)
-    l2_prefetch(weight)
-
-
 PATHS: dict[str, Callable[[], None]] = {
     "linear": linear_paths, "moe": moe_paths, "bf16-moe": bf16_moe_paths,
     "router": router_paths, "norm": norm_paths, "qk-norm": qk_norm_paths,
-    "attention": attention_paths, "prefetch": prefetch_paths,
+    "attention": attention_paths,
 }  # fmt: skip
 
 

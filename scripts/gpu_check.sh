@@ -8,7 +8,7 @@
 #
 # Knobs: SKIP_TESTS=1, TESTS="tests/engine/gpu" (paths), TESTS_K="expr" (pytest -k), PYTEST_ARGS="-n 4",
 # BENCHES="latency throughput agent"
-# (also: kernels, context, memory, ab: scripts/ab_decode.py with AB_ARGS), BENCH_LAYERS="6" (several: "6 18"), BENCH_QUANTS="fp8 bf16",
+# (also: kernels with KERNELS_ARGS, context, memory, ab: scripts/ab_decode.py with AB_ARGS), BENCH_LAYERS="6" (several: "6 18"), BENCH_QUANTS="fp8 bf16",
 # BENCH_REPEATS=7, BENCH_TP=1 (tensor-parallel size; >1 times our engine on one GPU too, as the
 # baseline), BENCH_EP= (expert-parallel size; unset: the default layout), BENCH_BASELINE=1 (0: no transformers baseline), BENCH_STREAMS=1,4,16,
 # CONTEXTS="16384 65536", MEMORY_LAYERS=32, BENCH_EXTRA="..." (more bench arguments).
@@ -82,7 +82,7 @@ for name in ${BENCHES:-latency throughput agent}; do
     done
   done
   case $name in
-    kernels) python3 -P -m m2agent bench kernels --json "$OUT/bench-kernels.json" 2>&1 \
+    kernels) python3 -P -m m2agent bench kernels --json "$OUT/bench-kernels.json" ${KERNELS_ARGS:-} 2>&1 \
       | tee "$OUT/bench-kernels.log" || status=1; pack ;;
     ab) python3 -P scripts/ab_decode.py --json "$OUT/ab-decode.json" ${AB_ARGS:-} 2>&1 \
       | tee "$OUT/ab-decode.log" || status=1; pack ;;

@@ -133,21 +133,6 @@ def qk_norm_rope_store(
     )
 
 
-def l2_prefetch(target: str, weight: torch.Tensor, scale: torch.Tensor | None = None) -> None:
-    """Start bringing a weight (and its scale) into L2 for a GEMV a few kernels later (see
-    `l2_prefetch`); `target` names it for the on/off switch. Nothing on CPU or before sm_90."""
-    kernel = _triton_l2_prefetch() if weight.is_cuda else None
-    if kernel is not None and kernel.pick(target, weight.device):
-        kernel.l2_prefetch(weight, scale)
-
-
-def l2_prefetch_join(device: torch.device) -> None:
-    """End the side branch the prefetches run on (the current stream waits for it)."""
-    kernel = _triton_l2_prefetch() if device.type == "cuda" else None
-    if kernel is not None:
-        kernel.join(device)
-
-
 def decode_graphs_supported(head_dim: int) -> bool:
     """Whether a decode step can be captured: its attention must run in the Triton kernel."""
     kernel = _triton_attention()
@@ -188,15 +173,6 @@ def _triton_fp8_linear() -> ModuleType | None:
     except ImportError:
         return None
     return fp8_linear
-
-
-@functools.cache
-def _triton_l2_prefetch() -> ModuleType | None:
-    try:
-        from m2agent.engine.kernels import l2_prefetch
-    except ImportError:
-        return None
-    return l2_prefetch
 
 
 @functools.cache

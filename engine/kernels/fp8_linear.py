@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from m2agent.engine.kernels import pdl
+from m2agent.engine.kernels.cache_policy import streamed_eviction
 from m2agent.engine.kernels.occupancy import split_k
 from m2agent.engine.kernels.partial_sums import PartialSums
 from m2agent.engine.kernels.pdl import wait_for_inputs
@@ -40,7 +41,9 @@ class LinearTiles:
 
 
 # Per number of rows (upper bound). Measured on an H200 by scripts/tune_kernels.py
-# (docs/bench/i12/tune-h200*.json): one row by GEMV, then the MMA.
+# (docs/bench/i12/tune-h200*.json): one row by GEMV, then the MMA. Re-checked in the whole
+# batch-1 step (scripts/ab_decode.py, docs/bench/i12/round5): with the weights loaded
+# evict-first, 512-column steps or 64-row tiles are 0.4-0.5 us per layer slower.
 LINEAR_TILES: tuple[tuple[int, LinearTiles], ...] = (
     (1, LinearTiles(1, 32, 256, 4, 2, 4, gemv=True)),
     (16, LinearTiles(16, 64, 128, 4, 3, 2)),
@@ -124,6 +127,7 @@ def _fp8_gemv_kernel(
     BC: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    EVICT: tl.constexpr,  # the weight loads' L2 policy (`cache_policy`)
     USE_PDL: tl.constexpr,
 ):
     """One row of x times BLOCK_N weight rows (all in one scale row-block, so each step's
@@ -138,25 +142,33 @@ def _fp8_gemv_kernel(
     scale_row = (pid_n * BLOCK_N) // BR
     kk = split * K_PER_SPLIT + k
     k_ok = kk < K
-    w, s = _gemv_tile(w_ptr, s_ptr, n, n_ok, kk, k_ok, scale_row, stride_wn, stride_sn, BC)
+    w, s = _gemv_tile(w_ptr, s_ptr, n, n_ok, kk, k_ok, scale_row, stride_wn, stride_sn, BC, EVICT)
     wait_for_inputs(USE_PDL)
     x_row = x_ptr + row.to(tl.int64) * stride_xm
     acc = _gemv_dot(w, s, x_row, kk, k_ok)
     for step in range(BLOCK_K, K_PER_SPLIT, BLOCK_K):
         kk = split * K_PER_SPLIT + step + k
         k_ok = kk < K
-        w, s = _gemv_tile(w_ptr, s_ptr, n, n_ok, kk, k_ok, scale_row, stride_wn, stride_sn, BC)
+        w, s = _gemv_tile(
+            w_ptr, s_ptr, n, n_ok, kk, k_ok, scale_row, stride_wn, stride_sn, BC, EVICT
+        )
         acc += _gemv_dot(w, s, x_row, kk, k_ok)
     out = out_ptr + (split.to(tl.int64) * M + row) * N + n
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=n_ok)
 
 
 @triton.jit
-def _gemv_tile(w_ptr, s_ptr, n, n_ok, kk, k_ok, scale_row, stride_wn, stride_sn, BC: tl.constexpr):
+def _gemv_tile(
+    w_ptr, s_ptr, n, n_ok, kk, k_ok, scale_row, stride_wn, stride_sn, BC: tl.constexpr,
+    EVICT: tl.constexpr,
+):  # fmt: skip
     """Weight rows `n` x columns `kk`, and the block scale of each column (one row-block)."""
     s = tl.load(s_ptr + scale_row * stride_sn + kk // BC, mask=k_ok, other=0.0)
     w_mask = n_ok[:, None] & k_ok[None, :]
-    w = tl.load(w_ptr + n[:, None] * stride_wn + kk[None, :], mask=w_mask, other=0.0)
+    w = tl.load(
+        w_ptr + n[:, None] * stride_wn + kk[None, :], mask=w_mask, other=0.0,
+        eviction_policy=EVICT,
+    )  # fmt: skip
     return w, s
 
 
@@ -238,7 +250,7 @@ def _launch(
             x2, weight, scale_inv, out, num_rows, n_dim, k_dim,
             x2.stride(0), weight.stride(0), scale_inv.stride(0),
             K_PER_SPLIT=k_per_split, BR=block_rows, BC=block_cols,
-            BLOCK_N=tiles.block_n, BLOCK_K=block_k,
+            BLOCK_N=tiles.block_n, BLOCK_K=block_k, EVICT=streamed_eviction("dense", x2.device),
             num_warps=tiles.num_warps, num_stages=tiles.num_stages, **pdl.launch_args(x2.device),
         )  # fmt: skip
         return out

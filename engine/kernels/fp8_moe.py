@@ -35,7 +35,8 @@ import torch
 import triton
 import triton.language as tl
 
-from m2agent.engine.kernels import l2_prefetch, pdl
+from m2agent.engine.kernels import pdl
+from m2agent.engine.kernels.cache_policy import streamed_eviction
 from m2agent.engine.kernels.occupancy import split_k
 from m2agent.engine.kernels.partial_sums import PartialSums
 from m2agent.engine.kernels.pdl import wait_for_inputs
@@ -82,9 +83,14 @@ class TileConfig:
 # where the grouped MMA reaches 62%), grouped with 16-row blocks up to 256 (67% at 64 and 256
 # tokens; 32- and 64-row blocks 45-49% and 42%), then 64-row blocks (39% at 1,024 tokens, the
 # best of the candidates there). The round-2 table (docs/bench/i12/tune-h200*.json) was tuned
-# on a degenerate router that sent every token to the same few experts.
+# on a degenerate router that sent every token to the same few experts. For one token the
+# GEMV down kernel takes 128-column steps (with 256: 255 registers and 264-304 B spilled; now
+# none): in the whole batch-1 step (scripts/ab_decode.py, docs/bench/i12/round5) 0.6-1.4 us
+# less per layer; alone 31.9 vs 32.5 us. At 16 tokens 256-column steps stay ahead (360 vs 368).
+_GEMV_GATE_UP = KernelTiles(32, 256, 4, 2)
 H200_TILES: tuple[tuple[int, TileConfig], ...] = (
-    (16, TileConfig(False, 16, KernelTiles(32, 256, 4, 2), KernelTiles(64, 256, 4, 2), gemv=True)),
+    (1, TileConfig(False, 16, _GEMV_GATE_UP, KernelTiles(64, 128, 4, 2), gemv=True)),
+    (16, TileConfig(False, 16, _GEMV_GATE_UP, KernelTiles(64, 256, 4, 2), gemv=True)),
     (256, TileConfig.uniform(True, 16, 64, 128, 4, 3)),
     (1 << 62, TileConfig.uniform(True, 64, 64, 128, 4, 3)),
 )
@@ -314,7 +320,7 @@ def _gemv_load(
     stride_sn,
     BC: tl.constexpr,
     HAS_SCALE: tl.constexpr,
-    EVICT: tl.constexpr,  # the weights' L2 eviction policy ("evict_first": read once a step)
+    EVICT: tl.constexpr,  # the weights' L2 policy (`cache_policy`: "evict_first" on CUDA)
 ):
     """The weight tile of `_gemv_step` and the scale of each of its columns (ones without)."""
     w_mask = n_ok[:, None] & k_ok[None, :]
@@ -659,7 +665,7 @@ def _gemv(
     block_rows, block_cols = experts.block
     gu, dn = tiles.gate_up, tiles.down
     n_tiles = triton.cdiv(inter, gu.block_n)
-    evict = l2_prefetch.streaming_eviction(x.device)
+    evict = streamed_eviction("moe", x.device)
     (gu_split, gu_k), (split, k_per_split) = _gemv_splits(pairs, tiles, hidden, inter, x.device)
     if gu_split == 1:
         act = torch.empty((pairs, inter), dtype=x.dtype, device=x.device)

@@ -18,10 +18,6 @@ from m2agent.engine.layers.parallel import SINGLE, TensorParallel
 from m2agent.engine.layers.rotary import PartialRotary
 from m2agent.engine.model_config import ModelConfig
 
-# Up to this many tokens a step's dense projections read their weights at memory speed: worth
-# bringing them into L2 while the kernels before them read little (`l2_prefetch`).
-PREFETCH_MAX_TOKENS = 64
-
 
 class Attention(nn.Module):
     def __init__(
@@ -63,8 +59,6 @@ class Attention(nn.Module):
         for the fused residual add + RMSNorm that follows."""
         num_tokens = x.shape[0]
         q, k, v = self._project_qkv(x)
-        if num_tokens <= PREFETCH_MAX_TOKENS:  # o_proj's weight streams during attention
-            self.o_proj.prefetch("o")
         if self.tp.size == 1:  # QK-norm, RoPE and the KV write: one kernel on CUDA
             q = dispatch.qk_norm_rope_store(
                 q, k, v, self.q_norm.weight, self.k_norm.weight, rope, k_cache, v_cache,
@@ -85,17 +79,6 @@ class Attention(nn.Module):
         if self.tp.size == 1:
             return self.o_proj.forward_parts(out)
         return self.tp.all_reduce(self.o_proj(out))
-
-    def prefetch_qkv(self, num_tokens: int) -> None:
-        """For a decode-sized batch, start bringing the q/k/v weight into L2 (called a few
-        kernels before this layer runs, while the previous layer's MoE runs)."""
-        if num_tokens > PREFETCH_MAX_TOKENS:
-            return
-        if self.qkv is not None and self.qkv.intact():
-            self.qkv.prefetch("qkv")
-        else:
-            for proj in (self.q_proj, self.k_proj, self.v_proj):
-                proj.prefetch("qkv")
 
     def _project_qkv(
         self, x: torch.Tensor

@@ -84,11 +84,6 @@ class Linear(nn.Module):
         block = (self.fp8.block_rows, self.fp8.block_cols)
         return dispatch.fp8_linear_parts(x, self.weight, self.weight_scale_inv, block)
 
-    def prefetch(self, target: str) -> None:
-        """Start bringing the weight into L2 for a decode step's GEMV a few kernels on
-        (`dispatch.l2_prefetch`; `target` names it for the switch)."""
-        dispatch.l2_prefetch(target, self.weight, self.weight_scale_inv)
-
     def extra_repr(self) -> str:
         kind = f"fp8 block {self.fp8.block_rows}x{self.fp8.block_cols}" if self.fp8 else "dense"
         return f"in={self.in_features}, out={self.out_features}, {kind}"
@@ -149,10 +144,6 @@ class FusedRows:
             starts.append(at)
             at += width
         return starts
-
-    def prefetch(self, target: str) -> None:
-        """`Linear.prefetch` for the fused weight."""
-        dispatch.l2_prefetch(target, self.weight, self.scale)
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor | PartialSums]:
         """Each Linear's output (views of one product's columns)."""

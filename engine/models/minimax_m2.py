@@ -7,13 +7,10 @@ Parameter names follow the published checkpoint (`model.layers.N.self_attn.q_pro
 
 from __future__ import annotations
 
-from typing import cast
-
 import torch
 from torch import nn
 
 from m2agent.engine.forward_batch import ForwardBatch
-from m2agent.engine.kernels import dispatch
 from m2agent.engine.kernels.partial_sums import PartialSums
 from m2agent.engine.layers.attention import Attention
 from m2agent.engine.layers.embedding import Embedding, LMHead
@@ -40,17 +37,13 @@ class DecoderLayer(nn.Module):
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         batch: ForwardBatch,
-        next_layer: DecoderLayer | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | PartialSums]:
         """`x + delta` is the residual stream entering this layer (`delta`: the previous
         layer's MoE output, None for the first layer): each residual add is fused with the
         norm that follows it, which also sums a delta left as split-K pieces (`PartialSums`).
-        Returns (the stream after attention, this layer's MoE output). `next_layer`'s q/k/v
-        weight starts into L2 after the attention, to be read there after this MoE."""
+        Returns (the stream after attention, this layer's MoE output)."""
         x, h = self.input_layernorm.add_and_norm(x, delta)
         attn = self.self_attn(h, rope, k_cache, v_cache, batch)
-        if next_layer is not None:
-            next_layer.self_attn.prefetch_qkv(x.shape[0])
         x, h = self.post_attention_layernorm.add_and_norm(x, attn)
         return x, self.block_sparse_moe(h)
 
@@ -85,16 +78,11 @@ class MiniMaxM2ForCausalLM(nn.Module):
         """Hidden states [T, C] after the final norm for the batch's tokens.
         k_caches, v_caches: the paged cache of every layer, [L, N_blocks, block_size, Hkv, D]
         (Hkv: this rank's key/value heads)."""
-        layers = [cast(DecoderLayer, layer) for layer in self.model.layers]
-        if layers:
-            layers[0].self_attn.prefetch_qkv(batch.token_ids.shape[0])
         x = self.model.embed_tokens(batch.token_ids)
         rope = self.rotary.cos_sin(batch.positions, x.dtype)
         delta: torch.Tensor | PartialSums | None = None
-        for i, layer in enumerate(layers):
-            after = layers[i + 1] if i + 1 < len(layers) else None
-            x, delta = layer(x, delta, rope, k_caches[i], v_caches[i], batch, after)
-        dispatch.l2_prefetch_join(x.device)
+        for i, layer in enumerate(self.model.layers):
+            x, delta = layer(x, delta, rope, k_caches[i], v_caches[i], batch)
         return self.model.norm.add_and_norm(x, delta)[1]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

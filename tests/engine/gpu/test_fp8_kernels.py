@@ -474,8 +474,7 @@ def test_fused_router_matches_reference(tokens: int, experts: int, top_k: int) -
 def _decode_chain(seed: int):
     """The kernels of one FP8 decode layer at small shapes, in the step's order (norm, q/k/v,
     QK-norm + RoPE + KV write, split-KV attention + combine, o_proj, norm, router, MoE GEMVs,
-    norm): returns the inputs it reads (refill them between runs) and the step (`step(True)`:
-    with the L2 prefetches where the model issues them, joined at the end)."""
+    norm): returns the inputs it reads (refill them between runs) and the step."""
     from m2agent.engine.kernels import fp8_moe
     from m2agent.engine.kernels.fp8_linear import LinearTiles, fp8_linear_parts
     from m2agent.engine.kernels.fused_small_ops import (
@@ -484,7 +483,6 @@ def _decode_chain(seed: int):
         qk_norm_rope_store,
         route,
     )
-    from m2agent.engine.kernels.l2_prefetch import join, l2_prefetch
     from m2agent.engine.kernels.paged_attention_triton import paged_decode_attention
 
     gen = torch.Generator(device="cuda").manual_seed(seed)
@@ -515,51 +513,20 @@ def _decode_chain(seed: int):
     moe_tiles = fp8_moe.pick_tiles(tokens, 128)
     inputs = {"x": randn(tokens, hidden).bfloat16()}
 
-    def step(prefetch: bool = False) -> list[torch.Tensor]:
-        if prefetch:
-            l2_prefetch(*qkv_w)
+    def step() -> list[torch.Tensor]:
         x, h = add_rms_norm(inputs["x"].clone(), None, norms[0], 1e-6, arrivals[0])
         qkv = fp8_linear_parts(h, *qkv_w, BLOCK, gemv)
-        if prefetch:
-            l2_prefetch(*o_w)
         q, k, v = (qkv.columns(a, w) for a, w in ((0, 512), (512, 256), (768, 256)))
         q = qk_norm_rope_store(q, k, v, q_norm, k_norm, cos, sin, *caches, slots, 1e-6, head_dim)
         attn = paged_decode_attention(q, *caches, table, lens, head_dim**-0.5)
         o = fp8_linear_parts(attn.reshape(tokens, -1), *o_w, BLOCK, gemv)
-        if prefetch:
-            l2_prefetch(qkv_w[0][1:].view(-1)[3:], qkv_w[1])  # unaligned start, odd size
         x, h = add_rms_norm(x, o, norms[1], 1e-6, arrivals[1])
         weights, ids = route(h, gate, bias, 4, router_arrivals)
         moe = fp8_moe.moe_experts_parts(h, weights, ids, experts, tiles=moe_tiles)
-        if prefetch:
-            join(x.device)
         x, h = add_rms_norm(x, moe, norms[2], 1e-6, arrivals[2])
         return [q, attn, weights, ids, x, h, *(c.clone() for c in caches)]
 
     return inputs, step
-
-
-def test_l2_prefetch_beside_the_chain_changes_no_bit() -> None:
-    """The decode layer's kernels with the L2 prefetches forked off beside them (PDL on where
-    the GPU has it; an unaligned, odd-sized range too) and joined before the last kernel,
-    eagerly and replayed from a graph, against the chain without them: every output equal
-    bit for bit."""
-    if torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("cp.async.bulk.prefetch needs sm90+")
-    inputs, step = _decode_chain(7)
-    x0 = inputs["x"].clone()
-    plain = step()
-    for _ in range(2):
-        inputs["x"].copy_(x0)
-        for got, expected in zip(step(prefetch=True), plain, strict=True):
-            assert torch.equal(got, expected)
-    graph, captured = captured_graph(lambda: step(prefetch=True))
-    for _ in range(2):
-        inputs["x"].copy_(x0)
-        graph.replay()
-        torch.cuda.synchronize()
-        for got, expected in zip(captured, plain, strict=True):
-            assert torch.equal(got, expected)
 
 
 def test_pdl_on_and_off_agree_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
