@@ -85,7 +85,7 @@ class TileConfig:
 # best of the candidates there). The round-2 table (docs/bench/i12/tune-h200*.json) was tuned
 # on a degenerate router that sent every token to the same few experts. For one token the
 # GEMV down kernel takes 128-column steps (with 256: 255 registers and 264-304 B spilled; now
-# none): in the whole batch-1 step (scripts/ab_decode.py, docs/bench/i12/round5) 0.6-1.4 us
+# none): in the whole batch-1 step (scripts/ab_decode.py, docs/bench/i12/round5) 0.5-1.4 us
 # less per layer; alone 31.9 vs 32.5 us. At 16 tokens 256-column steps stay ahead (360 vs 368).
 _GEMV_GATE_UP = KernelTiles(32, 256, 4, 2)
 H200_TILES: tuple[tuple[int, TileConfig], ...] = (
