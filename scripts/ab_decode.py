@@ -2,7 +2,8 @@
 
 For each depth (and prompt length) this builds one FP8 model with dummy weights, decodes a
 few tokens of a random prompt, then for each setting (environment switches and MoE tile
-tables, below) captures the batch-1 decode graph again and replays it: the GPU time of one
+tables, below) captures the batch-1 decode graph again (`DecodeGraphs.recapture`) and
+replays it (`bench.latency.replay_ms`): the GPU time of one
 step, median of several rounds of replays, with the range. Every capture replays the same
 inputs, so settings that leave the math alone must give the same logits bit for bit (checked
 against the first setting and printed); tile changes move the sums' order (the max difference
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 
 from m2agent.engine.bench.common import open_model, random_prompt, resolve_config
+from m2agent.engine.bench.latency import replay_ms
 from m2agent.engine.kernels import fp8_linear, fp8_moe
 from m2agent.engine.kernels.fp8_linear import LinearTiles
 from m2agent.engine.kernels.fp8_moe import KernelTiles, TileConfig
@@ -80,35 +82,6 @@ def applied(setting: Setting) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def capture_step(graphs: object) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-    """The batch-1 decode step captured again under the current settings."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.inference_mode(), torch.cuda.stream(stream):
-        for _ in range(2):
-            graphs._forward(1)  # type: ignore[attr-defined]
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
-            out = graphs._forward(1)  # type: ignore[attr-defined]
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
-    return graph, out
-
-
-def time_graph(graph: torch.cuda.CUDAGraph, rounds: int, replays: int) -> list[float]:
-    graph.replay()
-    times = []
-    for _ in range(rounds):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(replays):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / replays)
-    return times
-
-
 def run_depth(layers: int, prompt: int, settings: list[Setting], args: argparse.Namespace) -> dict:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,13 +94,16 @@ def run_depth(layers: int, prompt: int, settings: list[Setting], args: argparse.
         params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
         list(llm.stream_tokens(ids, params))
         graphs = llm.engine.runner.graphs
+        if graphs is None:
+            raise SystemExit("the engine captured no decode graphs (CUDA graphs off?)")
         reference = None
         for setting in settings:
             try:
                 with applied(setting):
-                    graph, out = capture_step(graphs)
-                    times = time_graph(graph, args.rounds, args.replays)
-                    logits = out.float().clone()
+                    graphs.recapture()
+                    graph = graphs.graphs[1]
+                    times = [replay_ms(graph, args.replays) for _ in range(args.rounds)]
+                    logits = graphs.outputs[1].float().clone()
             except Exception as error:  # one setting's failure: say so, time the others
                 print(f"{layers:3d} layers: {setting.name} FAILED: {error!r}", flush=True)
                 continue
@@ -142,7 +118,6 @@ def run_depth(layers: int, prompt: int, settings: list[Setting], args: argparse.
                 f" {'same bits' if diff == 0 else f'max diff {diff:.3g}'}",
                 flush=True,
             )
-            del graph, out
         llm.close()
     torch.cuda.empty_cache()
     return results

@@ -82,17 +82,17 @@ def open_model(
         llm = LLM(folder, device=device, dtype="bfloat16", load_format="dummy", **engine_options)
         kind = "FP8 (block-scaled)" if llm.config.fp8 else "bf16"
         report(f"built a {layers}-layer model with dummy {kind} weights on {device}")
-        if llm.engine.runner.warm_up_note:
-            report(llm.engine.runner.warm_up_note)
-        return llm, reduced_config(dummy_config, layers, tmp / "baseline", "bf16")
-    if model_path is not None:
+        baseline = reduced_config(dummy_config, layers, tmp / "baseline", "bf16")
+    elif model_path is not None:
         report(f"loading {model_path} on {device} ...")
         llm = LLM(model_path, device=device, dtype="bfloat16", **engine_options)
-        if llm.engine.runner.warm_up_note:
-            report(llm.engine.runner.warm_up_note)
         layers = llm.config.num_hidden_layers
-        return llm, reduced_config(model_path / "config.json", layers, tmp / "baseline", "bf16")
-    raise ConfigError("pass --model PATH or --dummy-config CONFIG.json")
+        baseline = reduced_config(model_path / "config.json", layers, tmp / "baseline", "bf16")
+    else:
+        raise ConfigError("pass --model PATH or --dummy-config CONFIG.json")
+    if llm.engine.runner.warm_up_note:
+        report(llm.engine.runner.warm_up_note)
+    return llm, baseline
 
 
 def random_prompt(vocab_size: int, length: int, seed: int) -> list[int]:

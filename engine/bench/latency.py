@@ -127,7 +127,11 @@ def graph_step_ms(llm: LLM, replays: int = 50) -> float | None:
     graphs = llm.engine.runner.graphs
     if graphs is None or 1 not in graphs.graphs:
         return None
-    graph = graphs.graphs[1]
+    return replay_ms(graphs.graphs[1], replays)
+
+
+def replay_ms(graph: torch.cuda.CUDAGraph, replays: int = 50) -> float:
+    """GPU time of one replay of `graph`: the mean of `replays`, after one untimed."""
     graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()

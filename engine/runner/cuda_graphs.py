@@ -72,6 +72,12 @@ class DecodeGraphs:
         self.graphs.clear()
         self.outputs.clear()
 
+    def recapture(self) -> None:
+        """Capture every graph again, inputs left as they are (after a switch that changes
+        which kernels a step launches: `scripts/ab_decode.py` times such settings)."""
+        self.release()
+        self._capture_all()
+
     @property
     def max_batch(self) -> int:
         return self.sizes[-1]
