@@ -9,7 +9,7 @@ inputs, so settings that leave the math alone must give the same logits bit for 
 against the first setting and printed); tile changes move the sums' order (the max difference
 is printed). The per-layer slope between two depths is printed per setting.
 
-    python3 -P scripts/ab_decode.py --layers 6 18 [--prompt 512] [--only default,round5] [--json F]
+    python3 -P scripts/ab_decode.py --layers 6 18 [--prompt 512] [--only default,round4] [--json F]
 """
 
 from __future__ import annotations
@@ -47,17 +47,13 @@ class Setting:
 # The defaults (the tables and switches as committed) first, then one change at a time.
 OLD_DOWN = KernelTiles(64, 256, 4, 2)
 EVICT = "M2AGENT_EVICT_FIRST"
-PREFETCH = "M2AGENT_PREWAIT_PREFETCH"
-COMBINE = "M2AGENT_ATTN_COMBINE"
 SETTINGS = [
     Setting("default"),
-    Setting("round5", {PREFETCH: "0", COMBINE: "separate"}),
-    Setting("no-prefetch", {PREFETCH: "0"}),
-    Setting("prefetch-dense", {PREFETCH: "dense"}),
-    Setting("prefetch-moe", {PREFETCH: "moe"}),
-    Setting("combine-separate", {COMBINE: "separate"}),
+    Setting("round4", {EVICT: "0"}, down=OLD_DOWN),
     Setting("evict-off", {EVICT: "0"}),
+    Setting("evict-moe-only", {EVICT: "moe"}),
     Setting("down-k256", down=OLD_DOWN),
+    Setting("lin-k512", linear=LinearTiles(1, 32, 512, 4, 2, 4, gemv=True)),
 ]
 
 

@@ -54,10 +54,9 @@ class Launch:
     num_stages: int
 
     def as_built(self, pdl: bool) -> tuple[tuple[str, Any], ...]:
-        """The constexprs a CUDA launch passes: `ON_GPU` true, `USE_PDL` as asked, and the
-        GEMVs' pre-wait L2 prefetch (`PREFETCH`) built with PDL (the CPU call passed false
-        for all three)."""
-        built = {"ON_GPU": True, "USE_PDL": pdl, "PREFETCH": pdl}
+        """The constexprs a CUDA launch passes: `ON_GPU` true, `USE_PDL` as asked (the CPU
+        call passed false for both)."""
+        built = {"ON_GPU": True, "USE_PDL": pdl}
         return tuple((k, built.get(k, v)) for k, v in self.constexprs)
 
     def name(self, pdl: bool) -> str:
@@ -232,8 +231,6 @@ def attention_paths() -> None:
         lens = torch.full((seqs,), 50, dtype=torch.int32)
         paged_decode_attention(q, *caches, tables, lens, head_dim**-0.5)
         paged_decode_attention(q, *caches, tables, lens, head_dim**-0.5, splits=1)
-        arrivals = torch.zeros(1024, dtype=torch.int32)
-        paged_decode_attention(q, *caches, tables, lens, head_dim**-0.5, arrivals=arrivals)
         starts = torch.arange(seqs + 1, dtype=torch.int32) * 50
         q = torch.randn(seqs * 50, heads, head_dim, dtype=torch.bfloat16)
         paged_prefill_attention(q, *caches, tables, lens, starts, 50, head_dim**-0.5)

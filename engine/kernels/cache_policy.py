@@ -1,5 +1,4 @@
-"""The L2 policy of the weights a decode step streams once: evict first, and (sm_90+) asked
-into L2 before the GEMV's PDL wait (`prewait_prefetch`).
+"""The L2 policy of the weights a decode step streams once: evict first.
 
 A small batch's GEMVs read every weight byte once per step, then nothing of it again until the
 next step (megabytes later: far past what L2 holds). Loaded with the default policy those
@@ -11,8 +10,7 @@ router's weight and the KV cache read the same way measured no different (at 512
 tokens of context), so they keep the default.
 
 `M2AGENT_EVICT_FIRST` = "0" turns it off, or names the kinds that keep it ("moe,dense"; A/B
-timing); on CPU (Triton's interpreter) the policy is the default. `M2AGENT_PREWAIT_PREFETCH`
-likewise for the pre-wait prefetch ("dense": q/k/v and o_proj; "moe": the MoE down GEMV).
+timing); on CPU (Triton's interpreter) the policy is the default.
 """
 
 from __future__ import annotations
@@ -22,28 +20,18 @@ import os
 import torch
 
 ENV_VAR = "M2AGENT_EVICT_FIRST"
-PREFETCH_ENV_VAR = "M2AGENT_PREWAIT_PREFETCH"
 KINDS = ("moe", "dense")  # the MoE's expert GEMVs; the dense GEMVs (q/k/v, o_proj)
-
-
-def _switched_on(env_var: str, kind: str, device: torch.device) -> bool:
-    """`env_var` (default on) keeps `kind` (one of KINDS) on for CUDA `device`."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}: one of {KINDS}")
-    if device.type != "cuda":
-        return False
-    value = os.environ.get(env_var, "1").strip().lower()
-    if value in ("0", "off", "false", "no", "none"):
-        return False
-    return value in ("1", "on", "true", "yes", "all") or kind in value.split(",")
 
 
 def streamed_eviction(kind: str, device: torch.device) -> str:
     """The `eviction_policy` for the streamed loads of `kind` (one of KINDS) on `device`."""
-    return "evict_first" if _switched_on(ENV_VAR, kind, device) else ""
-
-
-def prewait_prefetch(kind: str, device: torch.device) -> bool:
-    """Whether the GEMVs of `kind` ask their weight slice into L2 before the PDL wait (the
-    kernel also needs sm_90+ and aligned rows: `prewait_prefetch.usable`)."""
-    return _switched_on(PREFETCH_ENV_VAR, kind, device)
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}: one of {KINDS}")
+    if device.type != "cuda":
+        return ""
+    value = os.environ.get(ENV_VAR, "1").strip().lower()
+    if value in ("0", "off", "false", "no", "none"):
+        return ""
+    if value in ("1", "on", "true", "yes", "all"):
+        return "evict_first"
+    return "evict_first" if kind in value.split(",") else ""

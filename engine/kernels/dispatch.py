@@ -18,13 +18,10 @@ from m2agent.engine.kernels.partial_sums import PartialSums, materialize
 from m2agent.engine.kernels.reference import ExpertWeights
 
 # Arrival counters (int32, zero between launches) that the CUDA kernels whose programs hand
-# the last step to the last one to finish need: a router's (one per token block), an
-# RMSNorm's (one per row of a small batch) and decode attention's (one per sequence and KV
-# head of a batch split over chunks, fewer than 2 x SMs). Each module keeps its own, made with
-# the model.
+# the last step to the last one to finish need: a router's (one per token block) and an
+# RMSNorm's (one per row of a small batch). Each module keeps its own, made with the model.
 ROUTER_ARRIVALS = 64
 NORM_ARRIVALS = 8
-ATTENTION_ARRIVALS = 1024
 
 
 def moe_experts_parts(
@@ -202,20 +199,17 @@ def paged_attention(
     v_cache: torch.Tensor,
     batch: ForwardBatch,
     scale: float,
-    arrivals: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """On CUDA, Triton: the decode kernel for decode batches (graph-capturable: tensors
-    only; `arrivals`: the layer's counters for its fused chunk combine, `ATTENTION_ARRIVALS`
-    int32 zeros), the prefill kernel for anything else. On CPU (or an unsupported head size)
-    the reference, one sequence at a time."""
+    only), the prefill kernel for anything else. On CPU (or an unsupported head size) the
+    reference, one sequence at a time."""
     if q.is_cuda:
         kernel = _triton_attention()
         if kernel is not None and kernel.supports(q.shape[-1]):
             if batch.is_decode:
                 return kernel.paged_decode_attention(
-                    q, k_cache, v_cache, batch.block_tables, batch.seq_lens, scale,
-                    arrivals=arrivals,
-                )  # fmt: skip
+                    q, k_cache, v_cache, batch.block_tables, batch.seq_lens, scale
+                )
             prefill = _triton_prefill()
             if prefill is not None:
                 return prefill.paged_prefill_attention(

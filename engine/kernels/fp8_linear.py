@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from m2agent.engine.kernels import pdl, prewait_prefetch
+from m2agent.engine.kernels import pdl
 from m2agent.engine.kernels.cache_policy import streamed_eviction
 from m2agent.engine.kernels.occupancy import split_k
 from m2agent.engine.kernels.partial_sums import PartialSums
@@ -128,15 +128,11 @@ def _fp8_gemv_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     EVICT: tl.constexpr,  # the weight loads' L2 policy (`cache_policy`)
-    PREFETCH: tl.constexpr,  # the rest of the slice into L2 before the wait (`prewait_prefetch`)
-    LANES: tl.constexpr,  # prefetch requests per weight row
-    W_BYTES: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     """One row of x times BLOCK_N weight rows (all in one scale row-block, so each step's
     scales fold into the activations). With PDL the first weight tile and its scales load
-    before the wait (no kernel of the step writes them), and with PREFETCH the rest of this
-    program's weight slice is asked into L2."""
+    before the wait (no kernel of the step writes them)."""
     row = tl.program_id(0)
     pid_n = tl.program_id(1)
     split = tl.program_id(2)
@@ -147,12 +143,6 @@ def _fp8_gemv_kernel(
     kk = split * K_PER_SPLIT + k
     k_ok = kk < K
     w, s = _gemv_tile(w_ptr, s_ptr, n, n_ok, kk, k_ok, scale_row, stride_wn, stride_sn, BC, EVICT)
-    if PREFETCH:
-        rest = split * K_PER_SPLIT + BLOCK_K
-        prewait_prefetch.prefetch_rows(
-            w_ptr + n.to(tl.int64) * stride_wn + rest, n_ok,
-            tl.minimum(K - rest, K_PER_SPLIT - BLOCK_K), W_BYTES, LANES,
-        )  # fmt: skip
     wait_for_inputs(USE_PDL)
     x_row = x_ptr + row.to(tl.int64) * stride_xm
     acc = _gemv_dot(w, s, x_row, kk, k_ok)
@@ -261,10 +251,6 @@ def _launch(
             x2.stride(0), weight.stride(0), scale_inv.stride(0),
             K_PER_SPLIT=k_per_split, BR=block_rows, BC=block_cols,
             BLOCK_N=tiles.block_n, BLOCK_K=block_k, EVICT=streamed_eviction("dense", x2.device),
-            PREFETCH=k_per_split > block_k
-            and prewait_prefetch.usable("dense", weight, weight.stride(0), block_k),
-            LANES=prewait_prefetch.lanes(tiles.block_n, tiles.num_warps),
-            W_BYTES=weight.element_size(),
             num_warps=tiles.num_warps, num_stages=tiles.num_stages, **pdl.launch_args(x2.device),
         )  # fmt: skip
         return out

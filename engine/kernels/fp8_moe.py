@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from m2agent.engine.kernels import pdl, prewait_prefetch
+from m2agent.engine.kernels import pdl
 from m2agent.engine.kernels.cache_policy import streamed_eviction
 from m2agent.engine.kernels.occupancy import split_k
 from m2agent.engine.kernels.partial_sums import PartialSums
@@ -427,15 +427,11 @@ def _down_gemv_kernel(
     GU_SPLIT: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     EVICT: tl.constexpr,
-    PREFETCH: tl.constexpr,  # the rest of the slice into L2 before the wait (`prewait_prefetch`)
-    LANES: tl.constexpr,
-    W_BYTES: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     """With PDL, the expert ids, routing weights and the first weight tile load before the
     wait: they come from the router, two launches back (the gate/up kernel runs between), so
-    they are complete and visible when this kernel starts (see `pdl`). With PREFETCH the rest
-    of the program's weight slice is asked into L2 there too."""
+    they are complete and visible when this kernel starts (see `pdl`)."""
     pair = tl.program_id(0)
     tile = tl.program_id(1)
     split = tl.program_id(2)
@@ -455,12 +451,6 @@ def _down_gemv_kernel(
         w_base, s_base, n, n_ok & live, scale_row, kk, k_ok & live, stride_wn, stride_sn, BC,
         HAS_SCALE, EVICT,
     )  # fmt: skip
-    if PREFETCH:
-        rest = split * K_PER_SPLIT + BLOCK_K
-        prewait_prefetch.prefetch_rows(
-            w_base + n.to(tl.int64) * stride_wn + rest, n_ok & live,
-            tl.minimum(INTER - rest, K_PER_SPLIT - BLOCK_K), W_BYTES, LANES,
-        )  # fmt: skip
     wait_for_inputs(USE_PDL)  # the gate/up activations come from the launch just before
     if expert < 0:
         return
@@ -698,10 +688,6 @@ def _gemv(
         s2.stride(1), HIDDEN=hidden, INTER=inter, BR=block_rows, BC=block_cols,
         BLOCK_N=dn.block_n, BLOCK_K=dn.block_k, SPLIT=split, K_PER_SPLIT=k_per_split,
         GU_SPLIT=gu_split, HAS_SCALE=experts.is_fp8, EVICT=evict,
-        PREFETCH=k_per_split > dn.block_k
-        and prewait_prefetch.usable("moe", w2, w2.stride(1), dn.block_k)
-        and (w2.stride(0) * w2.element_size()) % prewait_prefetch.ALIGN == 0,
-        LANES=prewait_prefetch.lanes(dn.block_n, dn.num_warps), W_BYTES=w2.element_size(),
         num_warps=dn.num_warps, num_stages=dn.num_stages, **pdl.launch_args(x.device),
     )  # fmt: skip
     return out

@@ -12,9 +12,9 @@ the producer needs no reduction launch of its own.
 A decode batch (a few rows) would leave one program per row on one SM, so there each op is cut
 over several programs: the router's logits over expert blocks, the add + RMSNorm over column
 slices, the QK-norm over k/v heads. Where a last step needs every program's result (the top-k,
-the row's sum of squares), the last program to arrive does it (`arrivals.last_to_arrive`: a
-counter the caller keeps, left at zero), adding the others' results in a fixed order:
-deterministic, and no program ever waits for another. Every kernel here follows `pdl`'s contract.
+the row's sum of squares), the last program to arrive does it (`_last_to_arrive`: a counter the
+caller keeps, left at zero), adding the others' results in a fixed order: deterministic, and no
+program ever waits for another. Every kernel here follows `pdl`'s contract.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import triton
 import triton.language as tl
 
 from m2agent.engine.kernels import pdl
-from m2agent.engine.kernels.arrivals import last_to_arrive
 from m2agent.engine.kernels.partial_sums import PartialSums
 from m2agent.engine.kernels.pdl import wait_for_inputs
 
@@ -59,6 +58,30 @@ def _residual(
         x = (x.to(tl.float32) + delta).to(x_ptr.dtype.element_ty)
         tl.store(x_ptr + row * C + c, x, mask=ok)
     return x
+
+
+@triton.jit
+def _fence(ON_GPU: tl.constexpr):
+    """Every thread's writes before it are visible GPU-wide to anyone ordered after it."""
+    if ON_GPU:
+        tl.inline_asm_elementwise(
+            "fence.acq_rel.gpu; // $0", "=r", [], dtype=tl.int32, is_pure=False, pack=1
+        )
+
+
+@triton.jit
+def _last_to_arrive(arrivals_ptr, expected, ON_GPU: tl.constexpr):
+    """Whether this program is the last of `expected` to call this on the counter (which the
+    last one resets to zero). Every write this program made before is visible to the last
+    one, and the last one sees every other program's (from L2: load those with `.cg`)."""
+    _fence(ON_GPU)
+    tl.debug_barrier()  # all of this program's threads have written
+    arrived = tl.atomic_add(arrivals_ptr, 1, sem="acq_rel", scope="gpu")
+    last = arrived == expected - 1
+    if last:
+        tl.atomic_xchg(arrivals_ptr, 0, sem="relaxed", scope="gpu")
+        _fence(ON_GPU)
+    return last
 
 
 @triton.jit
@@ -133,7 +156,7 @@ def _add_rms_norm_sliced_kernel(
     )  # fmt: skip
     x32 = x.to(tl.float32)
     tl.store(squares_ptr + row * SLICES + part, tl.sum(x32 * x32, 0))
-    if last_to_arrive(arrivals_ptr + row, SLICES, ON_GPU):
+    if _last_to_arrive(arrivals_ptr + row, SLICES, ON_GPU):
         j = tl.arange(0, SLICES_PAD)
         squares = tl.load(
             squares_ptr + row * SLICES + j, mask=j < SLICES, other=0.0, cache_modifier=".cg"
@@ -506,7 +529,7 @@ def _router_kernel(
             w = tl.load(w_rows + cc[None, :], mask=e_ok[:, None] & (cc < C)[None, :], other=0.0)
             acc += _logit_chunk(x_ptr, stride_x, t, t_ok, w, c0, C, BLOCK_C)
         tl.store(logits_ptr + t[:, None] * E + e[None, :], acc, mask=t_ok[:, None] & e_ok[None, :])
-    if last_to_arrive(arrivals_ptr + pid_t, tl.num_programs(1), ON_GPU):
+    if _last_to_arrive(arrivals_ptr + pid_t, tl.num_programs(1), ON_GPU):
         for i in range(BLOCK_T):  # a row at a time: the top-k's registers stay in bounds
             row = pid_t.to(tl.int64) * BLOCK_T + i + tl.arange(0, 1)
             _top_k(logits_ptr, bias_ptr, weights_ptr, ids_ptr, row, row < T, E, E_PAD, TOP_K, K_PAD)

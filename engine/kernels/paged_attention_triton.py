@@ -13,14 +13,11 @@ is `reference.paged_attention`.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from m2agent.engine.kernels import pdl
-from m2agent.engine.kernels.arrivals import last_to_arrive
 from m2agent.engine.kernels.occupancy import sm_count
 from m2agent.engine.kernels.pdl import wait_for_inputs
 
@@ -35,8 +32,6 @@ def _paged_decode_kernel(
     v_ptr,
     out_ptr,  # [B, H, D] when SPLITS == 1, else partials [B, H, SPLITS, D] fp32
     lse_ptr,  # [B, H, SPLITS] fp32 (unused when SPLITS == 1)
-    final_ptr,  # [B, H, D] the combined output (used with FUSE_COMBINE)
-    arrivals_ptr,  # [>= B * Hkv] int32, zero between launches (used with FUSE_COMBINE)
     block_tables_ptr,
     seq_lens_ptr,
     scale,
@@ -49,17 +44,13 @@ def _paged_decode_kernel(
     stride_o_tok,
     stride_o_head,
     NUM_HEADS: tl.constexpr,
-    NUM_KV_HEADS: tl.constexpr,
     GROUP: tl.constexpr,
     GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     PAGE: tl.constexpr,
     TILE: tl.constexpr,
     SPLITS: tl.constexpr,
-    SPLITS_PAD: tl.constexpr,
-    FUSE_COMBINE: tl.constexpr,  # the last chunk of a (sequence, KV head) to finish combines
     PRECISION: tl.constexpr,  # "ieee" keeps fp32 inputs exact; bf16 ignores it
-    ON_GPU: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     wait_for_inputs(USE_PDL)  # everything it reads comes from this step
@@ -118,51 +109,6 @@ def _paged_decode_kernel(
         tl.store(out_ptr + row[:, None] * HEAD_DIM + d[None, :], out, mask=q_mask)
         lse = tl.where(has_keys, m_i + tl.log(tl.where(has_keys, l_i, 1.0)), float("-inf"))
         tl.store(lse_ptr + row, lse, mask=g < GROUP)
-        if FUSE_COMBINE:
-            last = last_to_arrive(arrivals_ptr + seq * NUM_KV_HEADS + kv_head, SPLITS, ON_GPU)
-            if last:
-                _combine_group(
-                    out_ptr, lse_ptr, final_ptr, seq, heads, g < GROUP, seq_len, chunk,
-                    stride_o_tok, stride_o_head, NUM_HEADS, HEAD_DIM, SPLITS, SPLITS_PAD,
-                )  # fmt: skip
-
-
-@triton.jit
-def _combine_group(
-    part_ptr, lse_ptr, out_ptr, seq, heads, head_ok, seq_len, chunk, stride_o_tok, stride_o_head,
-    NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr,
-    SPLITS_PAD: tl.constexpr,
-):  # fmt: skip
-    """One KV head's group of query heads: the chunks' partial outputs weighted by their
-    softmax mass (only the chunks that hold keys; from L2, the other programs wrote them)."""
-    used = tl.cdiv(seq_len, chunk)
-    s = tl.arange(0, SPLITS_PAD)
-    d = tl.arange(0, HEAD_DIM)
-    q_mask = head_ok[:, None]
-    first = (seq * NUM_HEADS + heads) * SPLITS  # [GROUP_PAD] each head's chunk 0
-    lse = tl.load(
-        lse_ptr + first[:, None] + s[None, :], mask=q_mask & (s < used)[None, :],
-        other=float("-inf"), cache_modifier=".cg",
-    )  # fmt: skip
-    top = tl.max(lse, 1)
-    top = tl.where(top == float("-inf"), 0.0, top)  # padding heads
-    total = tl.sum(tl.exp(lse - top[:, None]), 1)
-    acc = tl.zeros((heads.shape[0], HEAD_DIM), dtype=tl.float32)
-    for j in range(0, used):
-        lse_j = tl.load(
-            lse_ptr + first + j, mask=head_ok, other=float("-inf"), cache_modifier=".cg"
-        )
-        part = tl.load(
-            part_ptr + (first + j)[:, None] * HEAD_DIM + d[None, :], mask=q_mask, other=0.0,
-            cache_modifier=".cg",
-        )  # fmt: skip
-        acc += part * tl.exp(lse_j - top)[:, None]
-    out = acc / tl.where(total > 0, total, 1.0)[:, None]
-    tl.store(
-        out_ptr + seq * stride_o_tok + heads[:, None] * stride_o_head + d[None, :],
-        out.to(out_ptr.dtype.element_ty),
-        mask=q_mask,
-    )
 
 
 @triton.jit
@@ -205,14 +151,6 @@ def choose_splits(num_seqs: int, num_kv_heads: int, device: torch.device) -> int
     return max(1, min(MAX_SPLITS, -(-2 * sms // max(1, num_seqs * num_kv_heads))))
 
 
-COMBINE_ENV = "M2AGENT_ATTN_COMBINE"
-
-
-def _fuse_combine() -> bool:
-    """`M2AGENT_ATTN_COMBINE` = "separate" combines in a kernel of its own (A/B timing)."""
-    return os.environ.get(COMBINE_ENV, "fused").strip().lower() != "separate"
-
-
 def paged_decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -221,13 +159,10 @@ def paged_decode_attention(
     seq_lens: torch.Tensor,
     scale: float,
     splits: int | None = None,
-    arrivals: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q [B, H, D] (one token per sequence); caches [N_blocks, page, Hkv, D];
     block_tables [B, max_blocks] int32; seq_lens [B] int32 (>= 1). Returns [B, H, D].
-    `splits`: chunks per sequence (default: from the batch size and the SM count).
-    With `arrivals` (int32 zeros, at least B x Hkv; each launch leaves them zero) the last
-    chunk of each (sequence, KV head) to finish combines the chunks: no second launch."""
+    `splits`: chunks per sequence (default: from the batch size and the SM count)."""
     num_seqs, num_heads, head_dim = q.shape
     page, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
@@ -236,14 +171,6 @@ def paged_decode_attention(
         return out
     splits = splits or choose_splits(num_seqs, num_kv_heads, q.device)
     tile = max(64, page)
-    fuse = (
-        splits > 1
-        and arrivals is not None
-        and arrivals.numel() >= num_seqs * num_kv_heads
-        and _fuse_combine()
-    )
-    if arrivals is not None and arrivals.dtype != torch.int32:
-        raise ValueError("attention arrivals must be int32")
     if splits == 1:
         part, lse = out, out
     else:
@@ -251,22 +178,20 @@ def paged_decode_attention(
             (num_seqs, num_heads, splits, head_dim), dtype=torch.float32, device=q.device
         )
         lse = torch.empty((num_seqs, num_heads, splits), dtype=torch.float32, device=q.device)
-    splits_pad = triton.next_power_of_2(splits)
     _paged_decode_kernel[(num_seqs, num_kv_heads, splits)](
-        q, k_cache, v_cache, part, lse, out, arrivals if fuse else lse, block_tables, seq_lens,
-        scale, q.stride(0), q.stride(1),
+        q, k_cache, v_cache, part, lse, block_tables, seq_lens, scale,
+        q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
-        NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, GROUP=group,
-        GROUP_PAD=max(16, triton.next_power_of_2(group)),
-        HEAD_DIM=head_dim, PAGE=page, TILE=tile, SPLITS=splits, SPLITS_PAD=splits_pad,
-        FUSE_COMBINE=fuse, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        ON_GPU=q.is_cuda, num_warps=4, **pdl.launch_args(q.device),
+        NUM_HEADS=num_heads, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
+        HEAD_DIM=head_dim, PAGE=page, TILE=tile, SPLITS=splits,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=4, **pdl.launch_args(q.device),
     )  # fmt: skip
-    if splits > 1 and not fuse:
+    if splits > 1:
         _combine_kernel[(num_seqs, num_heads)](
             part, lse, out, out.stride(0), out.stride(1),
             NUM_HEADS=num_heads, HEAD_DIM=head_dim, SPLITS=splits,
-            SPLITS_PAD=splits_pad, num_warps=4, **pdl.launch_args(q.device),
+            SPLITS_PAD=triton.next_power_of_2(splits), num_warps=4, **pdl.launch_args(q.device),
         )  # fmt: skip
     return out

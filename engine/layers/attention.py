@@ -11,7 +11,6 @@ from torch import nn
 
 from m2agent.engine.forward_batch import ForwardBatch
 from m2agent.engine.kernels import dispatch
-from m2agent.engine.kernels.dispatch import ATTENTION_ARRIVALS
 from m2agent.engine.kernels.partial_sums import PartialSums, materialize
 from m2agent.engine.layers.linear import FusedRows, Linear, Split
 from m2agent.engine.layers.norm import SplitRMSNorm
@@ -21,8 +20,6 @@ from m2agent.engine.model_config import ModelConfig
 
 
 class Attention(nn.Module):
-    arrivals: torch.Tensor
-
     def __init__(
         self, config: ModelConfig, dtype: torch.dtype, tp: TensorParallel = SINGLE
     ) -> None:
@@ -46,11 +43,6 @@ class Attention(nn.Module):
         self.q_norm = SplitRMSNorm(c.q_size, c.rms_norm_eps, dtype, tp)
         self.k_norm = SplitRMSNorm(c.kv_size, c.rms_norm_eps, dtype, tp)
         self.scale = c.head_dim**-0.5
-        # The decode kernel's counters for its fused chunk combine (zero between calls; not
-        # part of the checkpoint), made with the model so a captured graph allocates none.
-        self.register_buffer(
-            "arrivals", torch.zeros(ATTENTION_ARRIVALS, dtype=torch.int32), persistent=False
-        )
 
     def forward(
         self,
@@ -82,7 +74,7 @@ class Attention(nn.Module):
             slots = batch.slot_mapping
             k_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, slots, k)
             v_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, slots, v)
-        out = dispatch.paged_attention(q, k_cache, v_cache, batch, self.scale, self.arrivals)
+        out = dispatch.paged_attention(q, k_cache, v_cache, batch, self.scale)
         out = out.reshape(num_tokens, self.num_heads * self.head_dim)
         if self.tp.size == 1:
             return self.o_proj.forward_parts(out)

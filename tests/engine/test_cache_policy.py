@@ -1,17 +1,11 @@
-"""The L2 switches of the streamed weight loads, evict-first and the pre-wait prefetch (no GPU
-needed: they only pick a string or a flag)."""
+"""The L2 policy switch of the streamed weight loads (no GPU needed: it only picks a string)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from m2agent.engine.kernels.cache_policy import (
-    ENV_VAR,
-    PREFETCH_ENV_VAR,
-    prewait_prefetch,
-    streamed_eviction,
-)
+from m2agent.engine.kernels.cache_policy import ENV_VAR, streamed_eviction
 
 CUDA = torch.device("cuda")
 
@@ -42,14 +36,3 @@ def test_the_switch_turns_kinds_off(
 def test_an_unknown_kind_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown kind"):
         streamed_eviction("router", CUDA)
-
-
-def test_prewait_prefetch_is_on_by_default_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(PREFETCH_ENV_VAR, raising=False)
-    assert prewait_prefetch("dense", CUDA) and prewait_prefetch("moe", CUDA)
-    assert not prewait_prefetch("dense", torch.device("cpu"))
-    for value, dense, moe in (("0", False, False), ("dense", True, False), ("all", True, True)):
-        monkeypatch.setenv(PREFETCH_ENV_VAR, value)
-        assert (prewait_prefetch("dense", CUDA), prewait_prefetch("moe", CUDA)) == (dense, moe)
-    with pytest.raises(ValueError, match="unknown kind"):
-        prewait_prefetch("router", CUDA)

@@ -207,44 +207,6 @@ def test_fp8_linear_matches_reference(
         assert relative_error(got, expected) < tolerance(dtype)
 
 
-@pytest.mark.parametrize("tiles", ["default", "split"])
-def test_prewait_prefetch_changes_no_bit(monkeypatch: pytest.MonkeyPatch, tiles: str) -> None:
-    """The GEMVs that ask their weight slice into L2 before the PDL wait (M2's q/k/v and
-    o_proj, one token's MoE; a slice of one step up to many) give the same bits as without:
-    the prefetch only moves when bytes leave HBM."""
-    from m2agent.engine.kernels import cache_policy, fp8_moe
-    from m2agent.engine.kernels.fp8_linear import LinearTiles, fp8_linear, plan
-
-    if torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("cp.async.bulk.prefetch needs sm90+")
-    gen = torch.Generator(device="cuda").manual_seed(13)
-    gemv = LinearTiles(1, 32, 256, 4, 2, 16 if tiles == "split" else 4, gemv=True)
-    linears = []
-    for n, k in ((8192, 3072), (3072, 6144), (256, 4096)):
-        w = reference.quantize_fp8_block(torch.randn(n, k, generator=gen, device="cuda"), BLOCK)
-        linears.append((torch.randn(1, k, generator=gen, device="cuda").bfloat16(), *w))
-    experts = fp8_experts(16, 3072, 1536, gen)
-    x, weights, ids = routed(1, 3072, 16, 8, torch.bfloat16, seed=13)
-    moe_tiles = GEMV_CONFIGS[1] if tiles == "split" else None
-
-    def run() -> list[torch.Tensor]:
-        outs = [fp8_linear(x1, w, sc, BLOCK, gemv) for x1, w, sc in linears]
-        return [*outs, fp8_moe.moe_experts(x, weights, ids, experts, tiles=moe_tiles)]
-
-    cuda = torch.device("cuda")
-    assert any(plan(1, w.shape[0], w.shape[1], BLOCK, cuda, gemv).split > 1 for _, w, _ in linears)
-    monkeypatch.setenv(cache_policy.PREFETCH_ENV_VAR, "0")
-    assert not cache_policy.prewait_prefetch("dense", cuda)
-    plain = run()
-    monkeypatch.setenv(cache_policy.PREFETCH_ENV_VAR, "dense,moe")
-    assert cache_policy.prewait_prefetch("dense", cuda)
-    assert cache_policy.prewait_prefetch("moe", cuda)
-    for _ in range(2):
-        poisoned_pool()
-        for got, expected in zip(run(), plain, strict=True):
-            assert torch.equal(got, expected)
-
-
 @pytest.mark.parametrize("rows", [1, 17])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_split_k_pieces_are_summed_by_their_consumers(rows: int, dtype: torch.dtype) -> None:
@@ -330,16 +292,12 @@ def test_split_kv_attention_matches_reference_at_long_context(dtype: torch.dtype
         q.double(), k_cache.double(), v_cache.double(), [1] * len(lengths), lengths, tables,
         head_dim**-0.5,
     )  # fmt: skip
-    arrivals = torch.zeros(1024, dtype=torch.int32, device="cuda")
     for splits in (1, 2, 7, 32):
-        for fused in (False, True):  # the last chunk to finish combines, or a second kernel
-            poisoned_pool()
-            got = paged_decode_attention(
-                q, k_cache, v_cache, block_tables, seq_lens, head_dim**-0.5, splits=splits,
-                arrivals=arrivals if fused else None,
-            )  # fmt: skip
-            assert relative_error(got, expected) < tolerance(dtype), (splits, fused)
-            assert not arrivals.any()  # left at zero for the next launch
+        poisoned_pool()
+        got = paged_decode_attention(
+            q, k_cache, v_cache, block_tables, seq_lens, head_dim**-0.5, splits=splits
+        )
+        assert relative_error(got, expected) < tolerance(dtype), splits
 
 
 def test_graph_replay_equals_eager_for_the_new_kernels() -> None:
@@ -363,7 +321,6 @@ def test_graph_replay_equals_eager_for_the_new_kernels() -> None:
     bias = torch.randn(16, generator=gen, device="cuda")
 
     norm_weight = torch.randn(384, generator=gen, device="cuda").bfloat16()
-    attn_arrivals = torch.zeros(1024, dtype=torch.int32, device="cuda")
 
     def step() -> list[torch.Tensor]:
         x = static["x"]
@@ -376,11 +333,6 @@ def test_graph_replay_equals_eager_for_the_new_kernels() -> None:
         parts = fp8_moe.moe_experts_parts(x, weights, ids, experts, tiles=SPLIT_EVERYWHERE)
         outs += add_rms_norm(x.clone(), parts, norm_weight, 1e-6)
         outs.append(paged_decode_attention(static["q"], k_cache, v_cache, table, lens, 0.125))
-        outs.append(
-            paged_decode_attention(
-                static["q"], k_cache, v_cache, table, lens, 0.125, arrivals=attn_arrivals
-            )
-        )
         return outs
 
     static["x"].copy_(torch.randn(4, 384, generator=gen, device="cuda"))
@@ -557,7 +509,6 @@ def _decode_chain(seed: int):
     slots = (table[:, 0].long() * 16 + (lens.long() - 1) % 16).contiguous()
     arrivals = [torch.zeros(8, dtype=torch.int32, device="cuda") for _ in range(3)]
     router_arrivals = new_router_arrivals("cuda")
-    attn_arr = torch.zeros(1024, dtype=torch.int32, device="cuda")
     gemv = LinearTiles(1, 32, 256, 4, 2, 4, gemv=True)
     moe_tiles = fp8_moe.pick_tiles(tokens, 128)
     inputs = {"x": randn(tokens, hidden).bfloat16()}
@@ -567,7 +518,7 @@ def _decode_chain(seed: int):
         qkv = fp8_linear_parts(h, *qkv_w, BLOCK, gemv)
         q, k, v = (qkv.columns(a, w) for a, w in ((0, 512), (512, 256), (768, 256)))
         q = qk_norm_rope_store(q, k, v, q_norm, k_norm, cos, sin, *caches, slots, 1e-6, head_dim)
-        attn = paged_decode_attention(q, *caches, table, lens, head_dim**-0.5, arrivals=attn_arr)
+        attn = paged_decode_attention(q, *caches, table, lens, head_dim**-0.5)
         o = fp8_linear_parts(attn.reshape(tokens, -1), *o_w, BLOCK, gemv)
         x, h = add_rms_norm(x, o, norms[1], 1e-6, arrivals[1])
         weights, ids = route(h, gate, bias, 4, router_arrivals)
@@ -579,24 +530,21 @@ def _decode_chain(seed: int):
 
 
 def test_pdl_on_and_off_agree_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A decode layer's kernels chained with programmatic dependent launch and the GEMVs'
-    pre-wait L2 prefetch (the defaults on sm90+), eagerly and replayed from a CUDA graph,
-    against the same chain launched plainly without prefetch: every output equal bit for bit
-    (a kernel that read its inputs before they were written would differ)."""
-    from m2agent.engine.kernels import cache_policy, pdl
+    """A decode layer's kernels chained with programmatic dependent launch (the default on
+    sm90+), eagerly and replayed from a CUDA graph, against the same chain launched plainly:
+    every output equal bit for bit (a kernel that read its inputs before they were written
+    would differ)."""
+    from m2agent.engine.kernels import pdl
 
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("programmatic dependent launch needs sm90+")
-    cuda = torch.device("cuda")
     monkeypatch.setenv(pdl.ENV_VAR, "0")
-    monkeypatch.setenv(cache_policy.PREFETCH_ENV_VAR, "0")
-    assert not pdl.enabled(cuda) and not cache_policy.prewait_prefetch("dense", cuda)
+    assert not pdl.enabled(torch.device("cuda"))
     inputs, step = _decode_chain(5)
     x0 = inputs["x"].clone()
     plain = step()
     monkeypatch.setenv(pdl.ENV_VAR, "1")
-    monkeypatch.delenv(cache_policy.PREFETCH_ENV_VAR)
-    assert pdl.enabled(cuda) and cache_policy.prewait_prefetch("moe", cuda)
+    assert pdl.enabled(torch.device("cuda"))
     for _ in range(3):
         inputs["x"].copy_(x0)
         for got, expected in zip(step(), plain, strict=True):
