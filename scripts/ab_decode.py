@@ -9,7 +9,8 @@ inputs, so settings that leave the math alone must give the same logits bit for 
 against the first setting and printed); tile changes move the sums' order (the max difference
 is printed). The per-layer slope between two depths is printed per setting.
 
-    python3 -P scripts/ab_decode.py --layers 6 18 [--prompt 512] [--only default,round4] [--json F]
+    python3 -P scripts/ab_decode.py --layers 6 18 [--prompt 512] [--only default,evict-off]
+        [--json F]
 """
 
 from __future__ import annotations
@@ -29,7 +30,12 @@ import torch
 
 from m2agent.engine.bench.common import open_model, random_prompt, resolve_config
 from m2agent.engine.bench.latency import replay_ms
-from m2agent.engine.kernels import fp8_linear, fp8_moe
+from m2agent.engine.kernels import (
+    fp8_linear,
+    fp8_moe,
+    fused_small_ops,
+    paged_attention_triton,
+)
 from m2agent.engine.kernels.fp8_linear import LinearTiles
 from m2agent.engine.kernels.fp8_moe import KernelTiles, TileConfig
 from m2agent.engine.sampling import SamplingParams
@@ -42,6 +48,14 @@ class Setting:
     gate_up: KernelTiles | None = None  # the batch-1 GEMV bucket's tiles, when changed
     down: KernelTiles | None = None
     linear: LinearTiles | None = None  # the one-row GEMV bucket of the FP8 linear
+    patch: dict[str, object] = field(default_factory=dict)  # "module.NAME": value
+
+
+# Modules whose constants a setting may change (read at launch, so a recapture takes them).
+PATCHABLE = {
+    m.__name__.rsplit(".", 1)[1]: m
+    for m in (fp8_linear, fp8_moe, fused_small_ops, paged_attention_triton)
+}
 
 
 # The defaults (the tables and switches as committed) first, then one change at a time.
@@ -49,11 +63,17 @@ OLD_DOWN = KernelTiles(64, 256, 4, 2)
 EVICT = "M2AGENT_EVICT_FIRST"
 SETTINGS = [
     Setting("default"),
-    Setting("round4", {EVICT: "0"}, down=OLD_DOWN),
     Setting("evict-off", {EVICT: "0"}),
-    Setting("evict-moe-only", {EVICT: "moe"}),
     Setting("down-k256", down=OLD_DOWN),
-    Setting("lin-k512", linear=LinearTiles(1, 32, 512, 4, 2, 4, gemv=True)),
+    Setting("lin-pps4", linear=LinearTiles(1, 32, 256, 4, 2, 4, gemv=True)),  # round 5's
+    Setting("lin-pps2", linear=LinearTiles(1, 32, 256, 4, 2, 2, gemv=True)),
+    Setting("splits-16", patch={"paged_attention_triton.MAX_SPLITS": 16}),
+    Setting("router-e1", patch={"fused_small_ops.ROUTER_BLOCK_E": 1}),
+    Setting("router-e4", patch={"fused_small_ops.ROUTER_BLOCK_E": 4}),
+    Setting("norm-slice-128", patch={"fused_small_ops.NORM_SLICE": 128}),
+    Setting("norm-slice-512", patch={"fused_small_ops.NORM_SLICE": 512}),
+    Setting("qk-norm-4warps", patch={"fused_small_ops.QK_NORM_WARPS": 4}),
+    Setting("pdl-off", {"M2AGENT_PDL": "0"}),
 ]
 
 
@@ -61,6 +81,11 @@ SETTINGS = [
 def applied(setting: Setting) -> Iterator[None]:
     saved_env = {k: os.environ.get(k) for k in setting.env}
     saved_tiles, saved_linear = fp8_moe.H200_TILES, fp8_linear.LINEAR_TILES
+    saved_patch = {}
+    for key, value in setting.patch.items():
+        module, name = key.split(".")
+        saved_patch[key] = getattr(PATCHABLE[module], name)
+        setattr(PATCHABLE[module], name, value)
     os.environ.update(setting.env)
     if setting.linear:
         fp8_linear.LINEAR_TILES = ((1, setting.linear), *saved_linear[1:])
@@ -75,11 +100,42 @@ def applied(setting: Setting) -> Iterator[None]:
         yield
     finally:
         fp8_moe.H200_TILES, fp8_linear.LINEAR_TILES = saved_tiles, saved_linear
+        for key, value in saved_patch.items():
+            module, name = key.split(".")
+            setattr(PATCHABLE[module], name, value)
         for k, v in saved_env.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def kernel_table(graph: torch.cuda.CUDAGraph, title: str, replays: int = 20) -> str:
+    """The kernels of `replays` replays of the graph (CUPTI, via torch.profiler): per kernel
+    its launches per step, mean GPU time, and GPU time per step; then their sum. Under PDL a
+    kernel's time includes what it waited for its inputs; with `M2AGENT_PDL=0` each is its
+    own, and the sum against the step's time shows the gaps between them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    graph.replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            graph.replay()
+        torch.cuda.synchronize()
+    rows = [
+        (e.key, e.count / replays, e.self_device_time_total / e.count, e.self_device_time_total)
+        for e in prof.key_averages()
+        if e.self_device_time_total > 0 and e.count
+    ]
+    rows.sort(key=lambda r: -r[3])
+    lines = [f"kernels per step, {title} ({replays} replays):"]
+    lines += [
+        f"  {name[:48]:48s} {per_step:5.1f} x {mean:7.2f} us = {total / replays:8.1f} us"
+        for name, per_step, mean, total in rows
+    ]
+    lines.append(f"  {'sum':48s} {sum(r[3] for r in rows) / replays:27.1f} us")
+    return "\n".join(lines)
 
 
 def run_depth(layers: int, prompt: int, settings: list[Setting], args: argparse.Namespace) -> dict:
@@ -107,6 +163,10 @@ def run_depth(layers: int, prompt: int, settings: list[Setting], args: argparse.
             except Exception as error:  # one setting's failure: say so, time the others
                 print(f"{layers:3d} layers: {setting.name} FAILED: {error!r}", flush=True)
                 continue
+            if args.profile:
+                with applied(setting):
+                    graphs.recapture()
+                    print(kernel_table(graphs.graphs[1], f"{layers} layers, {setting.name}"))
             if reference is None:
                 reference = logits
             diff = (logits - reference).abs().max().item()
@@ -131,6 +191,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--replays", type=int, default=50)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--profile", action="store_true", help="per-kernel GPU time per setting")
     args = parser.parse_args()
     settings = SETTINGS
     if args.only:

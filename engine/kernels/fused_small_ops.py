@@ -231,6 +231,7 @@ def add_rms_norm(
 # Up to this many tokens the QK-norm kernel runs a program per (token, k/v head); more tokens
 # fill the GPU with one program per token.
 QK_NORM_PARTS_MAX_TOKENS = 8
+QK_NORM_WARPS = 8
 
 
 @triton.jit
@@ -381,7 +382,7 @@ def qk_norm_rope_store(
             SPLIT_Q=qp[4], SPLIT_K=k_sp[4], SPLIT_V=v_sp[4],
             HQ=num_heads, HQ_PAD=triton.next_power_of_2(num_heads),
             HKV=num_kv_heads, HKV_PAD=triton.next_power_of_2(num_kv_heads),
-            D=head_dim, R=cos.shape[-1], PARTS=parts, num_warps=8,
+            D=head_dim, R=cos.shape[-1], PARTS=parts, num_warps=QK_NORM_WARPS,
             **pdl.launch_args(k_cache.device),
         )  # fmt: skip
     return q_out.view(num_tokens, num_heads, head_dim)
