@@ -74,15 +74,6 @@ SETTINGS = [
     Setting("norm-slice-512", patch={"fused_small_ops.NORM_SLICE": 512}),
     Setting("qk-norm-4warps", patch={"fused_small_ops.QK_NORM_WARPS": 4}),
     Setting("pdl-off", {"M2AGENT_PDL": "0"}),
-    Setting("ahead-off", patch={"fp8_linear.GEMV_AHEAD": False, "fp8_moe.GEMV_AHEAD": False}),
-    Setting("ahead-moe-only", patch={"fp8_linear.GEMV_AHEAD": False}),
-    Setting("ahead-dense-only", patch={"fp8_moe.GEMV_AHEAD": False}),
-    Setting("ahead-lin-k128", linear=LinearTiles(1, 32, 128, 4, 2, 3, gemv=True)),
-    Setting(
-        "ahead-off-lin-k128",
-        linear=LinearTiles(1, 32, 128, 4, 2, 3, gemv=True),
-        patch={"fp8_linear.GEMV_AHEAD": False, "fp8_moe.GEMV_AHEAD": False},
-    ),
 ]
 
 

@@ -56,10 +56,6 @@ LINEAR_TILES: tuple[tuple[int, LinearTiles], ...] = (
 )
 
 
-# The one-row GEMV loads each step's weight tile while it multiplies the one before.
-GEMV_AHEAD = True
-
-
 def pick_tiles(num_rows: int) -> LinearTiles:
     return next(t for limit, t in LINEAR_TILES if num_rows <= limit)
 
@@ -135,14 +131,11 @@ def _fp8_gemv_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     EVICT: tl.constexpr,  # the weight loads' L2 policy (`cache_policy`)
-    AHEAD: tl.constexpr,  # load step i + 1's tile before multiplying step i's
     USE_PDL: tl.constexpr,
 ):
     """One row of x times BLOCK_N weight rows (all in one scale row-block, so each step's
     scales fold into the activations). With PDL the first weight tile and its scales load
-    before the wait (no kernel of the step writes them). With AHEAD each step's tile loads
-    while the step before is multiplied: two tiles in flight per program instead of one (the
-    compiler does not pipeline loads that feed no MMA), the sums in the same order."""
+    before the wait (no kernel of the step writes them)."""
     row = tl.program_id(0)
     pid_n = tl.program_id(1)
     split = tl.program_id(2)
@@ -155,26 +148,14 @@ def _fp8_gemv_kernel(
     w, s = _gemv_tile(w_ptr, s_ptr, n, n_ok, kk, k_ok, scale_row, stride_wn, stride_sn, BC, EVICT)
     wait_for_inputs(USE_PDL)
     x_row = x_ptr + row.to(tl.int64) * stride_xm
-    if AHEAD:
-        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for step in range(BLOCK_K, K_PER_SPLIT + BLOCK_K, BLOCK_K):
-            kk_next = split * K_PER_SPLIT + step + k
-            ok_next = (kk_next < K) & (step < K_PER_SPLIT)  # past the slice: loads nothing
-            w_next, s_next = _gemv_tile(
-                w_ptr, s_ptr, n, n_ok, kk_next, ok_next, scale_row, stride_wn, stride_sn, BC,
-                EVICT,
-            )  # fmt: skip
-            acc += _gemv_dot(w, s, x_row, kk, k_ok)
-            w, s, kk, k_ok = w_next, s_next, kk_next, ok_next
-    else:
-        acc = _gemv_dot(w, s, x_row, kk, k_ok)
-        for step in range(BLOCK_K, K_PER_SPLIT, BLOCK_K):
-            kk = split * K_PER_SPLIT + step + k
-            k_ok = kk < K
-            w, s = _gemv_tile(
-                w_ptr, s_ptr, n, n_ok, kk, k_ok, scale_row, stride_wn, stride_sn, BC, EVICT
-            )
-            acc += _gemv_dot(w, s, x_row, kk, k_ok)
+    acc = _gemv_dot(w, s, x_row, kk, k_ok)
+    for step in range(BLOCK_K, K_PER_SPLIT, BLOCK_K):
+        kk = split * K_PER_SPLIT + step + k
+        k_ok = kk < K
+        w, s = _gemv_tile(
+            w_ptr, s_ptr, n, n_ok, kk, k_ok, scale_row, stride_wn, stride_sn, BC, EVICT
+        )
+        acc += _gemv_dot(w, s, x_row, kk, k_ok)
     out = out_ptr + (split.to(tl.int64) * M + row) * N + n
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=n_ok)
 
@@ -273,7 +254,6 @@ def _launch(
             x2.stride(0), weight.stride(0), scale_inv.stride(0),
             K_PER_SPLIT=k_per_split, BR=block_rows, BC=block_cols,
             BLOCK_N=tiles.block_n, BLOCK_K=block_k, EVICT=streamed_eviction("dense", x2.device),
-            AHEAD=GEMV_AHEAD and k_per_split > block_k,
             num_warps=tiles.num_warps, num_stages=tiles.num_stages, **pdl.launch_args(x2.device),
         )  # fmt: skip
         return out

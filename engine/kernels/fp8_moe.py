@@ -94,10 +94,6 @@ H200_TILES: tuple[tuple[int, TileConfig], ...] = (
     (256, TileConfig.uniform(True, 16, 64, 128, 4, 3)),
     (1 << 62, TileConfig.uniform(True, 64, 64, 128, 4, 3)),
 )
-# The GEMV down kernel loads each step's weight tile and activations while it multiplies the
-# one before.
-GEMV_AHEAD = True
-AHEAD_MAX_BLOCK_K = 128  # 256-column steps spill with a second tile in flight
 # The GEMV down kernel re-reads every gate/up piece for each of its output tiles: past a few
 # pieces that costs more than the split gives.
 MAX_GATE_UP_SPLIT = 4
@@ -431,14 +427,11 @@ def _down_gemv_kernel(
     GU_SPLIT: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     EVICT: tl.constexpr,
-    AHEAD: tl.constexpr,  # load step i + 1's tile and activations before multiplying step i's
     USE_PDL: tl.constexpr,
 ):
     """With PDL, the expert ids, routing weights and the first weight tile load before the
     wait: they come from the router, two launches back (the gate/up kernel runs between), so
-    they are complete and visible when this kernel starts (see `pdl`). With AHEAD each step's
-    weight tile and activations load while the step before is multiplied (the compiler does
-    not pipeline loads that feed no MMA), the sums in the same order."""
+    they are complete and visible when this kernel starts (see `pdl`)."""
     pair = tl.program_id(0)
     tile = tl.program_id(1)
     split = tl.program_id(2)
@@ -462,30 +455,15 @@ def _down_gemv_kernel(
     if expert < 0:
         return
     a = _down_activation(act_ptr, x_ptr, pair, num_pairs, kk, k_ok, INTER, GU_SPLIT)
-    if AHEAD:
-        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for step in range(BLOCK_K, K_PER_SPLIT + BLOCK_K, BLOCK_K):
-            kk_next = split * K_PER_SPLIT + step + k
-            ok_next = (kk_next < INTER) & (step < K_PER_SPLIT)  # past the slice: loads nothing
-            w_next, s_next = _gemv_load(
-                w_base, s_base, n, n_ok, scale_row, kk_next, ok_next, stride_wn, stride_sn, BC,
-                HAS_SCALE, EVICT,
-            )  # fmt: skip
-            a_next = _down_activation(
-                act_ptr, x_ptr, pair, num_pairs, kk_next, ok_next, INTER, GU_SPLIT
-            )
-            acc += _gemv_dot(w, s, a)
-            w, s, a = w_next, s_next, a_next
-    else:
-        acc = _gemv_dot(w, s, a)
-        for step in range(BLOCK_K, K_PER_SPLIT, BLOCK_K):
-            kk = split * K_PER_SPLIT + step + k
-            k_ok = kk < INTER
-            a = _down_activation(act_ptr, x_ptr, pair, num_pairs, kk, k_ok, INTER, GU_SPLIT)
-            acc += _gemv_step(
-                w_base, s_base, n, n_ok, scale_row, kk, k_ok, a, stride_wn, stride_sn, BC,
-                HAS_SCALE, EVICT,
-            )  # fmt: skip
+    acc = _gemv_dot(w, s, a)
+    for step in range(BLOCK_K, K_PER_SPLIT, BLOCK_K):
+        kk = split * K_PER_SPLIT + step + k
+        k_ok = kk < INTER
+        a = _down_activation(act_ptr, x_ptr, pair, num_pairs, kk, k_ok, INTER, GU_SPLIT)
+        acc += _gemv_step(
+            w_base, s_base, n, n_ok, scale_row, kk, k_ok, a, stride_wn, stride_sn, BC,
+            HAS_SCALE, EVICT,
+        )  # fmt: skip
     acc = acc * routing
     tl.store(out_ptr + (split * num_pairs + pair).to(tl.int64) * HIDDEN + n, acc, mask=n_ok)
 
@@ -710,7 +688,6 @@ def _gemv(
         s2.stride(1), HIDDEN=hidden, INTER=inter, BR=block_rows, BC=block_cols,
         BLOCK_N=dn.block_n, BLOCK_K=dn.block_k, SPLIT=split, K_PER_SPLIT=k_per_split,
         GU_SPLIT=gu_split, HAS_SCALE=experts.is_fp8, EVICT=evict,
-        AHEAD=GEMV_AHEAD and k_per_split > dn.block_k and dn.block_k <= AHEAD_MAX_BLOCK_K,
         num_warps=dn.num_warps, num_stages=dn.num_stages, **pdl.launch_args(x.device),
     )  # fmt: skip
     return out
