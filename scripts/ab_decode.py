@@ -1,13 +1,14 @@
 """A/B timing of the batch-1 decode step on a GPU: one model per depth, many settings.
 
 For each depth (and prompt length) this builds one FP8 model with dummy weights, decodes a
-few tokens of a random prompt, then for each setting (environment switches and MoE tile
-tables, below) captures the batch-1 decode graph again (`DecodeGraphs.recapture`) and
-replays it (`bench.latency.replay_ms`): the GPU time of one
-step, median of several rounds of replays, with the range. Every capture replays the same
-inputs, so settings that leave the math alone must give the same logits bit for bit (checked
-against the first setting and printed); tile changes move the sums' order (the max difference
-is printed). The per-layer slope between two depths is printed per setting.
+few tokens of a random prompt, then for each setting (environment switches, tile tables,
+module constants: `SETTINGS` below) captures the batch-1 decode graph again
+(`DecodeGraphs.recapture`) and replays it (`bench.latency.replay_ms`): the GPU time of one
+step, median of several rounds of replays, with the range (`--profile`: and its kernels).
+Every capture replays the same inputs, so settings that leave the math alone must give the
+same logits bit for bit (checked against the first setting and printed); tile changes move
+the sums' order (the max difference is printed). The per-layer slope between two depths is
+printed per setting.
 
     python3 -P scripts/ab_decode.py --layers 6 18 [--prompt 512] [--only default,evict-off]
         [--json F]
@@ -160,13 +161,11 @@ def run_depth(layers: int, prompt: int, settings: list[Setting], args: argparse.
                     graph = graphs.graphs[1]
                     times = [replay_ms(graph, args.replays) for _ in range(args.rounds)]
                     logits = graphs.outputs[1].float().clone()
+                    if args.profile:
+                        print(kernel_table(graph, f"{layers} layers, {setting.name}"))
             except Exception as error:  # one setting's failure: say so, time the others
                 print(f"{layers:3d} layers: {setting.name} FAILED: {error!r}", flush=True)
                 continue
-            if args.profile:
-                with applied(setting):
-                    graphs.recapture()
-                    print(kernel_table(graphs.graphs[1], f"{layers} layers, {setting.name}"))
             if reference is None:
                 reference = logits
             diff = (logits - reference).abs().max().item()

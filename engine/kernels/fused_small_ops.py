@@ -231,7 +231,7 @@ def add_rms_norm(
 # Up to this many tokens the QK-norm kernel runs a program per (token, k/v head); more tokens
 # fill the GPU with one program per token.
 QK_NORM_PARTS_MAX_TOKENS = 8
-QK_NORM_WARPS = 8
+QK_NORM_WARPS = 8  # 4: 0.9 us per layer slower at batch 1 (H200, docs/bench/i12/round6)
 
 
 @triton.jit
