@@ -22,7 +22,7 @@ import os
 import statistics
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +32,6 @@ import torch
 from m2agent.engine.bench.common import open_model, random_prompt, resolve_config
 from m2agent.engine.bench.latency import replay_ms
 from m2agent.engine.kernels import (
-    fp8_gemv_tma,
     fp8_linear,
     fp8_moe,
     fused_small_ops,
@@ -57,19 +56,18 @@ class Setting:
 # Modules whose constants a setting may change (read at launch, so a recapture takes them).
 PATCHABLE = {
     m.__name__.rsplit(".", 1)[1]: m
-    for m in (fp8_gemv_tma, fp8_linear, fp8_moe, fused_small_ops, paged_attention_triton)
+    for m in (fp8_linear, fp8_moe, fused_small_ops, paged_attention_triton)
 }
 
 
-TMA = LinearTiles(1, 32, 256, 4, 2, 3, gemv=True, tma=True)
-
-
-def fixed_splits(qkv: int | None = None, o: int | None = None):
+def fixed_splits(qkv: int | None = None, o: int | None = None) -> Callable[..., int]:
     """A `split_k` for the one-row GEMV that cuts M2's q/k/v (256 tiles of 32 rows) or o_proj
     (96 tiles) into the given number of pieces (not only powers of two); else the default."""
     default = split_k
 
-    def choose(programs: int, k_blocks: int, device, max_split: int = 16, per_sm: int = 4) -> int:
+    def choose(
+        programs: int, k_blocks: int, device: torch.device, max_split: int = 16, per_sm: int = 4
+    ) -> int:
         fixed = {256: qkv, 96: o}.get(programs)
         return fixed or default(programs, k_blocks, device, max_split, per_sm)
 
@@ -82,13 +80,6 @@ EVICT = "M2AGENT_EVICT_FIRST"
 SETTINGS = [
     Setting("default"),
     Setting("evict-off", {EVICT: "0"}),
-    Setting("tma", linear=TMA),
-    Setting("tma-stages3", linear=TMA, patch={"fp8_gemv_tma.STAGES": 3}),
-    Setting(
-        "cpasync-stages3",
-        linear=TMA,
-        patch={"fp8_gemv_tma.COPY": "cp.async", "fp8_gemv_tma.STAGES": 3},
-    ),
     Setting("qkv3", patch={"fp8_linear.split_k": fixed_splits(qkv=3)}),
     Setting("qkv3-o6", patch={"fp8_linear.split_k": fixed_splits(qkv=3, o=6)}),
     Setting("qkv3-o12", patch={"fp8_linear.split_k": fixed_splits(qkv=3, o=12)}),

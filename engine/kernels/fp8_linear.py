@@ -38,7 +38,6 @@ class LinearTiles:
     num_stages: int
     programs_per_sm: int  # split-K target: cut the reduction until this many programs per SM
     gemv: bool = False
-    tma: bool = False  # one row: stage the weight in shared memory by TMA (`fp8_gemv_tma`)
 
 
 # Per number of rows (upper bound). Measured on an H200 by scripts/tune_kernels.py
@@ -220,27 +219,12 @@ def plan(
     return LaunchPlan(tiles, block_m, block_k, triton.cdiv(k_dim, k_per_split), k_per_split)
 
 
-def _tma_plan(
-    num_rows: int, n_dim: int, k_dim: int, block: tuple[int, int], tiles: LinearTiles,
-    device: torch.device,
-):  # fmt: skip
-    """The TMA GEMV's launch where the tiles ask for it and it applies, else None."""
-    if not (tiles.gemv and tiles.tma and num_rows == 1 and device.type == "cuda"):
-        return None
-    from m2agent.engine.kernels import fp8_gemv_tma  # Gluon: imported only where it runs
-
-    return fp8_gemv_tma.plan(n_dim, k_dim, block, device)
-
-
 def variant(
     num_rows: int, n_dim: int, k_dim: int, block: tuple[int, int], device: torch.device
 ) -> tuple[object, ...]:
     """What of the Triton kernel variant this product builds depends on the row count: its
     tiles, split-K (a constexpr; pieces in fp32 or not) and how Triton specializes M (1, or a
     multiple of 16). Equal values: the same variant (the start-up warm-up builds one each)."""
-    tma_plan = _tma_plan(num_rows, n_dim, k_dim, block, pick_tiles(num_rows), device)
-    if tma_plan is not None:
-        return ("tma", tma_plan)
     p = plan(num_rows, n_dim, k_dim, block, device)
     return p.tiles, p.block_k, p.k_per_split, p.split > 1, num_rows == 1, num_rows % 16 == 0
 
@@ -257,12 +241,6 @@ def _launch(
     num_rows, k_dim = x2.shape
     n_dim = weight.shape[0]
     block_rows, block_cols = block
-    tma_plan = _tma_plan(num_rows, n_dim, k_dim, block, tiles or pick_tiles(num_rows), x2.device)
-    if tma_plan is not None and weight.stride(1) == 1 and weight.data_ptr() % 16 == 0:
-        from m2agent.engine.kernels import fp8_gemv_tma
-
-        out = fp8_gemv_tma.launch(x2, weight, scale_inv, block, tma_plan)
-        return out if tma_plan.split > 1 or always_fp32 else out.to(x2.dtype)
     p = plan(num_rows, n_dim, k_dim, block, x2.device, tiles)
     tiles, block_m, block_k, split, k_per_split = (
         p.tiles, p.block_m, p.block_k, p.split, p.k_per_split
