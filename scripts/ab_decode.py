@@ -39,7 +39,7 @@ from m2agent.engine.kernels import (
 )
 from m2agent.engine.kernels.fp8_linear import LinearTiles
 from m2agent.engine.kernels.fp8_moe import KernelTiles, TileConfig
-from m2agent.engine.kernels.occupancy import split_k
+from m2agent.engine.kernels.occupancy import split_k, split_k_waves
 from m2agent.engine.sampling import SamplingParams
 
 
@@ -60,16 +60,23 @@ PATCHABLE = {
 }
 
 
+def pow2_splits(
+    programs: int, k_blocks: int, device: torch.device, per_sm: int = 4, max_split: int = 16
+) -> int:
+    """Round 6's split-K of the one-row GEMV: the smallest power of two reaching `per_sm`."""
+    return split_k(programs, k_blocks, device, max_split, per_sm)
+
+
 def fixed_splits(qkv: int | None = None, o: int | None = None) -> Callable[..., int]:
-    """A `split_k` for the one-row GEMV that cuts M2's q/k/v (256 tiles of 32 rows) or o_proj
-    (96 tiles) into the given number of pieces (not only powers of two); else the default."""
-    default = split_k
+    """A split-K for the one-row GEMV that cuts M2's q/k/v (256 tiles of 32 rows) or o_proj
+    (96 tiles) into the given number of pieces; else the default."""
+    default = split_k_waves
 
     def choose(
-        programs: int, k_blocks: int, device: torch.device, max_split: int = 16, per_sm: int = 4
+        programs: int, k_blocks: int, device: torch.device, per_sm: int = 4, max_split: int = 16
     ) -> int:
         fixed = {256: qkv, 96: o}.get(programs)
-        return fixed or default(programs, k_blocks, device, max_split, per_sm)
+        return fixed or default(programs, k_blocks, device, per_sm, max_split)
 
     return choose
 
@@ -80,11 +87,10 @@ EVICT = "M2AGENT_EVICT_FIRST"
 SETTINGS = [
     Setting("default"),
     Setting("evict-off", {EVICT: "0"}),
-    Setting("qkv3", patch={"fp8_linear.split_k": fixed_splits(qkv=3)}),
-    Setting("qkv3-o6", patch={"fp8_linear.split_k": fixed_splits(qkv=3, o=6)}),
-    Setting("qkv3-o12", patch={"fp8_linear.split_k": fixed_splits(qkv=3, o=12)}),
-    Setting("o6", patch={"fp8_linear.split_k": fixed_splits(o=6)}),
-    Setting("o12", patch={"fp8_linear.split_k": fixed_splits(o=12)}),
+    Setting("attn-prefetch-off", patch={"paged_attention_triton.PREFETCH_FIRST_TILE": False}),
+    Setting("pow2-splits", patch={"fp8_linear.split_k_waves": pow2_splits}),
+    Setting("qkv6", patch={"fp8_linear.split_k_waves": fixed_splits(qkv=6)}),
+    Setting("o12", patch={"fp8_linear.split_k_waves": fixed_splits(o=12)}),
     Setting("down-k256", down=OLD_DOWN),
     Setting("lin-pps4", linear=LinearTiles(1, 32, 256, 4, 2, 4, gemv=True)),  # round 5's
     Setting("lin-pps2", linear=LinearTiles(1, 32, 256, 4, 2, 2, gemv=True)),

@@ -54,9 +54,10 @@ class Launch:
     num_stages: int
 
     def as_built(self, pdl: bool) -> tuple[tuple[str, Any], ...]:
-        """The constexprs a CUDA launch passes: `ON_GPU` true, `USE_PDL` as asked (the CPU
-        call passed false for both)."""
-        built = {"ON_GPU": True, "USE_PDL": pdl}
+        """The constexprs a CUDA launch passes: `ON_GPU` true, `USE_PDL` as asked, and the
+        decode attention's `PREFETCH` (default: with PDL) with it (the CPU call passed false
+        for all)."""
+        built = {"ON_GPU": True, "USE_PDL": pdl, "PREFETCH": pdl}
         return tuple((k, built.get(k, v)) for k, v in self.constexprs)
 
     def name(self, pdl: bool) -> str:

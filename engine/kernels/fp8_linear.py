@@ -21,7 +21,7 @@ import triton.language as tl
 
 from m2agent.engine.kernels import pdl
 from m2agent.engine.kernels.cache_policy import streamed_eviction
-from m2agent.engine.kernels.occupancy import split_k
+from m2agent.engine.kernels.occupancy import split_k, split_k_waves
 from m2agent.engine.kernels.partial_sums import PartialSums
 from m2agent.engine.kernels.pdl import wait_for_inputs
 
@@ -214,7 +214,10 @@ def plan(
     block_m = 1 if tiles.gemv else tiles.block_m
     programs = triton.cdiv(num_rows, block_m) * triton.cdiv(n_dim, tiles.block_n)
     k_blocks = triton.cdiv(k_dim, block_k)
-    split = split_k(programs, k_blocks, device, per_sm=tiles.programs_per_sm)
+    if tiles.gemv:
+        split = split_k_waves(programs, k_blocks, device, per_sm=tiles.programs_per_sm)
+    else:
+        split = split_k(programs, k_blocks, device, per_sm=tiles.programs_per_sm)
     k_per_split = triton.cdiv(k_blocks, split) * block_k
     return LaunchPlan(tiles, block_m, block_k, triton.cdiv(k_dim, k_per_split), k_per_split)
 

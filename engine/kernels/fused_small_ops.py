@@ -314,9 +314,10 @@ def _qk_norm_rope_store_kernel(
     """Program (t, j) finishes the j-th of PARTS equal shares of the q heads and of the k/v
     heads; each computes the whole row's sums of squares itself (the same code, so the same
     bits in every program): no program waits for another."""
-    wait_for_inputs(USE_PDL)  # every input but the norm weights comes from this step
     t = tl.program_id(0).to(tl.int64)
     part = tl.program_id(1)
+    slot = tl.load(slot_ptr + t)  # from the host: before the wait
+    wait_for_inputs(USE_PDL)  # q, k, v, cos and sin come from this step
     cos_row = cos_ptr + t * R
     sin_row = sin_ptr + t * R
     d = tl.arange(0, D)
@@ -326,12 +327,6 @@ def _qk_norm_rope_store_kernel(
         q_ptr + t * stride_q, split_stride_q, q_out_ptr, qw_ptr, cos_row, sin_row, eps, q_mine,
         SPLIT_Q, HQ, HQ_PAD, D, R,
     )  # fmt: skip
-    q_ok = (q_mine & (hq < HQ))[:, None] & (d < D)[None, :]
-    tl.store(
-        q_out_ptr + t * (HQ * D) + hq[:, None] * D + d[None, :],
-        q.to(q_out_ptr.dtype.element_ty),
-        mask=q_ok,
-    )
     hk = tl.arange(0, HKV_PAD)
     k_mine = (hk >= part * (HKV // PARTS)) & (hk < (part + 1) * (HKV // PARTS))
     k = _rms_rope(
@@ -339,13 +334,20 @@ def _qk_norm_rope_store_kernel(
         SPLIT_K, HKV, HKV_PAD, D, R,
     )  # fmt: skip
     k_ok = (k_mine & (hk < HKV))[:, None] & (d < D)[None, :]
-    slot = tl.load(slot_ptr + t)
-    at = slot * (HKV * D) + hk[:, None] * D + d[None, :]
-    tl.store(k_cache_ptr + at, k.to(k_cache_ptr.dtype.element_ty), mask=k_ok)
     v = _summed(
         v_ptr + t * stride_v, hk[:, None] * D + d[None, :], k_ok, split_stride_v, 0, SPLIT_V, 1,
         q_out_ptr,
     )  # fmt: skip
+    # Every load above, then every store: a store before a load would hold that load back
+    # (the compiler cannot tell the pointers apart), one more L2 round trip each.
+    q_ok = (q_mine & (hq < HQ))[:, None] & (d < D)[None, :]
+    tl.store(
+        q_out_ptr + t * (HQ * D) + hq[:, None] * D + d[None, :],
+        q.to(q_out_ptr.dtype.element_ty),
+        mask=q_ok,
+    )
+    at = slot * (HKV * D) + hk[:, None] * D + d[None, :]
+    tl.store(k_cache_ptr + at, k.to(k_cache_ptr.dtype.element_ty), mask=k_ok)
     tl.store(v_cache_ptr + at, v.to(v_cache_ptr.dtype.element_ty), mask=k_ok)
 
 
@@ -429,10 +431,10 @@ def _top_k(
     scores renormalised. Each pick is one max over packed keys: the biased score's bits made
     order-preserving as a signed int in the high half, E_PAD - 1 - id in the low half (so the
     larger key is the higher score, then the lower id). The picked experts' scores are then
-    gathered and summed at once."""
+    taken from the row and summed at once."""
     e = tl.arange(0, E_PAD)
     kk = tl.arange(0, K_PAD)
-    _, biased = _biased(logits_ptr, bias_ptr, t, t_ok, e, E)
+    all_scores, biased = _biased(logits_ptr, bias_ptr, t, t_ok, e, E)
     bits = biased.to(tl.int32, bitcast=True)
     ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # float order == signed int order
     keys = (ordered.to(tl.int64) << 32) | (E_PAD - 1 - e)[None, :].to(tl.int64)
@@ -443,10 +445,11 @@ def _top_k(
         picked_ids = tl.where((kk == k)[None, :], best_id[:, None], picked_ids)
         keys = tl.where(keys == best[:, None], -(2**63), keys)  # below every real key
     mask = t_ok[:, None] & (kk < TOP_K)[None, :]
-    picked = tl.load(
-        logits_ptr + t[:, None] * E + picked_ids, mask=mask, other=0.0, cache_modifier=".cg"
-    )
-    scores = tl.where(mask, tl.sigmoid(picked), 0.0)
+    # The picked experts' scores, taken from the row in registers (one sum over a one-hot per
+    # pick, all picks at once: exact) rather than gathered back from L2.
+    one_hot = picked_ids[:, :, None] == e[None, None, :]
+    scores = tl.sum(tl.where(one_hot, all_scores[:, None, :], 0.0), 2)
+    scores = tl.where(mask, scores, 0.0)
     total = tl.sum(scores, 1)
     at = t[:, None] * TOP_K + kk[None, :]
     tl.store(weights_ptr + at, scores / total[:, None], mask=mask)

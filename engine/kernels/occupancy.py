@@ -35,3 +35,30 @@ def split_k(
     while programs * split < target and k_blocks >= 4 * split and split < max_split:
         split *= 2
     return split
+
+
+def split_k_waves(
+    programs: int,
+    k_blocks: int,
+    device: torch.device,
+    per_sm: int = PROGRAMS_PER_SM,
+    max_split: int = 16,
+) -> int:
+    """Like `split_k`, for programs that all take the same time (a one-row GEMV): pieces
+    that divide the loop evenly (each >= 2 steps), reaching `per_sm` programs per SM, and
+    among those the one whose last wave of programs is fullest (ties: fewer pieces). M2's
+    q/k/v at batch 1 (256 tiles): 3 pieces, 1.94 waves, instead of 2 (1.29 waves: the
+    second 29% full); 0.4-0.6 us a layer faster on an H200 (docs/bench/i12/round7)."""
+    slots = per_sm * sm_count(device)
+    even = [s for s in range(1, max_split + 1) if k_blocks % s == 0 and k_blocks // s >= 2]
+    if not even:
+        return 1
+    enough = [s for s in even if programs * s >= slots]
+    if not enough:
+        return max(even)
+
+    def fill(s: int) -> float:
+        total = programs * s
+        return total / (-(-total // slots) * slots)
+
+    return max(enough, key=lambda s: (fill(s), -s))

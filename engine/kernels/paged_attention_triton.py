@@ -7,8 +7,9 @@ once), runs an online softmax over its chunk, and writes its partial output with
 log-sum-exp; a second kernel combines the chunks. The chunk count depends only on the batch
 size (fixed per captured graph); the chunk length follows each sequence's length on the device,
 so short contexts use few chunks and the rest exit at once. Sequence lengths and block tables
-are read from device tensors: no host sync, so CUDA graphs capture it. The readable reference
-is `reference.paged_attention`.
+are read from device tensors: no host sync, so CUDA graphs capture it. Under PDL each program
+asks its chunk's first tile of keys and values into L2 before it waits for the kernel before
+it. The readable reference is `reference.paged_attention`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,22 @@ from m2agent.engine.kernels.occupancy import sm_count
 from m2agent.engine.kernels.pdl import wait_for_inputs
 
 MAX_SPLITS = 32
+PREFETCH_FIRST_TILE = True  # under PDL (`_paged_decode_kernel`); False for A/B timing
+
+
+@triton.jit
+def _prefetch_l2(addr, size):
+    """Each element: bring `size` bytes at `addr` (16-byte aligned, a multiple of 16; 0:
+    nothing) into L2, without waiting (`cp.async.bulk.prefetch.L2`, sm90+)."""
+    tl.inline_asm_elementwise(
+        """{
+        .reg .pred p;
+        setp.gt.s32 p, $2, 0;
+        @p cp.async.bulk.prefetch.L2.global [$1], $2;
+        mov.u32 $0, 0;
+        }""",
+        "=r,l,r", [addr, size], dtype=tl.int32, is_pure=False, pack=1,
+    )  # fmt: skip
 
 
 # The block table's width changes with the batch: one build serves every width.
@@ -51,13 +68,13 @@ def _paged_decode_kernel(
     TILE: tl.constexpr,
     SPLITS: tl.constexpr,
     PRECISION: tl.constexpr,  # "ieee" keeps fp32 inputs exact; bf16 ignores it
+    PREFETCH: tl.constexpr,  # only with USE_PDL
     USE_PDL: tl.constexpr,
 ):
-    wait_for_inputs(USE_PDL)  # everything it reads comes from this step
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    seq_len = tl.load(seq_lens_ptr + seq)
+    seq_len = tl.load(seq_lens_ptr + seq)  # from the host: read before the wait
     # This program's chunk of the keys: whole tiles, the same length for every chunk.
     chunk = tl.cdiv(tl.cdiv(seq_len, SPLITS), TILE) * TILE
     lo = split * chunk
@@ -65,6 +82,22 @@ def _paged_decode_kernel(
     g = tl.arange(0, GROUP_PAD)
     d = tl.arange(0, HEAD_DIM)
     n = tl.arange(0, TILE)
+    if PREFETCH:
+        # While the kernel before finishes: ask the first tile's keys and values into L2.
+        # Lengths and block tables come from the host; the caches' bytes are only read later
+        # (after the wait), and L2 is where every write lands, so nothing can be stale.
+        pos = lo + n
+        rows = (pos < seq_len) & (pos < lo + chunk)
+        block = tl.load(block_tables_ptr + seq * stride_table + pos // PAGE, mask=rows, other=0)
+        offsets = (
+            block.to(tl.int64) * stride_k_block
+            + (pos % PAGE) * stride_k_slot
+            + kv_head * stride_k_head
+        )
+        row_bytes = tl.where(rows, HEAD_DIM * (k_ptr.dtype.element_ty.primitive_bitwidth // 8), 0)
+        _prefetch_l2(k_ptr + offsets, row_bytes)
+        _prefetch_l2(v_ptr + offsets, row_bytes)
+    wait_for_inputs(USE_PDL)  # q, and each sequence's newest key and value
     heads = kv_head * GROUP + g
     q_mask = g[:, None] < GROUP
     q = tl.load(
@@ -140,6 +173,16 @@ def _combine_kernel(
     )
 
 
+def _rows_aligned(*caches: torch.Tensor) -> bool:
+    """Whether every [D] row of the caches starts on 16 bytes (what the L2 prefetch needs)."""
+    return all(
+        c.data_ptr() % 16 == 0
+        and all((stride * c.element_size()) % 16 == 0 for stride in c.stride()[:-1])
+        and (c.shape[-1] * c.element_size()) % 16 == 0
+        for c in caches
+    )
+
+
 def supports(head_dim: int) -> bool:
     """tl.dot needs a power-of-two inner size of at least 16."""
     return head_dim >= 16 and head_dim & (head_dim - 1) == 0
@@ -186,6 +229,7 @@ def paged_decode_attention(
         NUM_HEADS=num_heads, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=head_dim, PAGE=page, TILE=tile, SPLITS=splits,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        PREFETCH=PREFETCH_FIRST_TILE and pdl.enabled(q.device) and _rows_aligned(k_cache, v_cache),
         num_warps=4, **pdl.launch_args(q.device),
     )  # fmt: skip
     if splits > 1:
