@@ -48,7 +48,7 @@ def split_k_waves(
     that divide the loop evenly (each >= 2 steps), reaching `per_sm` programs per SM, and
     among those the one whose last wave of programs is fullest (ties: fewer pieces). M2's
     q/k/v at batch 1 (256 tiles): 3 pieces, 1.94 waves, instead of 2 (1.29 waves: the
-    second 29% full); 0.4-0.6 us a layer faster on an H200 (docs/bench/i12/round7)."""
+    second 29% full); 0.4-0.7 us a layer faster on an H200 (docs/bench/i12/round7)."""
     slots = per_sm * sm_count(device)
     even = [s for s in range(1, max_split + 1) if k_blocks % s == 0 and k_blocks // s >= 2]
     if not even:
