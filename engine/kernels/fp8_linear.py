@@ -44,9 +44,9 @@ class LinearTiles:
 # (docs/bench/i12/tune-h200*.json): one row by GEMV, then the MMA. Re-checked in the whole
 # batch-1 step (scripts/ab_decode.py, docs/bench/i12/round5 and round6): with the weights
 # loaded evict-first, 512-column steps or 64-row tiles are 0.4-0.5 us per layer slower; a
-# split-K target of 3 programs per SM (M2's q/k/v in 2 pieces instead of 4, o_proj still 8:
-# half the pieces for the QK-norm to add up) 0.4-0.5 us faster, in three runs; 2 per SM
-# (o_proj in 4) 2.1 us slower.
+# split-K target of 3 programs per SM rather than 4 0.4-0.5 us faster, in three runs, and 2
+# per SM 2.1 us slower. The GEMV's pieces then follow `occupancy.split_k_waves` (M2's q/k/v
+# in 3, o_proj in 8).
 LINEAR_TILES: tuple[tuple[int, LinearTiles], ...] = (
     (1, LinearTiles(1, 32, 256, 4, 2, 3, gemv=True)),
     (16, LinearTiles(16, 64, 128, 4, 3, 2)),

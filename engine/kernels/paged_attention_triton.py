@@ -41,6 +41,21 @@ def _prefetch_l2(addr, size):
     )  # fmt: skip
 
 
+@triton.jit
+def _kv_offsets(
+    table_row, pos, ok, kv_head, stride_k_block, stride_k_slot, stride_k_head,
+    PAGE: tl.constexpr,
+):  # fmt: skip
+    """Where positions `pos` (where `ok`) of the sequence whose block-table row starts at
+    `table_row` keep their keys (and values) for `kv_head`: offsets into the caches."""
+    block = tl.load(table_row + pos // PAGE, mask=ok, other=0)
+    return (
+        block.to(tl.int64) * stride_k_block
+        + (pos % PAGE) * stride_k_slot
+        + (kv_head * stride_k_head)
+    )
+
+
 # The block table's width changes with the batch: one build serves every width.
 @triton.jit(do_not_specialize=["stride_table"])
 def _paged_decode_kernel(
@@ -88,12 +103,10 @@ def _paged_decode_kernel(
         # (after the wait), and L2 is where every write lands, so nothing can be stale.
         pos = lo + n
         rows = (pos < seq_len) & (pos < lo + chunk)
-        block = tl.load(block_tables_ptr + seq * stride_table + pos // PAGE, mask=rows, other=0)
-        offsets = (
-            block.to(tl.int64) * stride_k_block
-            + (pos % PAGE) * stride_k_slot
-            + kv_head * stride_k_head
-        )
+        offsets = _kv_offsets(
+            block_tables_ptr + seq * stride_table, pos, rows, kv_head, stride_k_block,
+            stride_k_slot, stride_k_head, PAGE,
+        )  # fmt: skip
         row_bytes = tl.where(rows, HEAD_DIM * (k_ptr.dtype.element_ty.primitive_bitwidth // 8), 0)
         _prefetch_l2(k_ptr + offsets, row_bytes)
         _prefetch_l2(v_ptr + offsets, row_bytes)
@@ -112,12 +125,10 @@ def _paged_decode_kernel(
     for i in range(0, num_tiles):
         pos = lo + i * TILE + n
         valid = pos < seq_len
-        block = tl.load(block_tables_ptr + seq * stride_table + pos // PAGE, mask=valid, other=0)
-        offsets = (
-            block.to(tl.int64) * stride_k_block
-            + (pos % PAGE) * stride_k_slot
-            + kv_head * stride_k_head
-        )
+        offsets = _kv_offsets(
+            block_tables_ptr + seq * stride_table, pos, valid, kv_head, stride_k_block,
+            stride_k_slot, stride_k_head, PAGE,
+        )  # fmt: skip
         k = tl.load(k_ptr + offsets[:, None] + d[None, :], mask=valid[:, None], other=0.0)
         v = tl.load(v_ptr + offsets[:, None] + d[None, :], mask=valid[:, None], other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
