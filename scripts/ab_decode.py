@@ -87,6 +87,7 @@ EVICT = "M2AGENT_EVICT_FIRST"
 SETTINGS = [
     Setting("default"),
     Setting("evict-off", {EVICT: "0"}),
+    Setting("norms-finish", patch={"fused_small_ops.PENDING_NORMS": False}),
     Setting("attn-prefetch-off", patch={"paged_attention_triton.PREFETCH_FIRST_TILE": False}),
     Setting("pow2-splits", patch={"fp8_linear.split_k_waves": pow2_splits}),
     Setting("qkv6", patch={"fp8_linear.split_k_waves": fixed_splits(qkv=6)}),

@@ -135,6 +135,7 @@ def _fp8(rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def linear_paths() -> None:
     from m2agent.engine.kernels import fp8_linear
+    from m2agent.engine.kernels.partial_sums import PendingNorm
 
     for n, k in ((8192, 3072), (3072, 6144)):  # M2's q/k/v and o_proj
         weight, scale = _fp8(n, k)
@@ -142,6 +143,11 @@ def linear_paths() -> None:
             x = torch.randn(rows, k, dtype=torch.bfloat16)
             fp8_linear.fp8_linear(x, weight, scale, (128, 128))
             fp8_linear.fp8_linear_parts(x, weight, scale, (128, 128))
+        pending = PendingNorm(
+            torch.randn(1, k, dtype=torch.bfloat16), torch.rand(1, k // 256),
+            torch.randn(k, dtype=torch.bfloat16), 1e-6,
+        )  # fmt: skip
+        fp8_linear.fp8_linear_parts(pending, weight, scale, (128, 128))
 
 
 def moe_paths() -> None:
@@ -179,12 +185,17 @@ def bf16_moe_paths() -> None:
 
 
 def router_paths() -> None:
-    from m2agent.engine.kernels.fused_small_ops import route
+    from m2agent.engine.kernels.fused_small_ops import route, route_normed, routes_pending_norm
+    from m2agent.engine.kernels.partial_sums import PendingNorm
 
     for hidden in (3072, 7168):
         gate, bias = torch.randn(256, hidden), torch.randn(256)
         for tokens in (1, 2, 3, 16, 17):
             route(torch.randn(tokens, hidden, dtype=torch.bfloat16), gate, bias, 8)
+        if routes_pending_norm(hidden):
+            row, weight = torch.randn(1, hidden, dtype=torch.bfloat16), torch.randn(hidden)
+            pending = PendingNorm(row, torch.rand(1, hidden // 256), weight.bfloat16(), 1e-6)
+            route_normed(pending, gate, bias, 8)
 
 
 def norm_paths() -> None:
@@ -198,6 +209,7 @@ def norm_paths() -> None:
         for delta in (None, torch.randn(rows, 3072, dtype=torch.bfloat16), pieces):
             add_rms_norm(x, delta, weight, 1e-6)
             add_rms_norm(x, delta, weight, 1e-6, torch.zeros(8, dtype=torch.int32))
+            add_rms_norm(x, delta, weight, 1e-6, torch.zeros(8, dtype=torch.int32), defer=True)
 
 
 def qk_norm_paths() -> None:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from m2agent.engine.forward_batch import ForwardBatch
 from m2agent.engine.kernels import grouped_moe, reference
-from m2agent.engine.kernels.partial_sums import PartialSums, materialize
+from m2agent.engine.kernels.partial_sums import PartialSums, PendingNorm, materialize
 from m2agent.engine.kernels.reference import ExpertWeights
 
 # Arrival counters (int32, zero between launches) that the CUDA kernels whose programs hand
@@ -65,14 +65,24 @@ def fp8_linear(
 
 
 def fp8_linear_parts(
-    x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]
+    x: torch.Tensor | PendingNorm,
+    weight: torch.Tensor,
+    scale_inv: torch.Tensor,
+    block: tuple[int, int],
 ) -> torch.Tensor | PartialSums:
     """`fp8_linear` for a consumer that sums split-K pieces itself (the fused add + RMSNorm,
-    the QK-norm kernel): on CUDA the pieces as `PartialSums`, no reduction launch."""
-    kernel = _triton_fp8_linear() if x.is_cuda else None
+    the QK-norm kernel): on CUDA the pieces as `PartialSums`, no reduction launch. x may be
+    a `PendingNorm` (the one-row GEMV finishes it as it loads)."""
+    kernel = _triton_fp8_linear() if weight.is_cuda else None
     if kernel is not None:
         return kernel.fp8_linear_parts(x, weight, scale_inv, block)
-    return fp8_linear(x, weight, scale_inv, block)
+    return fp8_linear(materialize(x), weight, scale_inv, block)
+
+
+def fp8_linear_takes_pending_norm(num_rows: int, device: torch.device) -> bool:
+    """Whether `fp8_linear_parts` finishes a `PendingNorm` of `num_rows` in its own launch."""
+    kernel = _triton_fp8_linear() if device.type == "cuda" else None
+    return kernel is not None and kernel.takes_pending_norm(num_rows)
 
 
 def route(
@@ -91,19 +101,42 @@ def route(
     return reference.route(x, gate_weight, correction_bias, top_k)
 
 
+def route_normed(
+    norm: PendingNorm,
+    gate_weight: torch.Tensor,
+    correction_bias: torch.Tensor,
+    top_k: int,
+    arrivals: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`route` of a `PendingNorm`: (weights, ids, the normed row). On CUDA the router
+    kernel finishes the norm as it loads the row (`router_takes_pending_norm`)."""
+    fused = _triton_fused() if norm.x.is_cuda else None
+    if fused is not None and norm.x.shape[0] == 1 and fused.routes_pending_norm(norm.x.shape[1]):
+        return fused.route_normed(norm, gate_weight, correction_bias, top_k, arrivals)
+    h = norm.materialize()
+    return (*route(h, gate_weight, correction_bias, top_k, arrivals), h)
+
+
+def router_takes_pending_norm(num_rows: int, hidden: int, device: torch.device) -> bool:
+    fused = _triton_fused() if device.type == "cuda" else None
+    return fused is not None and num_rows == 1 and fused.routes_pending_norm(hidden)
+
+
 def add_rms_norm(
     x: torch.Tensor,
     delta: torch.Tensor | PartialSums | None,
     weight: torch.Tensor,
     eps: float,
     arrivals: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    defer: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | PendingNorm]:
     """(x + delta, its RMSNorm): on CUDA one kernel that updates x in place (and sums `delta`
     when it is left as pieces); with `arrivals` (NORM_ARRIVALS counters) a small batch's rows
-    are cut over several programs."""
+    are cut over several programs. `defer` (for consumers that take one): one such row's
+    norm may come back as a `PendingNorm` for them to finish."""
     fused = _triton_fused() if x.is_cuda and x.is_contiguous() else None
     if fused is not None:
-        return fused.add_rms_norm(x, delta, weight, eps, arrivals)
+        return fused.add_rms_norm(x, delta, weight, eps, arrivals, defer)
     return reference.add_rms_norm(x, None if delta is None else materialize(delta), weight, eps)
 
 

@@ -22,7 +22,7 @@ import triton.language as tl
 from m2agent.engine.kernels import pdl
 from m2agent.engine.kernels.cache_policy import streamed_eviction
 from m2agent.engine.kernels.occupancy import split_k, split_k_waves
-from m2agent.engine.kernels.partial_sums import PartialSums
+from m2agent.engine.kernels.partial_sums import PartialSums, PendingNorm
 from m2agent.engine.kernels.pdl import wait_for_inputs
 
 
@@ -131,11 +131,18 @@ def _fp8_gemv_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     EVICT: tl.constexpr,  # the weight loads' L2 policy (`cache_policy`)
+    sq_ptr,  # with NORM: [SLICES] fp32 sums of squares of x's column slices
+    nw_ptr,  # with NORM: [K] the norm's weight
+    eps,
+    NORM: tl.constexpr,  # x is a `PendingNorm`'s row: normalise it as it loads
+    SLICES: tl.constexpr,
+    SLICES_PAD: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     """One row of x times BLOCK_N weight rows (all in one scale row-block, so each step's
     scales fold into the activations). With PDL the first weight tile and its scales load
-    before the wait (no kernel of the step writes them)."""
+    before the wait (no kernel of the step writes them). With NORM, x is the residual row
+    and each value is normalised as it loads, rounded where the add + RMSNorm kernel rounds."""
     row = tl.program_id(0)
     pid_n = tl.program_id(1)
     split = tl.program_id(2)
@@ -148,14 +155,20 @@ def _fp8_gemv_kernel(
     w, s = _gemv_tile(w_ptr, s_ptr, n, n_ok, kk, k_ok, scale_row, stride_wn, stride_sn, BC, EVICT)
     wait_for_inputs(USE_PDL)
     x_row = x_ptr + row.to(tl.int64) * stride_xm
-    acc = _gemv_dot(w, s, x_row, kk, k_ok)
+    rstd = 1.0
+    if NORM:
+        j = tl.arange(0, SLICES_PAD)
+        squares = tl.load(sq_ptr + j, mask=j < SLICES, other=0.0)
+        rstd = tl.rsqrt(tl.sum(squares, 0) / K + eps)
+    a = _gemv_input(x_row, kk, k_ok, rstd, nw_ptr, NORM)
+    acc = _gemv_dot(w, s, a)
     for step in range(BLOCK_K, K_PER_SPLIT, BLOCK_K):
         kk = split * K_PER_SPLIT + step + k
         k_ok = kk < K
         w, s = _gemv_tile(
             w_ptr, s_ptr, n, n_ok, kk, k_ok, scale_row, stride_wn, stride_sn, BC, EVICT
         )
-        acc += _gemv_dot(w, s, x_row, kk, k_ok)
+        acc += _gemv_dot(w, s, _gemv_input(x_row, kk, k_ok, rstd, nw_ptr, NORM))
     out = out_ptr + (split.to(tl.int64) * M + row) * N + n
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=n_ok)
 
@@ -176,9 +189,20 @@ def _gemv_tile(
 
 
 @triton.jit
-def _gemv_dot(w, s, x_row, kk, k_ok):
-    a = tl.load(x_row + kk, mask=k_ok, other=0.0).to(tl.float32) * s
-    return tl.sum(w.to(tl.float32) * a[None, :], 1)
+def _gemv_input(x_row, kk, k_ok, rstd, nw_ptr, NORM: tl.constexpr):
+    """Columns `kk` of the row in fp32; with NORM, `nw * x * rstd` rounded to x's type at
+    each step as the add + RMSNorm kernel rounds it."""
+    a = tl.load(x_row + kk, mask=k_ok, other=0.0).to(tl.float32)
+    if NORM:
+        like = x_row.dtype.element_ty
+        nw = tl.load(nw_ptr + kk, mask=k_ok, other=0.0).to(tl.float32)
+        a = (nw * (a * rstd).to(like).to(tl.float32)).to(like).to(tl.float32)
+    return a
+
+
+@triton.jit
+def _gemv_dot(w, s, a):
+    return tl.sum(w.to(tl.float32) * (a * s)[None, :], 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,8 +263,11 @@ def _launch(
     block: tuple[int, int],
     tiles: LinearTiles | None,
     always_fp32: bool,
+    norm: PendingNorm | None = None,
 ) -> torch.Tensor:
-    """Returns [S, M, N]: fp32 pieces, or (S == 1 and not `always_fp32`) x's dtype."""
+    """Returns [S, M, N]: fp32 pieces, or (S == 1 and not `always_fp32`) x's dtype. With
+    `norm` (x2 is its row, and the tiles' GEMV serves it) the GEMV normalises x2 as it
+    loads."""
     num_rows, k_dim = x2.shape
     n_dim = weight.shape[0]
     block_rows, block_cols = block
@@ -252,14 +279,22 @@ def _launch(
     out = torch.empty((split, num_rows, n_dim), dtype=dtype, device=x2.device)
     grid = (triton.cdiv(num_rows, block_m), triton.cdiv(n_dim, tiles.block_n), split)
     if tiles.gemv:
+        squares, norm_weight, eps = (
+            (norm.squares, norm.weight, norm.eps) if norm is not None else (out, x2, 0.0)
+        )  # (unread without a norm)
         _fp8_gemv_kernel[grid](
             x2, weight, scale_inv, out, num_rows, n_dim, k_dim,
             x2.stride(0), weight.stride(0), scale_inv.stride(0),
             K_PER_SPLIT=k_per_split, BR=block_rows, BC=block_cols,
             BLOCK_N=tiles.block_n, BLOCK_K=block_k, EVICT=streamed_eviction("dense", x2.device),
+            sq_ptr=squares, nw_ptr=norm_weight, eps=eps, NORM=norm is not None,
+            SLICES=squares.shape[-1] if norm is not None else 1,
+            SLICES_PAD=triton.next_power_of_2(squares.shape[-1]) if norm is not None else 1,
             num_warps=tiles.num_warps, num_stages=tiles.num_stages, **pdl.launch_args(x2.device),
         )  # fmt: skip
         return out
+    if norm is not None:
+        raise ValueError("only the one-row GEMV normalises as it loads")
     _fp8_linear_kernel[grid](
         x2, weight, scale_inv, out, num_rows, n_dim, k_dim,
         x2.stride(0), weight.stride(0), scale_inv.stride(0),
@@ -294,15 +329,26 @@ def fp8_linear(
     return out.view(*lead, n_dim)
 
 
+def takes_pending_norm(num_rows: int, tiles: LinearTiles | None = None) -> bool:
+    """Whether `fp8_linear_parts` of `num_rows` rows finishes a `PendingNorm` itself."""
+    return num_rows == 1 and (tiles or pick_tiles(num_rows)).gemv
+
+
 def fp8_linear_parts(
-    x: torch.Tensor,
+    x: torch.Tensor | PendingNorm,
     weight: torch.Tensor,
     scale_inv: torch.Tensor,
     block: tuple[int, int],
     tiles: LinearTiles | None = None,
 ) -> PartialSums:
     """The same product for x [T, K], left as fp32 pieces of the reduction for the consumer
-    to add up (`PartialSums`; one piece when the reduction is not split)."""
+    to add up (`PartialSums`; one piece when the reduction is not split). x may be a
+    `PendingNorm`: the one-row GEMV normalises it as it loads (else it is materialised)."""
+    if isinstance(x, PendingNorm):
+        if takes_pending_norm(x.x.shape[0], tiles) and x.x.is_contiguous():
+            out = _launch(x.x, weight, scale_inv, block, tiles, always_fp32=True, norm=x)
+            return PartialSums(out.unsqueeze(2), x.x.dtype)
+        x = x.materialize()
     x2 = _rows(x)
     if x2.shape[0] == 0:
         empty = torch.empty((1, 0, 1, weight.shape[0]), dtype=torch.float32, device=x.device)

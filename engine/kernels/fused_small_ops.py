@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from m2agent.engine.kernels import pdl
-from m2agent.engine.kernels.partial_sums import PartialSums
+from m2agent.engine.kernels.partial_sums import PartialSums, PendingNorm
 from m2agent.engine.kernels.pdl import wait_for_inputs
 
 
@@ -137,6 +137,7 @@ def _add_rms_norm_sliced_kernel(
     SPLIT: tl.constexpr,
     GROUP: tl.constexpr,
     ON_GPU: tl.constexpr,
+    FINISH: tl.constexpr,  # False: the consumers normalise as they read (`PendingNorm`)
     USE_PDL: tl.constexpr,
 ):
     """Program (row, j) sums the pieces of columns [j*SLICE, (j+1)*SLICE) only, writes that
@@ -156,7 +157,7 @@ def _add_rms_norm_sliced_kernel(
     )  # fmt: skip
     x32 = x.to(tl.float32)
     tl.store(squares_ptr + row * SLICES + part, tl.sum(x32 * x32, 0))
-    if _last_to_arrive(arrivals_ptr + row, SLICES, ON_GPU):
+    if FINISH and _last_to_arrive(arrivals_ptr + row, SLICES, ON_GPU):
         j = tl.arange(0, SLICES_PAD)
         squares = tl.load(
             squares_ptr + row * SLICES + j, mask=j < SLICES, other=0.0, cache_modifier=".cg"
@@ -171,6 +172,9 @@ def _add_rms_norm_sliced_kernel(
 # many rows; more rows fill the GPU with one program per row.
 NORM_SLICE = 256
 NORM_SLICED_MAX_ROWS = 8
+# A deferred one-row norm is left to its consumers (`PendingNorm`); False: it finishes here
+# (A/B timing).
+PENDING_NORMS = True
 
 
 def _pieces(value: torch.Tensor | PartialSums) -> tuple[torch.Tensor, int, int, int, int, int]:
@@ -189,16 +193,17 @@ def add_rms_norm(
     weight: torch.Tensor,
     eps: float,
     arrivals: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    defer: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | PendingNorm]:
     """(x + delta, rms_norm(x + delta)); x [T, C] contiguous is updated in place. `delta` may
     be left as pieces (`PartialSums`): they are summed here, then rounded to x's dtype.
     With `arrivals` (int32 zeros, at least T: the norm's own counters, zero again after each
     launch) up to NORM_SLICED_MAX_ROWS rows are cut into column slices over several
-    programs; else one program per row."""
+    programs; else one program per row. With `defer`, one row cut into slices is left as a
+    `PendingNorm` (no last program: the consumer finishes it as it reads)."""
     num_rows, width = x.shape
-    out = torch.empty_like(x)
     if num_rows == 0:
-        return x, out
+        return x, torch.empty_like(x)
     block = triton.next_power_of_2(width)
     d, stride_split, stride_tok, stride_group, split, group = _pieces(
         delta if delta is not None else x
@@ -211,15 +216,18 @@ def add_rms_norm(
     ):
         if arrivals.dtype != torch.int32:
             raise ValueError("norm arrivals must be int32")
+        finish = not (defer and num_rows == 1 and PENDING_NORMS)
         squares = torch.empty((num_rows, slices), dtype=torch.float32, device=x.device)
+        out = torch.empty_like(x) if finish else squares  # (unused without the last step)
         _add_rms_norm_sliced_kernel[(num_rows, slices)](
             x, d, weight, out, squares, arrivals, eps, stride_split, stride_tok, stride_group,
             C=width, BLOCK=block, SLICE=NORM_SLICE, SLICES=slices,
             SLICES_PAD=triton.next_power_of_2(slices), HAS_DELTA=delta is not None,
-            SPLIT=split, GROUP=group, ON_GPU=x.is_cuda, num_warps=4,
+            SPLIT=split, GROUP=group, ON_GPU=x.is_cuda, FINISH=finish, num_warps=4,
             **pdl.launch_args(x.device),
         )  # fmt: skip
-        return x, out
+        return x, (out if finish else PendingNorm(x, squares, weight, eps))
+    out = torch.empty_like(x)
     _add_rms_norm_kernel[(num_rows,)](
         x, d, weight, out, eps, stride_split, stride_tok, stride_group,
         C=width, BLOCK=block, HAS_DELTA=delta is not None, SPLIT=split, GROUP=group,
@@ -504,11 +512,21 @@ def _router_kernel(
     BLOCK_E: tl.constexpr,
     BLOCK_C: tl.constexpr,
     ON_GPU: tl.constexpr,
+    sq_ptr,  # with NORM: [SLICES] fp32 sums of squares of x's column slices
+    nw_ptr,  # with NORM: [C] the norm's weight
+    h_ptr,  # with NORM: out [1, C] the normed row (each program writes H_COLS of it)
+    eps,
+    NORM: tl.constexpr,  # one token, x a `PendingNorm`'s row: normalise it as it loads
+    SLICES: tl.constexpr,
+    SLICES_PAD: tl.constexpr,
+    H_COLS: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     """Program (i, j): the fp32 logits of token block i for expert block j (each logit by
     exactly one program, summed in a fixed order: deterministic). The last program of token
-    block i to arrive (an atomic counter, which it resets) does the block's top-k."""
+    block i to arrive (an atomic counter, which it resets) does the block's top-k. With NORM
+    (one token, the whole row per program) x is normalised as it loads, rounded where the add
+    + RMSNorm kernel rounds, and the programs write the normed row for the experts."""
     pid_t = tl.program_id(0)
     t = pid_t.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = t < T
@@ -519,11 +537,21 @@ def _router_kernel(
     # The router weight is written by no kernel of the step: its first chunk (all of it when
     # BLOCK_C >= C) loads before the wait, under PDL while the kernel before still runs.
     w = tl.load(w_rows + c[None, :], mask=e_ok[:, None] & (c < C)[None, :], other=0.0)
+    if NORM:
+        nw = tl.load(nw_ptr + c, mask=c < C, other=0.0).to(tl.float32)
     wait_for_inputs(USE_PDL)
     if BLOCK_C >= C:  # one token row at a time against the whole weight slice
         for j in tl.static_range(BLOCK_T):
             token = pid_t.to(tl.int64) * BLOCK_T + j
             x = tl.load(x_ptr + token * stride_x + c, mask=(c < C) & (token < T), other=0.0)
+            if NORM:
+                s = tl.arange(0, SLICES_PAD)
+                squares = tl.load(sq_ptr + s, mask=s < SLICES, other=0.0)
+                rstd = tl.rsqrt(tl.sum(squares, 0) / C + eps)
+                like = x_ptr.dtype.element_ty
+                x = (nw * (x.to(tl.float32) * rstd).to(like).to(tl.float32)).to(like)
+                lo = tl.program_id(1) * H_COLS
+                tl.store(h_ptr + c, x, mask=(c >= lo) & (c < lo + H_COLS) & (c < C))
             logit = tl.sum(w * x.to(tl.float32)[None, :], 1)
             tl.store(logits_ptr + token * E + e, logit, mask=e_ok & (token < T))
     else:
@@ -567,12 +595,44 @@ def route(
     launch (the logits over many programs, the top-k by the last to finish); `arrivals`
     (`new_router_arrivals`, kept by the caller so a captured graph holds no allocation of its
     own) is allocated per call when not given. More tokens: cuBLAS logits, then the top-k."""
+    weights, ids, _ = _route(x, gate_weight, correction_bias, top_k, arrivals, None)
+    return weights, ids
+
+
+def routes_pending_norm(hidden: int) -> bool:
+    """Whether `route_normed` finishes a one-row `PendingNorm` of this width in its launch
+    (each program holds the whole row)."""
+    return _router_block_c(hidden, 1) >= hidden
+
+
+def route_normed(
+    norm: PendingNorm,
+    gate_weight: torch.Tensor,
+    correction_bias: torch.Tensor,
+    top_k: int,
+    arrivals: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`route` of a one-row `PendingNorm` (see `routes_pending_norm`): the router normalises
+    the row as it loads it and also writes it. Returns (weights, ids, the normed row)."""
+    if norm.x.shape[0] != 1 or not routes_pending_norm(norm.x.shape[1]):
+        raise ValueError("route_normed takes one row whose width the router holds whole")
+    return _route(norm.x, gate_weight, correction_bias, top_k, arrivals, norm)
+
+
+def _route(
+    x: torch.Tensor,
+    gate_weight: torch.Tensor,
+    correction_bias: torch.Tensor,
+    top_k: int,
+    arrivals: torch.Tensor | None,
+    norm: PendingNorm | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     num_tokens, hidden = x.shape
     num_experts = gate_weight.shape[0]
     weights = torch.empty((num_tokens, top_k), dtype=torch.float32, device=x.device)
     ids = torch.empty((num_tokens, top_k), dtype=torch.int64, device=x.device)
     if num_tokens == 0:
-        return weights, ids
+        return weights, ids, x
     gate, bias = gate_weight.float().contiguous(), correction_bias.float().contiguous()
     e_pad = triton.next_power_of_2(num_experts)
     sizes = dict(E=num_experts, E_PAD=e_pad, TOP_K=top_k)
@@ -582,7 +642,7 @@ def route(
             logits, bias, weights, ids, K_PAD=triton.next_power_of_2(top_k), num_warps=4, **sizes,
             **pdl.launch_args(x.device),
         )  # fmt: skip
-        return weights, ids
+        return weights, ids, x
     if x.stride(-1) != 1:
         x = x.contiguous()
     block_t = min(ROUTER_BLOCK_T, triton.next_power_of_2(num_tokens))
@@ -592,10 +652,20 @@ def route(
     if arrivals.numel() < token_blocks or arrivals.dtype != torch.int32:
         raise ValueError(f"router arrivals must be int32 with >= {token_blocks} entries")
     logits = torch.empty((num_tokens, num_experts), dtype=torch.float32, device=x.device)
-    _router_kernel[(token_blocks, triton.cdiv(num_experts, ROUTER_BLOCK_E))](
+    expert_blocks = triton.cdiv(num_experts, ROUTER_BLOCK_E)
+    if norm is not None:
+        h = torch.empty_like(x)
+        squares, norm_weight, eps = norm.squares, norm.weight, norm.eps
+    else:
+        h, squares, norm_weight, eps = x, logits, x, 0.0  # (unread without a norm)
+    _router_kernel[(token_blocks, expert_blocks)](
         x, gate, bias, logits, arrivals, weights, ids, num_tokens, x.stride(0),
         C=hidden, BLOCK_T=block_t, BLOCK_E=ROUTER_BLOCK_E, K_PAD=triton.next_power_of_2(top_k),
-        BLOCK_C=_router_block_c(hidden, block_t),
-        ON_GPU=x.is_cuda, num_warps=4, **sizes, **pdl.launch_args(x.device),
+        BLOCK_C=_router_block_c(hidden, block_t), ON_GPU=x.is_cuda,
+        sq_ptr=squares, nw_ptr=norm_weight, h_ptr=h, eps=eps, NORM=norm is not None,
+        SLICES=squares.shape[-1] if norm is not None else 1,
+        SLICES_PAD=triton.next_power_of_2(squares.shape[-1]) if norm is not None else 1,
+        H_COLS=triton.cdiv(hidden, expert_blocks) if norm is not None else 1,
+        num_warps=4, **sizes, **pdl.launch_args(x.device),
     )  # fmt: skip
-    return weights, ids
+    return weights, ids, h

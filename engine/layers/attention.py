@@ -11,7 +11,7 @@ from torch import nn
 
 from m2agent.engine.forward_batch import ForwardBatch
 from m2agent.engine.kernels import dispatch
-from m2agent.engine.kernels.partial_sums import PartialSums, materialize
+from m2agent.engine.kernels.partial_sums import PartialSums, PendingNorm, materialize
 from m2agent.engine.layers.linear import FusedRows, Linear, Split
 from m2agent.engine.layers.norm import SplitRMSNorm
 from m2agent.engine.layers.parallel import SINGLE, TensorParallel
@@ -44,9 +44,14 @@ class Attention(nn.Module):
         self.k_norm = SplitRMSNorm(c.kv_size, c.rms_norm_eps, dtype, tp)
         self.scale = c.head_dim**-0.5
 
+    def takes_pending_norm(self, x: torch.Tensor) -> bool:
+        """Whether `forward` may get its input as a `PendingNorm` of the residual rows x (the
+        fused FP8 q/k/v GEMV finishes it; one rank only)."""
+        return self.tp.size == 1 and self.qkv is not None and self.qkv.takes_pending_norm(x)
+
     def forward(
         self,
-        x: torch.Tensor,
+        x: torch.Tensor | PendingNorm,
         rope: tuple[torch.Tensor, torch.Tensor],
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
@@ -81,11 +86,12 @@ class Attention(nn.Module):
         return self.tp.all_reduce(self.o_proj(out))
 
     def _project_qkv(
-        self, x: torch.Tensor
+        self, x: torch.Tensor | PendingNorm
     ) -> tuple[torch.Tensor | PartialSums, torch.Tensor | PartialSums, torch.Tensor | PartialSums]:
         if self.qkv is not None and self.qkv.intact():
             q, k, v = self.qkv(x)
             return q, k, v
+        x = materialize(x)
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
     def _normed_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from m2agent.engine.kernels import dispatch
-from m2agent.engine.kernels.partial_sums import PartialSums
+from m2agent.engine.kernels.partial_sums import PartialSums, PendingNorm, materialize
 from m2agent.engine.kernels.reference import FP8_DTYPE, dequantize_fp8_block
 from m2agent.engine.layers.loading import Slice, new_parameter, sliced_loader
 from m2agent.engine.layers.parallel import SINGLE, TensorParallel
@@ -131,6 +131,16 @@ class FusedRows:
                 scale_row += n
         return cls(linears, weight, scale)
 
+    def takes_pending_norm(self, x: torch.Tensor) -> bool:
+        """Whether a call on the norm of x (rows of the residual stream) can take it as a
+        `PendingNorm`: FP8 rows still fused, and a one-row product on CUDA."""
+        return (
+            self.linears[0].fp8 is not None
+            and self.scale is not None
+            and self.intact()
+            and dispatch.fp8_linear_takes_pending_norm(x.shape[0], x.device)
+        )
+
     def intact(self) -> bool:
         """Whether the Linears still hold views of the fused tensor (a `.to()` would copy)."""
         return all(
@@ -145,11 +155,12 @@ class FusedRows:
             at += width
         return starts
 
-    def __call__(self, x: torch.Tensor) -> list[torch.Tensor | PartialSums]:
-        """Each Linear's output (views of one product's columns)."""
+    def __call__(self, x: torch.Tensor | PendingNorm) -> list[torch.Tensor | PartialSums]:
+        """Each Linear's output (views of one product's columns). x may be a `PendingNorm`
+        (see `takes_pending_norm`)."""
         fp8 = self.linears[0].fp8
         if fp8 is None or self.scale is None:
-            y: torch.Tensor | PartialSums = F.linear(x, self.weight)
+            y: torch.Tensor | PartialSums = F.linear(materialize(x), self.weight)
         else:
             block = (fp8.block_rows, fp8.block_cols)
             y = dispatch.fp8_linear_parts(x, self.weight, self.scale, block)

@@ -17,7 +17,7 @@ from torch import nn
 from m2agent.engine.errors import ConfigError
 from m2agent.engine.kernels import dispatch
 from m2agent.engine.kernels.dispatch import ROUTER_ARRIVALS
-from m2agent.engine.kernels.partial_sums import PartialSums, materialize
+from m2agent.engine.kernels.partial_sums import PartialSums, PendingNorm, materialize
 from m2agent.engine.kernels.reference import (
     FP8_DTYPE,
     ExpertWeights,
@@ -166,10 +166,19 @@ class SparseMoE(nn.Module):
             tp,
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | PartialSums:
-        weights, expert_ids = dispatch.route(
-            x, self.gate.weight, self.e_score_correction_bias, self.top_k, self.gate.arrivals
+    def takes_pending_norm(self, x: torch.Tensor) -> bool:
+        """Whether `forward` may get its input as a `PendingNorm` of the residual rows x (the
+        router kernel finishes it, and writes it for the experts)."""
+        return self.tp.size == 1 and dispatch.router_takes_pending_norm(
+            x.shape[0], x.shape[1], x.device
         )
+
+    def forward(self, x: torch.Tensor | PendingNorm) -> torch.Tensor | PartialSums:
+        gate, bias, arrivals = self.gate.weight, self.e_score_correction_bias, self.gate.arrivals
+        if isinstance(x, PendingNorm):
+            weights, expert_ids, x = dispatch.route_normed(x, gate, bias, self.top_k, arrivals)
+        else:
+            weights, expert_ids = dispatch.route(x, gate, bias, self.top_k, arrivals)
         out = self.experts(x, weights, expert_ids)
         if self.tp.size == 1:
             return out

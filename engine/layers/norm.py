@@ -8,7 +8,7 @@ from torch import nn
 
 from m2agent.engine.kernels import dispatch
 from m2agent.engine.kernels.dispatch import NORM_ARRIVALS
-from m2agent.engine.kernels.partial_sums import PartialSums
+from m2agent.engine.kernels.partial_sums import PartialSums, PendingNorm
 from m2agent.engine.kernels.reference import rms_norm
 from m2agent.engine.layers.loading import Slice, new_parameter, sliced_loader
 from m2agent.engine.layers.parallel import TensorParallel
@@ -32,10 +32,11 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
     def add_and_norm(
-        self, x: torch.Tensor, delta: torch.Tensor | PartialSums | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x + delta, its norm) in one kernel on CUDA; x may be updated in place."""
-        return dispatch.add_rms_norm(x, delta, self.weight, self.eps, self.arrivals)
+        self, x: torch.Tensor, delta: torch.Tensor | PartialSums | None, defer: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | PendingNorm]:
+        """(x + delta, its norm) in one kernel on CUDA; x may be updated in place. `defer`:
+        the consumer finishes a `PendingNorm` (a one-row decode step on CUDA)."""
+        return dispatch.add_rms_norm(x, delta, self.weight, self.eps, self.arrivals, defer)
 
 
 class SplitRMSNorm(nn.Module):

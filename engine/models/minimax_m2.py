@@ -41,10 +41,14 @@ class DecoderLayer(nn.Module):
         """`x + delta` is the residual stream entering this layer (`delta`: the previous
         layer's MoE output, None for the first layer): each residual add is fused with the
         norm that follows it, which also sums a delta left as split-K pieces (`PartialSums`).
-        Returns (the stream after attention, this layer's MoE output)."""
-        x, h = self.input_layernorm.add_and_norm(x, delta)
+        Returns (the stream after attention, this layer's MoE output). Where the consumer
+        can (a one-token decode step on CUDA), each norm's last step is left to it
+        (`PendingNorm`: the q/k/v GEMV and the router normalise as they load)."""
+        defer = self.self_attn.takes_pending_norm(x)
+        x, h = self.input_layernorm.add_and_norm(x, delta, defer)
         attn = self.self_attn(h, rope, k_cache, v_cache, batch)
-        x, h = self.post_attention_layernorm.add_and_norm(x, attn)
+        defer = self.block_sparse_moe.takes_pending_norm(x)
+        x, h = self.post_attention_layernorm.add_and_norm(x, attn, defer)
         return x, self.block_sparse_moe(h)
 
 

@@ -361,6 +361,29 @@ def test_fp8_engine_greedy_64_tokens_match_cpu_reference(tiny_fp8_checkpoint: Pa
     assert [o.token_ids for o in gpu] == [o.token_ids for o in cpu]
 
 
+def test_fp8_engine_one_sequence_with_pending_norms_matches_cpu_reference(
+    tmp_path: Path,
+) -> None:
+    """One sequence on a model wide enough for sliced norms (so each decode step leaves its
+    norms to the q/k/v GEMV and the router, `PendingNorm`), graphs included, against the CPU
+    path; fp32 activations, so greedy tokens must agree exactly."""
+    from dataclasses import replace
+
+    from m2agent.engine.models.tiny import FP8_SPEC, write_tiny_checkpoint
+
+    path = write_tiny_checkpoint(tmp_path / "wide", replace(FP8_SPEC, hidden=512), fp8=True)
+    params = SamplingParams(temperature=0, max_tokens=64, ignore_eos=True)
+    prompt = ["def add(a, b):\n    return"]
+    gpu_llm = LLM(path, device="cuda", dtype="float32")
+    layer = gpu_llm.model.model.layers[0]
+    row = torch.empty(1, 512, device="cuda")
+    assert layer.self_attn.takes_pending_norm(row)
+    assert layer.block_sparse_moe.takes_pending_norm(row)
+    gpu = gpu_llm.generate(prompt, params)
+    cpu = LLM(path, device="cpu", dtype="float32").generate(prompt, params)
+    assert gpu[0].token_ids == cpu[0].token_ids
+
+
 @pytest.mark.parametrize("rows", [0, 1, 7, 300])
 @pytest.mark.parametrize("width", [3072, 200])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -471,10 +494,12 @@ def test_fused_router_matches_reference(tokens: int, experts: int, top_k: int) -
     )
 
 
-def _decode_chain(seed: int):
+def _decode_chain(seed: int, defer: bool = False, tokens: int | None = None):
     """The kernels of one FP8 decode layer at small shapes, in the step's order (norm, q/k/v,
     QK-norm + RoPE + KV write, split-KV attention + combine, o_proj, norm, router, MoE GEMVs,
-    norm): returns the inputs it reads (refill them between runs) and the step."""
+    norm): returns the inputs it reads (refill them between runs) and the step. With
+    `defer` (one token) the first two norms are left to their consumers (`PendingNorm`: the
+    q/k/v GEMV and the router finish them)."""
     from m2agent.engine.kernels import fp8_moe
     from m2agent.engine.kernels.fp8_linear import LinearTiles, fp8_linear_parts
     from m2agent.engine.kernels.fused_small_ops import (
@@ -482,11 +507,14 @@ def _decode_chain(seed: int):
         new_router_arrivals,
         qk_norm_rope_store,
         route,
+        route_normed,
     )
     from m2agent.engine.kernels.paged_attention_triton import paged_decode_attention
+    from m2agent.engine.kernels.partial_sums import PendingNorm
 
     gen = torch.Generator(device="cuda").manual_seed(seed)
-    hidden, heads, kv_heads, head_dim, tokens = 512, 4, 2, 128, 2
+    hidden, heads, kv_heads, head_dim = 512, 4, 2, 128
+    tokens = tokens or (1 if defer else 2)
 
     def randn(*shape: int, scale: float = 1.0) -> torch.Tensor:
         return torch.randn(shape, generator=gen, device="cuda") * scale
@@ -496,7 +524,9 @@ def _decode_chain(seed: int):
 
     qkv_w = fp8((heads + 2 * kv_heads) * head_dim, hidden)
     o_w = fp8(hidden, heads * head_dim)
-    experts = fp8_experts(16, hidden, 256, gen)
+    # Its own generator: `fp8_experts` caches per shape, so drawing it from `gen` would
+    # shift every draw after it between the first chain built in a process and the next.
+    experts = fp8_experts(16, hidden, 256, torch.Generator(device="cuda").manual_seed(seed))
     gate, bias = randn(16, hidden), randn(16, scale=0.1)
     norms = [randn(hidden).bfloat16() for _ in range(3)]
     q_norm, k_norm = randn(heads * head_dim).bfloat16(), randn(kv_heads * head_dim).bfloat16()
@@ -514,14 +544,18 @@ def _decode_chain(seed: int):
     inputs = {"x": randn(tokens, hidden).bfloat16()}
 
     def step() -> list[torch.Tensor]:
-        x, h = add_rms_norm(inputs["x"].clone(), None, norms[0], 1e-6, arrivals[0])
+        x, h = add_rms_norm(inputs["x"].clone(), None, norms[0], 1e-6, arrivals[0], defer)
+        assert isinstance(h, PendingNorm) == defer
         qkv = fp8_linear_parts(h, *qkv_w, BLOCK, gemv)
         q, k, v = (qkv.columns(a, w) for a, w in ((0, 512), (512, 256), (768, 256)))
         q = qk_norm_rope_store(q, k, v, q_norm, k_norm, cos, sin, *caches, slots, 1e-6, head_dim)
         attn = paged_decode_attention(q, *caches, table, lens, head_dim**-0.5)
         o = fp8_linear_parts(attn.reshape(tokens, -1), *o_w, BLOCK, gemv)
-        x, h = add_rms_norm(x, o, norms[1], 1e-6, arrivals[1])
-        weights, ids = route(h, gate, bias, 4, router_arrivals)
+        x, h = add_rms_norm(x, o, norms[1], 1e-6, arrivals[1], defer)
+        if isinstance(h, PendingNorm):
+            weights, ids, h = route_normed(h, gate, bias, 4, router_arrivals)
+        else:
+            weights, ids = route(h, gate, bias, 4, router_arrivals)
         moe = fp8_moe.moe_experts_parts(h, weights, ids, experts, tiles=moe_tiles)
         x, h = add_rms_norm(x, moe, norms[2], 1e-6, arrivals[2])
         return [q, attn, weights, ids, x, h, *(c.clone() for c in caches)]
@@ -529,7 +563,25 @@ def _decode_chain(seed: int):
     return inputs, step
 
 
-def test_pdl_on_and_off_agree_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pending_norms_match_finished_norms() -> None:
+    """One token through a decode layer with the norms left to their consumers (the q/k/v
+    GEMV, the router) against the same layer with every norm finished by its own kernel:
+    the same experts, and every output equal up to the order of the 2 slices' sums of
+    squares (bf16: one rounding step at most; fp32 sums of the same products otherwise)."""
+    _, plain_step = _decode_chain(6, defer=False, tokens=1)
+    _, deferred_step = _decode_chain(6, defer=True)
+    plain, deferred = plain_step(), deferred_step()
+    names = ["q", "attn", "weights", "ids", "x", "h", "k_cache", "v_cache"]
+    for name, got, expected in zip(names, deferred, plain, strict=True):
+        if name == "ids":
+            assert torch.equal(got, expected)
+            continue
+        error = relative_error(got, expected)
+        assert error < 1e-2, f"{name}: relative error {error}"
+
+
+@pytest.mark.parametrize("defer", [False, True])
+def test_pdl_on_and_off_agree_bit_for_bit(monkeypatch: pytest.MonkeyPatch, defer: bool) -> None:
     """A decode layer's kernels chained with programmatic dependent launch (the default on
     sm90+), eagerly and replayed from a CUDA graph, against the same chain launched plainly:
     every output equal bit for bit (a kernel that read its inputs before they were written
@@ -540,7 +592,7 @@ def test_pdl_on_and_off_agree_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> No
         pytest.skip("programmatic dependent launch needs sm90+")
     monkeypatch.setenv(pdl.ENV_VAR, "0")
     assert not pdl.enabled(torch.device("cuda"))
-    inputs, step = _decode_chain(5)
+    inputs, step = _decode_chain(5, defer)
     x0 = inputs["x"].clone()
     plain = step()
     monkeypatch.setenv(pdl.ENV_VAR, "1")
