@@ -494,6 +494,36 @@ def test_fused_router_matches_reference(tokens: int, experts: int, top_k: int) -
     )
 
 
+@pytest.mark.parametrize("tokens", [1, 3, 17, 1000])
+@pytest.mark.parametrize(("experts", "top_k"), [(256, 8), (7, 3), (16, 4), (64, 6)])
+def test_router_top_k_ways_agree(
+    tokens: int, experts: int, top_k: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The router's top-k as TOP_K rounds of a max (0), one bitonic top-k (1), or a bitonic
+    top-k per quarter of the row then of the quarters' picks (2): the same picks in the same
+    order and the same weights, bit for bit, exact ties included (two experts with equal
+    scores and biases: the lower id first), through the one-launch router and the top-k
+    kernel after cuBLAS logits."""
+    from m2agent.engine.kernels import fused_small_ops
+
+    gen = torch.Generator(device="cuda").manual_seed(tokens * 7 + experts)
+    x = torch.randn(tokens, 256, generator=gen, device="cuda").bfloat16()
+    gate = torch.randn(experts, 256, generator=gen, device="cuda")
+    bias = torch.randn(experts, generator=gen, device="cuda") * 0.1
+    gate[experts - 1], bias[experts - 1] = gate[1], bias[1]  # an exact tie in every row
+    results = []
+    for way in (0, 1, 2):
+        monkeypatch.setattr(fused_small_ops, "ROUTER_SORT", way)
+        poisoned_pool()
+        results.append(fused_small_ops.route(x, gate, bias, top_k))
+    for weights, ids in results[1:]:
+        assert torch.equal(ids, results[0][1]) and torch.equal(weights, results[0][0])
+    ids = results[0][1]
+    both = (ids == 1).any(1) & (ids == experts - 1).any(1)
+    first = (ids == 1).int().argmax(1) < (ids == experts - 1).int().argmax(1)
+    assert bool((first | ~both).all())
+
+
 def _decode_chain(seed: int, defer: bool = False, tokens: int | None = None):
     """The kernels of one FP8 decode layer at small shapes, in the step's order (norm, q/k/v,
     QK-norm + RoPE + KV write, split-KV attention + combine, o_proj, norm, router, MoE GEMVs,
