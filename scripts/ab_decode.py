@@ -101,15 +101,7 @@ SETTINGS = [
     Setting("norm-slice-128", patch={"fused_small_ops.NORM_SLICE": 128}),
     Setting("norm-slice-512", patch={"fused_small_ops.NORM_SLICE": 512}),
     Setting("qk-norm-4warps", patch={"fused_small_ops.QK_NORM_WARPS": 4}),
-    Setting("topk-select", patch={"fused_small_ops.ROUTER_SORT": 0}),
-    Setting("topk-grouped", patch={"fused_small_ops.ROUTER_SORT": 2}),
-    Setting("probe-no-topk", patch={"fused_small_ops.ROUTER_PROBE": 1}),  # wrong picks
-    Setting("probe-no-last", patch={"fused_small_ops.ROUTER_PROBE": 2}),  # wrong picks
-    Setting("down-n32", down=KernelTiles(32, 128, 4, 2)),
-    Setting("down-w8", down=KernelTiles(64, 128, 8, 2)),
-    Setting("gu-n16", gate_up=KernelTiles(16, 256, 4, 2)),
-    Setting("gu-k128", gate_up=KernelTiles(32, 128, 4, 2)),
-    Setting("gu-w8", gate_up=KernelTiles(32, 256, 8, 2)),
+    Setting("topk-select", patch={"fused_small_ops.ROUTER_SORT": False}),
     Setting("pdl-off", {"M2AGENT_PDL": "0"}),
 ]
 

@@ -54,10 +54,11 @@ class Launch:
     num_stages: int
 
     def as_built(self, pdl: bool) -> tuple[tuple[str, Any], ...]:
-        """The constexprs a CUDA launch passes: `ON_GPU` true, `USE_PDL` as asked, and the
-        decode attention's `PREFETCH` (default: with PDL) with it (the CPU call passed false
-        for all)."""
-        built = {"ON_GPU": True, "USE_PDL": pdl, "PREFETCH": pdl}
+        """The constexprs a CUDA launch passes: `ON_GPU` true, `USE_PDL` as asked, the
+        decode attention's `PREFETCH` (default: with PDL) with it, and the router's bitonic
+        top-k (`SORT`, `fused_small_ops.ROUTER_SORT` on CUDA) (the CPU call passed false for
+        all)."""
+        built = {"ON_GPU": True, "USE_PDL": pdl, "PREFETCH": pdl, "SORT": True}
         return tuple((k, built.get(k, v)) for k, v in self.constexprs)
 
     def name(self, pdl: bool) -> str:

@@ -404,8 +404,9 @@ ROUTER_MAX_TOKENS = 16
 ROUTER_BLOCK_T = 4  # tokens per program (fewer when the batch is smaller)
 ROUTER_BLOCK_E = 2  # experts per program: 128 programs stream M2's 3 MB weight at batch 1
 ROUTER_WHOLE_ROW_MAX = 8192  # weight elements a program holds whole (64 fp32 registers a thread)
-ROUTER_PROBE = 0  # TIMING PROBE ONLY: 1 the last step without the top-k, 2 no last step
-ROUTER_SORT = 1  # the top-k as one bitonic top-k (`tl.topk`); False: TOP_K rounds of a max
+# The top-k as one bitonic top-k (`tl.topk`): 1.3 us a layer faster at batch 1 than TOP_K
+# rounds of a max over the row (False, kept for A/B timing; H200, docs/bench/i12/round8).
+ROUTER_SORT = True
 
 
 @triton.jit
@@ -451,13 +452,7 @@ def _top_k(
     bits = biased.to(tl.int32, bitcast=True)
     ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # float order == signed int order
     keys = (ordered.to(tl.int64) << 32) | (E_PAD - 1 - e)[None, :].to(tl.int64)
-    if SORT == 2:
-        G: tl.constexpr = 4 if E_PAD // 4 >= K_PAD else 1
-        rows: tl.constexpr = biased.shape[0]
-        part = tl.topk(tl.reshape(keys, (rows * G, E_PAD // G)), K_PAD, dim=1)
-        best = tl.topk(tl.reshape(part, (rows, G * K_PAD)), K_PAD, dim=1)
-        picked_ids = E_PAD - 1 - (best - ((best >> 32) << 32))
-    elif SORT:
+    if SORT:
         best = tl.topk(keys, K_PAD, dim=1)  # [rows, K_PAD], largest first
         picked_ids = E_PAD - 1 - (best - ((best >> 32) << 32))
     else:
@@ -538,7 +533,6 @@ def _router_kernel(
     H_COLS: tl.constexpr,
     SORT: tl.constexpr,
     USE_PDL: tl.constexpr,
-    PROBE: tl.constexpr = 0,
 ):
     """Program (i, j): the fp32 logits of token block i for expert block j (each logit by
     exactly one program, summed in a fixed order: deterministic). The last program of token
@@ -579,33 +573,18 @@ def _router_kernel(
             w = tl.load(w_rows + cc[None, :], mask=e_ok[:, None] & (cc < C)[None, :], other=0.0)
             acc += _logit_chunk(x_ptr, stride_x, t, t_ok, w, c0, C, BLOCK_C)
         tl.store(logits_ptr + t[:, None] * E + e[None, :], acc, mask=t_ok[:, None] & e_ok[None, :])
-    if PROBE == 2:  # TIMING PROBE ONLY (wrong picks): no last step at all
-        if tl.program_id(1) == 0:
-            for i in range(BLOCK_T):
-                row = pid_t.to(tl.int64) * BLOCK_T + i + tl.arange(0, 1)
-                _probe_picks(weights_ptr, ids_ptr, row, row < T, E, TOP_K, K_PAD)
-    elif _last_to_arrive(arrivals_ptr + pid_t, tl.num_programs(1), ON_GPU):
+    if _last_to_arrive(arrivals_ptr + pid_t, tl.num_programs(1), ON_GPU):
         for i in range(BLOCK_T):  # a row at a time: the top-k's registers stay in bounds
             row = pid_t.to(tl.int64) * BLOCK_T + i + tl.arange(0, 1)
-            if PROBE == 1:  # TIMING PROBE ONLY (wrong picks): the last step without the top-k
-                _probe_picks(weights_ptr, ids_ptr, row, row < T, E, TOP_K, K_PAD)
-            else:
-                _top_k(
-                    logits_ptr, bias_ptr, weights_ptr, ids_ptr, row, row < T, E, E_PAD, TOP_K,
-                    K_PAD, SORT,
-                )  # fmt: skip
+            _top_k(
+                logits_ptr, bias_ptr, weights_ptr, ids_ptr, row, row < T, E, E_PAD, TOP_K, K_PAD,
+                SORT,
+            )  # fmt: skip
 
 
-@triton.jit
-def _probe_picks(
-    weights_ptr, ids_ptr, t, t_ok, E: tl.constexpr, TOP_K: tl.constexpr, K_PAD: tl.constexpr
-):
-    kk = tl.arange(0, K_PAD)
-    mask = t_ok[:, None] & (kk < TOP_K)[None, :]
-    at = t[:, None] * TOP_K + kk[None, :]
-    ids = (kk * (E // TOP_K)).to(tl.int64)
-    tl.store(ids_ptr + at, tl.broadcast_to(ids[None, :], at.shape), mask=mask)
-    tl.store(weights_ptr + at, tl.full(at.shape, 1.0 / TOP_K, tl.float32), mask=mask)
+def _sort(x: torch.Tensor) -> bool:
+    """The top-k's way: bitonic on CUDA (Triton's interpreter cannot run `tl.topk`)."""
+    return ROUTER_SORT and x.is_cuda
 
 
 def _router_block_c(hidden: int, block_t: int) -> int:
@@ -680,7 +659,7 @@ def _route(
     if num_tokens > ROUTER_MAX_TOKENS:
         logits = torch.nn.functional.linear(x.float(), gate)
         _route_kernel[(num_tokens,)](
-            logits, bias, weights, ids, K_PAD=triton.next_power_of_2(top_k), SORT=ROUTER_SORT,
+            logits, bias, weights, ids, K_PAD=triton.next_power_of_2(top_k), SORT=_sort(x),
             num_warps=4, **sizes,
             **pdl.launch_args(x.device),
         )  # fmt: skip
@@ -707,7 +686,7 @@ def _route(
         sq_ptr=squares, nw_ptr=norm_weight, h_ptr=h, eps=eps, NORM=norm is not None,
         SLICES=squares.shape[-1] if norm is not None else 1,
         SLICES_PAD=triton.next_power_of_2(squares.shape[-1]) if norm is not None else 1,
-        H_COLS=triton.cdiv(hidden, expert_blocks) if norm is not None else 1, SORT=ROUTER_SORT,
-        PROBE=ROUTER_PROBE, num_warps=4, **sizes, **pdl.launch_args(x.device),
+        H_COLS=triton.cdiv(hidden, expert_blocks) if norm is not None else 1, SORT=_sort(x),
+        num_warps=4, **sizes, **pdl.launch_args(x.device),
     )  # fmt: skip
     return weights, ids, h

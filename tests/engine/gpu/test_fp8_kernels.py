@@ -495,33 +495,33 @@ def test_fused_router_matches_reference(tokens: int, experts: int, top_k: int) -
 
 
 @pytest.mark.parametrize("tokens", [1, 3, 17, 1000])
-@pytest.mark.parametrize(("experts", "top_k"), [(256, 8), (7, 3), (16, 4), (64, 6)])
+@pytest.mark.parametrize(
+    ("experts", "top_k"), [(256, 8), (7, 3), (16, 4), (64, 6), (16, 1), (2, 2)]
+)
 def test_router_top_k_ways_agree(
     tokens: int, experts: int, top_k: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The router's top-k as TOP_K rounds of a max (0), one bitonic top-k (1), or a bitonic
-    top-k per quarter of the row then of the quarters' picks (2): the same picks in the same
-    order and the same weights, bit for bit, exact ties included (two experts with equal
-    scores and biases: the lower id first), through the one-launch router and the top-k
-    kernel after cuBLAS logits."""
+    """The router's top-k as one bitonic top-k (the default) and as TOP_K rounds of a max:
+    the same picks in the same order and the same weights, bit for bit, exact ties included
+    (two experts with equal scores and biases: the lower id first), through the one-launch
+    router (up to 16 tokens) and the top-k kernel after cuBLAS logits."""
     from m2agent.engine.kernels import fused_small_ops
 
     gen = torch.Generator(device="cuda").manual_seed(tokens * 7 + experts)
     x = torch.randn(tokens, 256, generator=gen, device="cuda").bfloat16()
     gate = torch.randn(experts, 256, generator=gen, device="cuda")
     bias = torch.randn(experts, generator=gen, device="cuda") * 0.1
-    gate[experts - 1], bias[experts - 1] = gate[1], bias[1]  # an exact tie in every row
+    gate[experts - 1], bias[experts - 1] = gate[0], bias[0]  # an exact tie in every row
     results = []
-    for way in (0, 1, 2):
-        monkeypatch.setattr(fused_small_ops, "ROUTER_SORT", way)
+    for sort in (True, False):
+        monkeypatch.setattr(fused_small_ops, "ROUTER_SORT", sort)
         poisoned_pool()
         results.append(fused_small_ops.route(x, gate, bias, top_k))
-    for weights, ids in results[1:]:
-        assert torch.equal(ids, results[0][1]) and torch.equal(weights, results[0][0])
-    ids = results[0][1]
-    both = (ids == 1).any(1) & (ids == experts - 1).any(1)
-    first = (ids == 1).int().argmax(1) < (ids == experts - 1).int().argmax(1)
-    assert bool((first | ~both).all())
+    (sorted_w, sorted_ids), (select_w, select_ids) = results
+    assert torch.equal(sorted_ids, select_ids) and torch.equal(sorted_w, select_w)
+    low, high = sorted_ids == 0, sorted_ids == experts - 1
+    both = low.any(1) & high.any(1)
+    assert bool((~both | (low.int().argmax(1) < high.int().argmax(1))).all())
 
 
 def _decode_chain(seed: int, defer: bool = False, tokens: int | None = None):
