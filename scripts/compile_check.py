@@ -197,6 +197,10 @@ def router_paths() -> None:
             row, weight = torch.randn(1, hidden, dtype=torch.bfloat16), torch.randn(hidden)
             pending = PendingNorm(row, torch.rand(1, hidden // 256), weight.bfloat16(), 1e-6)
             route_normed(pending, gate, bias, 8)
+    for experts, top_k in ((16, 1), (2, 2), (7, 3)):  # small top-k: the bitonic edge cases
+        gate, bias = torch.randn(experts, 256), torch.randn(experts)
+        for tokens in (1, 17):
+            route(torch.randn(tokens, 256, dtype=torch.bfloat16), gate, bias, top_k)
 
 
 def norm_paths() -> None:

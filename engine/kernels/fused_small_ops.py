@@ -452,7 +452,7 @@ def _top_k(
     bits = biased.to(tl.int32, bitcast=True)
     ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # float order == signed int order
     keys = (ordered.to(tl.int64) << 32) | (E_PAD - 1 - e)[None, :].to(tl.int64)
-    if SORT:
+    if SORT and K_PAD > 1:  # (Triton's top-k of one element does not build)
         best = tl.topk(keys, K_PAD, dim=1)  # [rows, K_PAD], largest first
         picked_ids = E_PAD - 1 - (best - ((best >> 32) << 32))
     else:
