@@ -110,14 +110,16 @@ def route_normed(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`route` of a `PendingNorm`: (weights, ids, the normed row). On CUDA the router
     kernel finishes the norm as it loads the row (`router_takes_pending_norm`)."""
-    fused = _triton_fused() if norm.x.is_cuda else None
-    if fused is not None and norm.x.shape[0] == 1 and fused.routes_pending_norm(norm.x.shape[1]):
+    fused, (rows, hidden) = _triton_fused(), norm.shape
+    if fused is not None and router_takes_pending_norm(rows, hidden, norm.x.device):
         return fused.route_normed(norm, gate_weight, correction_bias, top_k, arrivals)
     h = norm.materialize()
     return (*route(h, gate_weight, correction_bias, top_k, arrivals), h)
 
 
 def router_takes_pending_norm(num_rows: int, hidden: int, device: torch.device) -> bool:
+    """Whether `route_normed` finishes a `PendingNorm` of `num_rows` x `hidden` in the
+    router's own launch (one row on CUDA, a width each router program holds whole)."""
     fused = _triton_fused() if device.type == "cuda" else None
     return fused is not None and num_rows == 1 and fused.routes_pending_norm(hidden)
 
